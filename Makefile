@@ -1,0 +1,29 @@
+# `make demo` and `make test` are all a new user needs: each sets up .venv first (once).
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# CUDA builds that also run on a CPU-only machine; fastreid 1.4.0's own pins (torch==1.13.1) have no
+# Python 3.11 build, so fastreid is installed with --no-deps and its real needs come from setup.py.
+TORCH  := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup demo test clean
+
+setup: $(VENV)/.ready
+
+$(VENV)/.ready: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet --no-deps fastreid==1.4.0
+	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -c "import mdpr_plugin.compat as c; print('fast ranking built in', c.build_fast_ranking())"
+	touch $@
+
+demo: setup
+	$(PY) train_net.py --config-file configs/Baseline-demo.yml
+
+test: setup
+	$(PY) -m pytest tests -q
+
+clean:
+	rm -rf $(VENV) logs *.egg-info

@@ -1,0 +1,42 @@
+"""fastreid's ``build_transforms`` with the two things it gets wrong today fixed.
+
+- ``INPUT.AFFINE`` builds ``RandomAffine(resample=..., fillcolor=...)`` (data/transforms/build.py:81),
+  arguments torchvision removed; the same transform is built here with today's arguments.
+- ``INPUT.RPT`` uses a fixed patch pool of 50000 (data/transforms/transforms.py:57); MDPR trains with
+  a pool of 1000, so the pool size comes from ``INPUT.RPT.POOL_CAPACITY``.
+"""
+from collections import deque
+
+import torchvision.transforms as T
+from fastreid.data.transforms import build as _fastreid_build
+from fastreid.data.transforms.transforms import RandomPatch, ToTensor
+
+_fastreid_build_transforms = _fastreid_build.build_transforms
+
+
+def build_transforms(cfg, is_train=True):
+    if not is_train:
+        return _fastreid_build_transforms(cfg, is_train=False)
+
+    with_affine = cfg.INPUT.AFFINE.ENABLED
+    if with_affine:
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.INPUT.AFFINE.ENABLED = False
+    pipeline = _fastreid_build_transforms(cfg, is_train=True)
+    steps = list(pipeline.transforms)
+
+    if with_affine:
+        # fastreid inserts it just before AugMix / ToTensor
+        position = next(i for i, step in enumerate(steps) if isinstance(step, ToTensor))
+        if position > 0 and type(steps[position - 1]).__name__ == "AugMix":
+            position -= 1
+        affine = T.RandomAffine(degrees=10, translate=None, scale=[0.9, 1.1], shear=0.1,
+                                interpolation=T.InterpolationMode.NEAREST, fill=0)
+        steps.insert(position, affine)
+
+    pool_capacity = cfg.INPUT.RPT.get("POOL_CAPACITY", None)
+    for step in steps:
+        if isinstance(step, RandomPatch) and pool_capacity is not None:
+            step.patchpool = deque(maxlen=pool_capacity)
+    return T.Compose(steps)

@@ -1,0 +1,27 @@
+"""Shared test helpers (tests/ is on sys.path through pytest.ini)."""
+import os
+import subprocess
+import sys
+
+import mdpr_plugin  # noqa: F401  (fastreid works only after this)
+from fastreid.config import get_cfg
+from mdpr_plugin import add_mdpr_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(path, *overrides):
+    """A config as train_net.py builds it (without the logging / output-dir side effects)."""
+    cfg = get_cfg()
+    add_mdpr_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, path))
+    cfg.merge_from_list(list(overrides))
+    return cfg
+
+
+def run_script(*args, cwd=REPO, timeout=600):
+    """Run Python in a fresh interpreter from the repository root; return (returncode, output)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env, timeout=timeout,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc.returncode, proc.stdout
