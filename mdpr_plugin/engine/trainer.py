@@ -30,4 +30,6 @@ class Trainer(DefaultTrainer):
     def build_test_loader(cls, cfg, dataset_name):
         loader, num_query = super().build_test_loader(cfg, dataset_name)
         loader.device = resolve_device(cfg.MODEL.DEVICE)
+        # fastreid hard-codes 4 workers for test loaders (data/build.py:130); honour the config
+        loader.num_workers = cfg.DATALOADER.NUM_WORKERS
         return loader, num_query

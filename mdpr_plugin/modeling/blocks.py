@@ -1,0 +1,109 @@
+"""MDPR's small building blocks (spec section 2).
+
+Every conv / BN here starts from fastreid's ``weights_init_kaiming``. ``norm`` is a fastreid norm name
+(``get_norm``): MDPR passes ``MODEL.BACKBONE.NORM`` so that e.g. SyncBN covers these blocks too.
+"""
+import torch
+from torch import nn
+
+from fastreid.layers import get_norm
+from fastreid.layers.pooling import GeneralizedMeanPoolingP
+from fastreid.layers.weight_init import weights_init_kaiming
+
+
+class Embedding(nn.Module):
+    """conv1x1 (no bias) -> BN -> ReLU: maps a feature map to another width."""
+
+    def __init__(self, in_channels, out_channels, norm="BN"):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        self.bn = get_norm(norm, out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.apply(weights_init_kaiming)
+
+    def forward(self, x):
+        return self.relu(self.bn(self.conv(x)))
+
+
+class AttentionMaker(nn.Module):
+    """BN(conv1x1(x) + conv3x3(x)) -> ReLU: raw attention, M foreground maps + 1 background map."""
+
+    def __init__(self, in_channels, num_maps, norm="BN"):
+        super().__init__()
+        self.conv1x1 = nn.Conv2d(in_channels, num_maps, 1, bias=False)
+        self.conv3x3 = nn.Conv2d(in_channels, num_maps, 3, padding=1, bias=False)
+        self.bn = get_norm(norm, num_maps)
+        self.relu = nn.ReLU(inplace=True)
+        self.apply(weights_init_kaiming)
+
+    def forward(self, x):
+        return self.relu(self.bn(self.conv1x1(x) + self.conv3x3(x)))
+
+
+class Guide(nn.Module):
+    """conv1x1 (no bias) -> ReLU on layer4's raw attention, fed to layer3's attention maker.
+
+    The paper resamples layer4's attention to layer3's size first; with the required last stride 1
+    both maps have the same size, so that resampling is the identity and is left out.
+    """
+
+    def __init__(self, num_maps):
+        super().__init__()
+        self.conv = nn.Conv2d(num_maps, num_maps, 1, bias=False)
+        self.relu = nn.ReLU(inplace=True)
+        self.apply(weights_init_kaiming)
+
+    def forward(self, raw_attention):
+        return self.relu(self.conv(raw_attention))
+
+
+def softmax_attn(raw_attention):
+    """Softmax over the M+1 maps; keep the M foreground maps (the last one is background)."""
+    return torch.softmax(raw_attention, dim=1)[:, :-1]
+
+
+class BAP(nn.Module):
+    """Bilinear attention pooling: ``f_i = GeM(Embedding_i(x * a_i))`` for each attention map i.
+
+    One learnable GeM (p starts at 3) is shared by all maps; each map has its own Embedding.
+    Returns ``cat_i f_i`` (B x M*E x 1 x 1) and the list ``[f_i]`` (each B x E x 1 x 1).
+    """
+
+    def __init__(self, in_channels, num_attn, out_channels, norm="BN"):
+        super().__init__()
+        self.pool = GeneralizedMeanPoolingP(3)
+        self.embeddings = nn.ModuleList(
+            Embedding(in_channels, out_channels, norm) for _ in range(num_attn))
+
+    def forward(self, attention, features):
+        pooled = [self.pool(embed(features * attention[:, i:i + 1]))
+                  for i, embed in enumerate(self.embeddings)]
+        return torch.cat(pooled, dim=1), pooled
+
+
+class FusionBlock(nn.Sequential):
+    """conv1x1 -> conv3x3 -> BN -> ReLU, no biases and no activation between the two convs."""
+
+    def __init__(self, in_channels, out_channels, norm="BN"):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 1, bias=False),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            get_norm(norm, out_channels),
+            nn.ReLU(inplace=True),
+        )
+        self.apply(weights_init_kaiming)
+
+
+class Predictor(nn.Sequential):
+    """SimSiam predictor for mutual distillation: Linear (no bias) -> BN1d -> ReLU -> Linear.
+
+    Left at PyTorch's default initialisation (the spec's kaiming rule covers the conv blocks only).
+    """
+
+    def __init__(self, dim):
+        super().__init__(
+            nn.Linear(dim, dim, bias=False),
+            nn.BatchNorm1d(dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(dim, dim),
+        )

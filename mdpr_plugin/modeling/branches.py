@@ -1,0 +1,112 @@
+"""MDPR's two content branches, their fusion and the mutual distillation (spec sections 3 and 5).
+
+The branches take the maps of their own (layer3, layer4) copy, which live in the model's ``backbone``
+module so that ``MODEL.FREEZE_LAYERS: [backbone]`` covers them.
+"""
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+from torch import nn
+
+from .blocks import BAP, AttentionMaker, Embedding, FusionBlock, Guide, Predictor, softmax_attn
+from .losses import mutual_distillation_loss
+
+
+class HardContentBranch(nn.Module):
+    """Uniform horizontal partition: a global embedding plus one embedding per stripe."""
+
+    def __init__(self, in_channels, embedding_dim, num_parts, norm="BN"):
+        super().__init__()
+        self.num_parts = num_parts
+        self.global_embedding = Embedding(in_channels, embedding_dim, norm)
+        self.part_embeddings = nn.ModuleList(
+            Embedding(in_channels, embedding_dim, norm) for _ in range(num_parts))
+
+    def forward(self, x4):
+        """x4: layer4 map (B x F x H x W) -> (B x E x H x W, [B x E x H/P x W] * P)."""
+        stripes = torch.chunk(x4, self.num_parts, dim=2)
+        # torch.chunk returns fewer pieces when H is too small; fail here rather than in zip below.
+        if len(stripes) != self.num_parts:
+            raise ValueError(
+                f"the layer4 map is {x4.shape[2]} rows high and cannot be cut into PART_NUM="
+                f"{self.num_parts} stripes; use a taller input or a smaller PART_NUM")
+        parts = [embed(stripe) for embed, stripe in zip(self.part_embeddings, stripes)]
+        return self.global_embedding(x4), parts
+
+
+@dataclass
+class SoftBranchOutput:
+    """What the soft branch produced; the attention / BAP fields stay None when not computed."""
+    feature4: torch.Tensor                    # B x E x H x W
+    feature3: torch.Tensor                    # B x E x H x W
+    attention4: Optional[torch.Tensor] = None  # B x M x H x W (softmaxed, background dropped)
+    attention3: Optional[torch.Tensor] = None
+    bap4: Optional[torch.Tensor] = None        # B x M*E x 1 x 1
+    bap3: Optional[torch.Tensor] = None
+    pooled4: Optional[List[torch.Tensor]] = None  # M x (B x E x 1 x 1)
+    pooled3: Optional[List[torch.Tensor]] = None
+
+
+class SoftContentBranch(nn.Module):
+    """Attention (foreground vs background) at two granularities, layer4 and layer3."""
+
+    def __init__(self, layer3_channels, layer4_channels, embedding_dim, num_attn, guided=True, norm="BN"):
+        super().__init__()
+        maps = num_attn + 1  # + background
+        self.feature4_embedding = Embedding(layer4_channels, embedding_dim, norm)
+        self.attention4 = AttentionMaker(layer4_channels, maps, norm)
+        self.guide = Guide(maps) if guided else None
+        self.attention3 = AttentionMaker(layer3_channels + (maps if guided else 0), maps, norm)
+        self.layer3_embedding = Embedding(layer3_channels, layer3_channels, norm)
+        self.feature3_embedding = Embedding(layer3_channels, embedding_dim, norm)
+        self.bap4 = BAP(layer4_channels, num_attn, embedding_dim, norm)
+        self.bap3 = BAP(layer3_channels, num_attn, embedding_dim, norm)
+
+    def attention(self, x3, x4):
+        """Softmaxed attention (B x M x H x W) of layer4 and layer3."""
+        raw4 = self.attention4(x4)
+        # The guide takes layer4's attention before the softmax.
+        raw3 = self.attention3(torch.cat([x3, self.guide(raw4)], dim=1) if self.guide is not None else x3)
+        return softmax_attn(raw4), softmax_attn(raw3)
+
+    def forward(self, x3, x4, with_attention=True, with_bap=True):
+        """x3, x4: this branch's layer3 / layer4 maps. BAP is only needed by the training losses."""
+        x3e = self.layer3_embedding(x3)
+        out = SoftBranchOutput(feature4=self.feature4_embedding(x4), feature3=self.feature3_embedding(x3e))
+        if with_attention or with_bap:
+            out.attention4, out.attention3 = self.attention(x3, x4)
+        if with_bap:
+            out.bap4, out.pooled4 = self.bap4(out.attention4, x4)
+            out.bap3, out.pooled3 = self.bap3(out.attention3, x3e)
+        return out
+
+
+class Fusion(nn.Module):
+    """Fuses the hard and soft maps into one B x 4E x H x W map."""
+
+    def __init__(self, embedding_dim, norm="BN"):
+        super().__init__()
+        e = embedding_dim
+        self.merge_parts = FusionBlock(e, e, norm)
+        self.part = FusionBlock(2 * e, 2 * e, norm)
+        self.attn = FusionBlock(2 * e, 2 * e, norm)
+        self.output = FusionBlock(4 * e, 4 * e, norm)
+
+    def forward(self, hard_global, hard_parts, feature4, feature3):
+        merged_parts = self.merge_parts(torch.cat(hard_parts, dim=2))  # stripes stacked back along height
+        part = self.part(torch.cat([merged_parts, hard_global], dim=1))
+        attn = self.attn(torch.cat([feature4, feature3], dim=1))
+        return self.output(torch.cat([part, attn], dim=1))
+
+
+class MutualDistillation(nn.Module):
+    """Each branch predicts the other's (stop-gradient) embedding; see ``mutual_distillation_loss``."""
+
+    def __init__(self, embedding_dim):
+        super().__init__()
+        self.predictor1 = Predictor(embedding_dim)  # hard -> soft
+        self.predictor2 = Predictor(embedding_dim)  # soft -> hard
+
+    def forward(self, z_hard, z_soft):
+        return mutual_distillation_loss(self.predictor1(z_hard), self.predictor2(z_soft), z_hard, z_soft)

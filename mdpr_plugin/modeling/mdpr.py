@@ -1,0 +1,213 @@
+"""The MDPR meta-architecture: Fu et al., "Mutual Distillation Learning for Person Re-Identification"."""
+import logging
+
+import torch
+from torch import nn
+
+from fastreid.config import configurable
+from fastreid.modeling.losses import cross_entropy_loss, log_accuracy, triplet_loss
+from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
+from fastreid.utils import events
+
+from .backbone import build_split_backbone
+from .branches import Fusion, HardContentBranch, MutualDistillation, SoftContentBranch
+from .heads import MDPRHead
+from .losses import attention_diversity_loss, attention_sparsity_loss
+
+logger = logging.getLogger(__name__)
+
+# Heads that read BAP vectors: trained with cross-entropy only and left out of the eval feature.
+BAP_HEADS = ("attn_bap4", "attn_bap3")
+
+
+@META_ARCH_REGISTRY.register()
+class MDPR(nn.Module):
+    """Hard (stripes) and soft (attention) content branches on a shared trunk, fused and mutually distilled.
+
+    ``forward(batched_inputs)`` takes fastreid's batch dict (or an image tensor at eval):
+    - training: a dict of losses (keys ``loss_<head>_cls``, ``loss_<head>_triplet``,
+      ``loss_diversity_loss_{4,3}``, ``loss_diversity_loss_reg_{4,3}``, ``loss_mutual_distillation``);
+    - eval: the B x ``eval_feature_dim`` feature, the BNNeck outputs of the heads in
+      ``eval_feature_names`` concatenated. With ``OUTPUT_ALL`` the soft branch's attention maps of the
+      batch are also kept on ``self.last_attention_maps`` (see ``attention_maps``).
+    Every head is trained with cross-entropy and (except the BAP heads) triplet loss, as the paper
+    does; ``MODEL.LOSSES.NAME`` is not consulted, their CE / TRI settings are.
+    """
+
+    @configurable
+    def __init__(self, *, backbone, hard_branch, soft_branch, fusion, distillation, heads,
+                 pixel_mean, pixel_std, loss_kwargs, output_all=False):
+        """Modules are built by ``from_config``; a disabled part is None."""
+        super().__init__()
+        self.backbone = backbone  # one child, so that MODEL.FREEZE_LAYERS: [backbone] freezes all of it
+        self.hard_branch = hard_branch
+        self.soft_branch = soft_branch
+        self.fusion = fusion
+        self.distillation = distillation
+        self.heads = heads  # nn.ModuleDict: head name -> MDPRHead, in loss-key order
+        self.loss_kwargs = loss_kwargs
+        self.output_all = output_all
+        self.last_attention_maps = None
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, -1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, -1, 1, 1), False)
+
+    @classmethod
+    def from_config(cls, cfg):
+        with_hard, with_soft = cfg.HARD_BRANCH_ENABLE, cfg.SOFT_BRANCH_ENABLE
+        if not (with_hard or with_soft):
+            raise ValueError("HARD_BRANCH_ENABLE and SOFT_BRANCH_ENABLE are both False: MDPR needs one branch")
+        if cfg.MODEL.HEADS.EMBEDDING_DIM:
+            raise ValueError(
+                "MDPR sets its width with MODEL.BACKBONE.EMBEDDING_DIM and its heads add no reduction: "
+                f"set MODEL.HEADS.EMBEDDING_DIM 0 (got {cfg.MODEL.HEADS.EMBEDDING_DIM})")
+        both = with_hard and with_soft
+        for key in ("FUSION_ENABLE", "DISTILLATION_ENABLE"):
+            if cfg[key] and not both:
+                logger.warning(f"{key} is True but needs both branches; with one branch disabled it is skipped")
+
+        e, p, m = cfg.MODEL.BACKBONE.EMBEDDING_DIM, cfg.PART_NUM, cfg.ATTN_NUM
+        if p < 1 or m < 1:
+            raise ValueError(f"PART_NUM and ATTN_NUM must be at least 1 (got {p}, {m})")
+        norm = cfg.MODEL.BACKBONE.NORM
+        backbone = build_split_backbone(cfg, with_hard, with_soft)
+        c3, c4 = backbone.layer3_channels, backbone.layer4_channels
+
+        heads = nn.ModuleDict()
+
+        def add_head(name, width=e, pool_type=None):  # pool_type None: MODEL.HEADS.POOL_LAYER
+            heads[name] = MDPRHead(cfg, feat_dim=width, pool_type=pool_type)
+
+        if with_hard:
+            add_head("hard_global")
+            for i in range(p):
+                add_head(f"hard_part_{i}")
+        if with_soft:
+            add_head("attn_feature4")
+            add_head("attn_bap4", m * e, "Identity")
+            add_head("attn_feature3")
+            add_head("attn_bap3", m * e, "Identity")
+        fusion = Fusion(e, norm) if cfg.FUSION_ENABLE and both else None
+        if fusion is not None:
+            add_head("fusion", 4 * e)
+
+        losses = cfg.MODEL.LOSSES
+        return {
+            "backbone": backbone,
+            "hard_branch": HardContentBranch(c4, e, p, norm) if with_hard else None,
+            "soft_branch": SoftContentBranch(c3, c4, e, m, cfg.ATTN_GUIDED, norm) if with_soft else None,
+            "fusion": fusion,
+            "distillation": MutualDistillation(e) if cfg.DISTILLATION_ENABLE and both else None,
+            "heads": heads,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "loss_kwargs": {
+                "ce": {"eps": losses.CE.EPSILON, "alpha": losses.CE.ALPHA, "scale": losses.CE.SCALE},
+                "tri": {"margin": losses.TRI.MARGIN, "norm_feat": losses.TRI.NORM_FEAT,
+                        "hard_mining": losses.TRI.HARD_MINING, "scale": losses.TRI.SCALE},
+                "diversity": {"enabled": cfg.ATTN_DIVERSITY_LOSS_ENABLE,
+                              "sparsity_scale": losses.ATTN_DIVERSITY.SCALE},
+            },
+            "output_all": cfg.OUTPUT_ALL,
+        }
+
+    @property
+    def device(self):
+        return self.pixel_mean.device
+
+    @property
+    def eval_feature_names(self):
+        """Heads whose BNNeck outputs make up the eval feature, in order (BAP heads are training-only)."""
+        return [name for name in self.heads if name not in BAP_HEADS]
+
+    @property
+    def eval_feature_dim(self):
+        """Width of the eval feature: E*(P+1) (hard) + 2E (soft) + 4E (fusion); 4608 for E=512, P=2."""
+        return sum(self.heads[name].weight.shape[1] for name in self.eval_feature_names)
+
+    def forward(self, batched_inputs):
+        images = self.preprocess_image(batched_inputs)
+        shared = self.backbone.trunk(images)
+        maps = {}  # head name -> the map (or BAP vector) it reads
+
+        # Hard content branch: a global embedding and P horizontal stripes of its own layer4 map.
+        if self.hard_branch is not None:
+            _, hard4 = self.backbone.hard(shared)
+            maps["hard_global"], hard_parts = self.hard_branch(hard4)
+            maps.update((f"hard_part_{i}", part) for i, part in enumerate(hard_parts))
+
+        # Soft content branch: attention on its own layer3 / layer4 maps. BAP only feeds training losses.
+        soft = None
+        if self.soft_branch is not None:
+            soft = self.soft_branch(*self.backbone.soft(shared),
+                                    with_attention=self.output_all, with_bap=self.training)
+            maps["attn_feature4"], maps["attn_feature3"] = soft.feature4, soft.feature3
+            if self.training:
+                maps["attn_bap4"], maps["attn_bap3"] = soft.bap4, soft.bap3
+
+        # Fusion of both branches' maps.
+        if self.fusion is not None:
+            maps["fusion"] = self.fusion(maps["hard_global"], hard_parts, soft.feature4, soft.feature3)
+
+        if not self.training:
+            if self.output_all and soft is not None:
+                self.last_attention_maps = {"attention4": soft.attention4, "attention3": soft.attention3}
+            return torch.cat([self.heads[name](maps[name]) for name in self.eval_feature_names], dim=1)
+
+        targets = self._targets(batched_inputs)
+        outputs = {name: head(maps[name], targets) for name, head in self.heads.items()}
+        return self.losses(outputs, soft, targets)
+
+    def preprocess_image(self, batched_inputs):
+        """Images (dict ``images`` or a tensor) moved to the model's device and normalised into a new tensor."""
+        images = batched_inputs["images"] if isinstance(batched_inputs, dict) else batched_inputs
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"expected a dict with 'images' or a tensor, got {type(batched_inputs).__name__}")
+        images = images.to(self.device, non_blocking=True)
+        return (images - self.pixel_mean) / self.pixel_std
+
+    def _targets(self, batched_inputs):
+        if not isinstance(batched_inputs, dict) or "targets" not in batched_inputs:
+            raise ValueError("training needs person IDs: pass {'images': ..., 'targets': ...}")
+        targets = batched_inputs["targets"].to(self.device, non_blocking=True)
+        # fastreid's PreciseBN hook passes targets of -1; like Baseline, use class 0 then, but without
+        # reading the sum back to the host and without changing the caller's tensor.
+        return torch.where(targets.sum() < 0, torch.zeros_like(targets), targets)
+
+    def losses(self, outputs, soft, targets):
+        """Loss dict from the heads' training outputs and the soft branch's attention / BAP results."""
+        ce, tri, diversity = (self.loss_kwargs[k] for k in ("ce", "tri", "diversity"))
+        loss_dict = {}
+        for name, out in outputs.items():
+            loss_dict[f"loss_{name}_cls"] = cross_entropy_loss(
+                out["cls_outputs"], targets, ce["eps"], ce["alpha"]) * ce["scale"]
+            if name not in BAP_HEADS:
+                loss_dict[f"loss_{name}_triplet"] = triplet_loss(
+                    out["features"], targets, tri["margin"], tri["norm_feat"], tri["hard_mining"]) * tri["scale"]
+
+        if soft is not None and diversity["enabled"]:
+            for scale, pooled, attention in (("4", soft.pooled4, soft.attention4),
+                                             ("3", soft.pooled3, soft.attention3)):
+                loss_dict[f"loss_diversity_loss_{scale}"] = attention_diversity_loss(pooled)
+                loss_dict[f"loss_diversity_loss_reg_{scale}"] = attention_sparsity_loss(
+                    attention, diversity["sparsity_scale"])
+
+        if self.distillation is not None:
+            loss_dict["loss_mutual_distillation"] = self.distillation(
+                outputs["hard_global"]["features"], outputs["attn_feature4"]["features"])
+
+        # fastreid's log_accuracy needs the trainer's EventStorage; outside the trainer there is nothing to log to.
+        if events._CURRENT_STORAGE_STACK:
+            accuracy_head = "attn_bap4" if "attn_bap4" in outputs else "hard_global"
+            log_accuracy(outputs[accuracy_head]["pred_class_logits"].detach(), targets)
+        return loss_dict
+
+    def attention_maps(self, batched_inputs):
+        """The soft branch's foreground attention for a batch: ``{"attention4", "attention3"}``, each B x M x H x W.
+
+        Runs in the model's current mode (call it in eval mode, under ``torch.no_grad()`` for inference).
+        """
+        if self.soft_branch is None:
+            raise ValueError("SOFT_BRANCH_ENABLE is False: this model has no attention maps")
+        x3, x4 = self.backbone.soft(self.backbone.trunk(self.preprocess_image(batched_inputs)))
+        attention4, attention3 = self.soft_branch.attention(x3, x4)
+        return {"attention4": attention4, "attention3": attention3}

@@ -1,0 +1,254 @@
+"""The MDPR meta-architecture: shapes, loss keys, eval widths and gradients per ablation, plus forward details."""
+import pytest
+import torch
+from torch import nn
+
+from fastreid.utils.events import EventStorage
+from modeling.mdpr_testutils import E, batch, build, small_cfg
+
+HARD = {"loss_hard_global_cls", "loss_hard_global_triplet",
+        "loss_hard_part_0_cls", "loss_hard_part_0_triplet",
+        "loss_hard_part_1_cls", "loss_hard_part_1_triplet"}
+DIVERSITY = {"loss_diversity_loss_4", "loss_diversity_loss_reg_4",
+             "loss_diversity_loss_3", "loss_diversity_loss_reg_3"}
+SOFT = {"loss_attn_feature4_cls", "loss_attn_feature4_triplet", "loss_attn_bap4_cls",
+        "loss_attn_feature3_cls", "loss_attn_feature3_triplet", "loss_attn_bap3_cls"} | DIVERSITY
+FUSION = {"loss_fusion_cls", "loss_fusion_triplet"}
+DISTILLATION = {"loss_mutual_distillation"}
+DEFAULT = HARD | SOFT | FUSION | DISTILLATION
+FOUR_PARTS = {f"loss_hard_part_{i}_{kind}" for i in range(4) for kind in ("cls", "triplet")}
+
+# (id, config overrides, M, P, expected loss keys, expected eval width)
+ABLATIONS = [
+    ("default", [], 2, 2, DEFAULT, 9 * E),  # E*(P+3) + 4E
+    ("no_fusion", ["FUSION_ENABLE", False], 2, 2, DEFAULT - FUSION, 5 * E),
+    ("no_distillation", ["DISTILLATION_ENABLE", False], 2, 2, DEFAULT - DISTILLATION, 9 * E),
+    ("no_diversity", ["ATTN_DIVERSITY_LOSS_ENABLE", False], 2, 2, DEFAULT - DIVERSITY, 9 * E),
+    ("unguided", ["ATTN_GUIDED", False], 2, 2, DEFAULT, 9 * E),
+    ("hard_only", ["SOFT_BRANCH_ENABLE", False], 2, 2, HARD, 3 * E),  # E*(P+1)
+    ("soft_only", ["HARD_BRANCH_ENABLE", False], 2, 2, SOFT, 2 * E),
+    ("M3_P4", ["ATTN_NUM", 3, "PART_NUM", 4], 3, 4, DEFAULT - HARD | FOUR_PARTS | {
+        "loss_hard_global_cls", "loss_hard_global_triplet"}, 11 * E),
+]
+
+
+class Recorder:
+    """Forward hooks that keep the latest output of named submodules."""
+
+    def __init__(self, model, names):
+        self.out = {}
+        modules = dict(model.named_modules())
+        self.handles = [modules[n].register_forward_hook(self._hook(n)) for n in names if n in modules]
+
+    def _hook(self, name):
+        def hook(module, inputs, output):
+            self.out[name] = output
+        return hook
+
+
+RECORDED = ["backbone.trunk", "backbone.hard", "backbone.soft", "hard_branch", "soft_branch",
+            "soft_branch.attention4", "soft_branch.attention3", "soft_branch.layer3_embedding",
+            "soft_branch.guide", "fusion", "fusion.merge_parts"]
+
+
+@pytest.mark.parametrize("overrides,m,p,keys,width", [a[1:] for a in ABLATIONS], ids=[a[0] for a in ABLATIONS])
+def test_ablation_shapes_losses_width_and_gradients(overrides, m, p, keys, width):
+    model = build(small_cfg(*overrides))
+    b, h, w = 4, 4, 2  # 64x32 input -> 4x2 maps at layer3 and layer4 (last stride 1)
+    f3, f4 = 256, 512  # ResNet-18
+    rec = Recorder(model, RECORDED)
+    with EventStorage():
+        losses = model(batch(b))
+    assert set(losses) == keys
+    if keys == DEFAULT:
+        assert len(losses) == 19
+    for name, value in losses.items():
+        assert value.dim() == 0 and torch.isfinite(value), name
+
+    shapes = {n: o.shape if torch.is_tensor(o) else o for n, o in rec.out.items()}
+    assert shapes["backbone.trunk"] == (b, f3 // 2, 2 * h, 2 * w)
+    if model.hard_branch is not None:
+        assert [t.shape for t in rec.out["backbone.hard"]] == [(b, f3, h, w), (b, f4, h, w)]
+        hard_global, parts = rec.out["hard_branch"]
+        assert hard_global.shape == (b, E, h, w)
+        assert [t.shape for t in parts] == [(b, E, h // p, w)] * p
+    if model.soft_branch is not None:
+        assert [t.shape for t in rec.out["backbone.soft"]] == [(b, f3, h, w), (b, f4, h, w)]
+        assert shapes["soft_branch.attention4"] == shapes["soft_branch.attention3"] == (b, m + 1, h, w)
+        assert shapes["soft_branch.layer3_embedding"] == (b, f3, h, w)
+        if "ATTN_GUIDED" in overrides:
+            assert model.soft_branch.guide is None and "soft_branch.guide" not in shapes
+        else:
+            assert shapes["soft_branch.guide"] == (b, m + 1, h, w)
+        soft = rec.out["soft_branch"]
+        assert soft.feature4.shape == soft.feature3.shape == (b, E, h, w)
+        assert soft.attention4.shape == soft.attention3.shape == (b, m, h, w)
+        assert soft.bap4.shape == soft.bap3.shape == (b, m * E, 1, 1)
+        assert [t.shape for t in soft.pooled4 + soft.pooled3] == [(b, E, 1, 1)] * (2 * m)
+    else:
+        assert "soft_branch.guide" not in shapes
+    if model.fusion is not None:
+        assert shapes["fusion.merge_parts"] == (b, E, h, w)
+        assert shapes["fusion"] == (b, 4 * E, h, w)
+
+    # Every trainable parameter gets a gradient; the BNNecks' frozen biases are not trainable.
+    sum(losses.values()).backward()
+    no_grad = [n for n, prm in model.named_parameters()
+               if prm.requires_grad and (prm.grad is None or not prm.grad.abs().sum() > 0)]
+    assert no_grad == []
+    assert all(not head.bottleneck[0].bias.requires_grad for head in model.heads.values())
+
+    model.eval()
+    with torch.no_grad():
+        feature = model(batch(b)["images"])
+    assert feature.shape == (b, width) and model.eval_feature_dim == width
+
+
+def test_eval_feature_is_the_heads_bnneck_outputs_in_order():
+    model = build(small_cfg()).eval()
+    assert model.eval_feature_names == ["hard_global", "hard_part_0", "hard_part_1",
+                                        "attn_feature4", "attn_feature3", "fusion"]
+    rec = Recorder(model, [f"heads.{n}.bottleneck" for n in model.eval_feature_names])
+    with torch.no_grad():
+        feature = model(batch()["images"])
+    expected = torch.cat([rec.out[f"heads.{n}.bottleneck"][..., 0, 0] for n in model.eval_feature_names], 1)
+    assert torch.equal(feature, expected)
+
+
+def test_eval_computes_neither_bap_nor_attention_unless_output_all():
+    model = build(small_cfg()).eval()
+    rec = Recorder(model, ["soft_branch.bap4", "soft_branch.bap3", "soft_branch.attention4",
+                           "soft_branch.attention3", "heads.attn_bap4", "heads.attn_bap3"])
+    with torch.no_grad():
+        model(batch()["images"])
+    assert rec.out == {} and model.last_attention_maps is None
+
+
+def test_output_all_keeps_the_attention_maps():
+    model = build(small_cfg("OUTPUT_ALL", True)).eval()
+    images = batch(3)["images"]
+    with torch.no_grad():
+        feature = model(images)
+        maps = model.attention_maps(images)
+    assert feature.shape == (3, 9 * E)
+    assert set(model.last_attention_maps) == {"attention4", "attention3"}
+    for name, attention in model.last_attention_maps.items():
+        assert attention.shape == (3, 2, 4, 2)
+        assert torch.equal(attention, maps[name])
+        # softmax over M+1 maps with the background dropped: the foreground sums to at most 1
+        assert (attention.sum(1) <= 1 + 1e-6).all() and (attention >= 0).all()
+
+
+def test_attention_maps_needs_the_soft_branch():
+    model = build(small_cfg("SOFT_BRANCH_ENABLE", False)).eval()
+    with pytest.raises(ValueError, match="SOFT_BRANCH_ENABLE"):
+        model.attention_maps(batch()["images"])
+
+
+def test_both_branches_off_is_refused():
+    with pytest.raises(ValueError, match="HARD_BRANCH_ENABLE and SOFT_BRANCH_ENABLE"):
+        build(small_cfg("HARD_BRANCH_ENABLE", False, "SOFT_BRANCH_ENABLE", False))
+
+
+def test_one_branch_off_logs_the_skipped_fusion_and_distillation(caplog):
+    with caplog.at_level("WARNING"):
+        model = build(small_cfg("HARD_BRANCH_ENABLE", False))
+    assert model.fusion is None and model.distillation is None
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("mdpr_plugin")]
+    assert sum("FUSION_ENABLE" in m for m in logged) == 1
+    assert sum("DISTILLATION_ENABLE" in m for m in logged) == 1
+
+
+def test_preprocess_leaves_the_callers_images_alone():
+    model = build(small_cfg())
+    data = batch()
+    images, targets = data["images"].clone(), data["targets"].clone()
+    model(data)
+    model.eval()
+    with torch.no_grad():
+        model(data)
+    assert torch.equal(data["images"], images) and torch.equal(data["targets"], targets)
+    normalised = model.preprocess_image(data)
+    assert normalised.device == model.device
+    assert torch.allclose(normalised, (images - model.pixel_mean) / model.pixel_std)
+
+
+def test_precise_bn_targets_of_minus_one_are_read_as_class_zero():
+    model = build(small_cfg())
+    data = batch()
+    data["targets"] = torch.full((4,), -1)
+    losses = model(data)
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert (data["targets"] == -1).all()
+
+
+def test_training_needs_targets():
+    model = build(small_cfg())
+    with pytest.raises(ValueError, match="targets"):
+        model(batch()["images"])
+
+
+def test_batch_of_one():
+    model = build(small_cfg())
+    model.eval()
+    with torch.no_grad():
+        assert model(batch(1)["images"]).shape == (1, 9 * E)
+    # Train-mode BatchNorm itself refuses one value per channel (PyTorch's rule; SyncBN over several
+    # devices or frozen BN avoids it), so run the training path with BN in eval mode: MDPR's own code
+    # (stripes, attention, BAP, diversity, distillation, losses) must cope with B = 1.
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    losses = model(batch(1))
+    assert set(losses) == DEFAULT
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+
+
+def test_training_losses_never_read_values_back_to_the_host(monkeypatch):
+    model = build(small_cfg())
+    data = batch()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("host-device sync in the training forward")
+
+    # .item/.cpu/.tolist are the usual culprits; bool()/float()/int() of a tensor sync as well.
+    for name in ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    losses = model(data)
+    total = sum(losses.values())
+    monkeypatch.undo()
+    assert set(losses) == DEFAULT and torch.isfinite(total)
+
+
+def test_accuracy_is_logged_from_the_bap4_head_inside_the_trainers_storage():
+    model = build(small_cfg())
+    with EventStorage() as storage:
+        model(batch())
+        assert "cls_accuracy" in storage.latest()
+
+
+def test_backbone_is_one_child_that_fastreids_layer_freeze_covers():
+    from fastreid.engine.hooks import LayerFreeze
+    model = build(small_cfg())
+    children = dict(model.named_children())
+    assert {"trunk", "hard", "soft"} <= {n for n, _ in children["backbone"].named_children()}
+    backbone_params = {id(p) for p in model.backbone.parameters()}
+    for name, prm in model.named_parameters():
+        assert (id(prm) in backbone_params) == name.startswith("backbone.")
+    hook = LayerFreeze(model, ["backbone"], freeze_iters=10)
+    hook.freeze_specific_layer()
+    assert not any(m.training for m in model.backbone.modules())
+    assert all(m.training for m in model.heads.modules())
+    hook.open_all_layer()
+    assert all(m.training for m in model.backbone.modules())
+
+
+def test_heads_lr_factor_groups_all_heads():
+    # fastreid's optimizer applies HEADS_LR_FACTOR to the top-level child named "heads".
+    model = build(small_cfg())
+    head_params = {n for n, _ in model.named_parameters() if n.startswith("heads.")}
+    assert len(head_params) == sum(1 for _ in model.heads.parameters())
+    assert list(model.heads) == ["hard_global", "hard_part_0", "hard_part_1", "attn_feature4", "attn_bap4",
+                                 "attn_feature3", "attn_bap3", "fusion"]
