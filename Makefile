@@ -20,7 +20,7 @@ $(VENV)/.ready: setup.py
 	touch $@
 
 demo: setup
-	$(PY) train_net.py --config-file configs/Baseline-demo.yml
+	$(PY) train_net.py --config-file configs/MDPR/demo.yml
 
 test: setup
 	$(PY) -m pytest tests -q
