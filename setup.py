@@ -17,8 +17,8 @@ setup(
         "torchvision>=0.15",
         "numpy",
         "yacs",
-        "termcolor",
-        "tabulate",
+        "termcolor>=2.2,<3",  # fastreid 1.4.0's own ranges
+        "tabulate>=0.9,<0.10",
         "faiss-cpu",
         "scikit-learn",
         "tensorboard",

@@ -17,6 +17,7 @@ def test_demo_trains_and_evaluates_through_train_net(tmp_path):
     assert returncode == 0, output[-3000:]
     assert all(key in output for key in LOSS_KEYS)
     assert len(metrics_rows(output)) == 1
+    assert (tmp_path / "model_best.pth").is_file()  # fastreid's best-model checkpointer
 
 
 def test_stock_fastreid_script_with_two_added_lines_trains_evaluates_and_loads_authors_layout(tmp_path):
