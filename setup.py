@@ -21,6 +21,7 @@ setup(
         "tabulate>=0.9,<0.10",
         "faiss-cpu",
         "scikit-learn",
+        "scipy",  # sparse re-ranking (also a scikit-learn dependency)
         "tensorboard",
         "Pillow",
         "Cython",

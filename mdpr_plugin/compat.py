@@ -159,7 +159,7 @@ def apply():
 
     from .data.loader import DeviceDataLoader
     from .data.transforms import build_transforms
-    from .engine.checkpoint import load_checkpoint_file
+    from .engine.checkpoint import load_checkpoint_file, save_checkpoint_atomically, tag_last_checkpoint_atomically
     from .engine.train_loop import AMPTrainer
 
     # fastreid/data/data_utils.py:127,151: DataLoaderX needs CUDA; build.py uses it for every loader.
@@ -177,5 +177,8 @@ def apply():
     compute_dist.compute_jaccard_distance = _cpu_capable_jaccard(compute_dist.compute_jaccard_distance)
     # fastreid/utils/checkpoint.py:216: bare torch.load; see mdpr_plugin/engine/checkpoint.py.
     checkpoint.Checkpointer._load_file = lambda self, f: load_checkpoint_file(f)
+    # fastreid/utils/checkpoint.py:93,202 write in place: a kill while saving truncates the last good file.
+    checkpoint.Checkpointer.save = save_checkpoint_atomically
+    checkpoint.Checkpointer.tag_last_checkpoint = tag_last_checkpoint_atomically
     _applied = True
 

@@ -1,9 +1,14 @@
-"""Checkpoint loading for fastreid's ``Checkpointer``.
+"""Checkpoint reading and writing for fastreid's ``Checkpointer``.
 
 fastreid loads checkpoints with a bare ``torch.load`` (utils/checkpoint.py:216), which unpickles
 arbitrary objects. Here every file is read with :func:`mdpr_plugin.serialization.safe_load`, checked to
 be a checkpoint, and converted from the MDPR authors' key layout when it is in that layout.
+
+fastreid also writes checkpoints and ``last_checkpoint`` in place (utils/checkpoint.py:93,202): a
+process killed while saving leaves a truncated file where the previous good one was. Here each is
+written to a temporary file in the same folder and renamed over the old one.
 """
+import contextlib
 import os
 
 import torch
@@ -34,3 +39,39 @@ def load_checkpoint_file(path):
     if is_authors_layout(checkpoint["model"]):
         checkpoint["model"] = convert_authors_state_dict(checkpoint["model"])
     return checkpoint
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode="wb"):
+    """Open a temporary file next to ``path``; it replaces ``path`` only once fully written."""
+    temporary = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(temporary, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def save_checkpoint_atomically(self, name, **kwargs):
+    """fastreid's ``Checkpointer.save``, writing through :func:`atomic_open`."""
+    if not self.save_dir or not self.save_to_disk:
+        return
+    data = {"model": self.model.state_dict()}
+    data.update((key, obj.state_dict()) for key, obj in self.checkpointables.items())
+    data.update(kwargs)
+    basename = f"{name}.pth"
+    save_file = os.path.join(self.save_dir, basename)
+    self.logger.info(f"Saving checkpoint to {save_file}")
+    with atomic_open(save_file, "wb") as f:
+        torch.save(data, f)
+    self.tag_last_checkpoint(basename)
+
+
+def tag_last_checkpoint_atomically(self, last_filename_basename):
+    """fastreid's ``Checkpointer.tag_last_checkpoint``, writing through :func:`atomic_open`."""
+    with atomic_open(os.path.join(self.save_dir, "last_checkpoint"), "w") as f:
+        f.write(last_filename_basename)

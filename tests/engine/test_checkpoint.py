@@ -7,6 +7,7 @@ import torch
 from fastreid.modeling import build_model
 from fastreid.solver import build_lr_scheduler, build_optimizer
 from fastreid.utils.checkpoint import Checkpointer
+from helpers import run_script
 from mdpr_plugin.engine import CheckpointError, load_checkpoint_file
 
 
@@ -97,3 +98,33 @@ def test_bare_state_dict_loads_as_weights(parts, tmp_path):
     Checkpointer(model2).load(str(path))
     for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
         assert torch.equal(a, b)
+
+
+KILLED_WHILE_SAVING = """
+import os, signal, sys, torch
+import mdpr_plugin
+from fastreid.utils.checkpoint import Checkpointer
+
+model = torch.nn.Linear(3, 2)
+checkpointer = Checkpointer(model, sys.argv[1])
+torch.nn.init.constant_(model.weight, 1.0)
+checkpointer.save("model_final")
+
+def killed_half_way(data, f):
+    f.write(b"PK\\x03\\x04 half a zip archive")
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+torch.nn.init.constant_(model.weight, 2.0)
+torch.save = killed_half_way
+checkpointer.save("model_final")
+"""
+
+
+def test_a_process_killed_while_saving_leaves_the_previous_checkpoint_loadable(tmp_path):
+    returncode, output = run_script("-c", KILLED_WHILE_SAVING, str(tmp_path))
+    assert returncode == -9, output
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+    model = torch.nn.Linear(3, 2)
+    Checkpointer(model, str(tmp_path)).resume_or_load("", resume=True)
+    assert torch.equal(model.weight, torch.ones(2, 3))
