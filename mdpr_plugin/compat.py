@@ -137,6 +137,25 @@ def _cpu_capable_jaccard(compute_jaccard_distance):
     return compute_jaccard_distance_on_available_device
 
 
+# -------------------------------------------------------------------------------------------- data
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset folder (or one of its sub-folders) is missing."""
+
+
+def _check_dataset_files(self, required_files):
+    # fastreid/data/datasets/bases.py:139 says only '"datasets/DukeMTMC-reID" is not found'.
+    import fastreid.data.build as data_build
+
+    required = [required_files] if isinstance(required_files, str) else list(required_files)
+    missing = [path for path in required if not os.path.exists(path)]
+    if missing:
+        raise DatasetNotFoundError(
+            f"{type(self).__name__}: {missing[0]} not found (absolute: {os.path.abspath(missing[0])}). "
+            f"The dataset needs: {', '.join(required)}. fastreid looks for datasets under "
+            f"FASTREID_DATASETS (here {data_build._root!r}, relative to the working directory "
+            f"{os.getcwd()}); set it to the folder that holds the dataset before starting.")
+
+
 # ------------------------------------------------------------------------------------------ apply
 def apply():
     """Make fastreid importable and runnable here. Idempotent."""
@@ -146,6 +165,7 @@ def apply():
     _shim_removed_imports()
 
     import fastreid.data.build as data_build
+    import fastreid.data.datasets.bases as dataset_bases
     import fastreid.engine.defaults as engine_defaults
     import fastreid.engine.train_loop as train_loop
     import fastreid.evaluation.reid_evaluation as reid_evaluation
@@ -167,6 +187,7 @@ def apply():
     # fastreid/data/transforms/build.py:81 (RandomAffine arguments torchvision removed) and the
     # fixed RandomPatch pool size (transforms.py:57); see mdpr_plugin/data/transforms.py.
     _rebind("build_transforms", build_transforms, data_build)
+    dataset_bases.Dataset.check_before_run = _check_dataset_files
     # fastreid/engine/train_loop.py:335: AMPTrainer asserts CUDA; defaults.py picks it by name.
     _rebind("AMPTrainer", AMPTrainer, train_loop, engine_defaults)
     build_model = _device_fallback_build_model(meta_arch_build.build_model)

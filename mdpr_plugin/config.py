@@ -3,6 +3,8 @@
 The model switches live at the config root (``ATTN_NUM``, ``PART_NUM``, ...) because that is where the
 authors' YAML files put them; keeping them there lets those files load unchanged.
 """
+import difflib
+
 from fastreid.config import CfgNode as CN
 
 # Root-level keys: name -> (default, meaning).
@@ -44,4 +46,37 @@ def add_mdpr_config(cfg):
 
     # Patch pool of RandomPatch (INPUT.RPT): fastreid hard-codes 50000; MDPR's configs use 1000.
     _add(cfg.INPUT.RPT, "POOL_CAPACITY", 50000)
+    return cfg
+
+
+class ConfigKeyError(KeyError):
+    """An unknown config key, with the closest valid keys."""
+
+    def __str__(self):
+        return self.args[0]
+
+
+def _all_keys(node, prefix=""):
+    for key, value in node.items():
+        if isinstance(value, CN):
+            yield from _all_keys(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+def merge_config(cfg, config_file, opts):
+    """``cfg.merge_from_file(config_file)`` then ``cfg.merge_from_list(opts)``; an unknown key names
+    where it came from and the closest valid keys (yacs says only "Non-existent (config) key")."""
+    for source, merge in ((config_file, lambda: cfg.merge_from_file(config_file)),
+                          ("the command line", lambda: cfg.merge_from_list(opts))):
+        try:
+            merge()
+        except (KeyError, AssertionError) as error:  # yacs: KeyError from files, AssertionError from lists
+            message = str(error.args[0]) if error.args else ""
+            if not message.startswith(("Non-existent config key:", "Non-existent key:")):
+                raise
+            key = message.split(":", 1)[1].strip()
+            close = difflib.get_close_matches(key, list(_all_keys(cfg)), n=3, cutoff=0.85)
+            hint = f" Did you mean {' or '.join(close)}?" if close else ""
+            raise ConfigKeyError(f"Unknown config key {key} in {source}.{hint}") from None
     return cfg

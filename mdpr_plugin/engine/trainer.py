@@ -9,7 +9,7 @@ from fastreid.utils import comm
 from fastreid.utils.logger import setup_logger
 
 from ..compat import resolve_device
-from ..config import add_mdpr_config
+from ..config import add_mdpr_config, merge_config
 from ..evaluation import ReidEvaluator, inference_on_dataset
 
 logger = logging.getLogger(__name__)
@@ -19,8 +19,7 @@ def setup_config(args):
     """fastreid defaults + the MDPR keys + the YAML file + ``KEY VALUE`` overrides, then fastreid's setup."""
     cfg = get_cfg()
     add_mdpr_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    merge_config(cfg, args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     # default_setup configures fastreid's logger only; the plugin's progress lines need their own
