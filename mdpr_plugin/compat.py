@@ -65,7 +65,6 @@ def _device_fallback_build_model(build_model):
             cfg.MODEL.DEVICE = str(device)
         return build_model(cfg)
 
-    build_model_on_available_device.__wrapped__ = build_model
     return build_model_on_available_device
 
 
@@ -79,7 +78,6 @@ def _separate_params_build_optimizer(build_optimizer):
     def build_optimizer_with_separate_params(cfg, model, contiguous=False):
         return build_optimizer(cfg, model, contiguous=contiguous)
 
-    build_optimizer_with_separate_params.__wrapped__ = build_optimizer
     return build_optimizer_with_separate_params
 
 
@@ -133,7 +131,6 @@ def _cpu_capable_jaccard(compute_jaccard_distance):
             search_option = 3
         return compute_jaccard_distance(features, k1=k1, k2=k2, search_option=search_option, fp16=fp16)
 
-    compute_jaccard_distance_on_available_device.__wrapped__ = compute_jaccard_distance
     return compute_jaccard_distance_on_available_device
 
 
