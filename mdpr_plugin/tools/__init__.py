@@ -1,0 +1,1 @@
+"""Command-line tools for a trained model: export (ONNX), extract (features), search (faiss), visualise."""

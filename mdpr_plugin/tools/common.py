@@ -1,0 +1,88 @@
+"""What every tool shares: train_net.py's config handling, the eval model, images as at test time."""
+import argparse
+import importlib
+import os
+
+import torch
+from fastreid.config import get_cfg
+from fastreid.data.transforms import build_transforms
+from fastreid.modeling import build_model
+from fastreid.utils.checkpoint import Checkpointer
+from PIL import Image
+
+from .. import compat
+from ..config import add_mdpr_config, merge_config
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency is not installed; the message names the setup.py extra to install."""
+
+
+def require(module, extra):
+    """Import ``module`` or say which extra of this package provides it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(
+            f"{module} is not installed; install it with `pip install -e '.[{extra}]'` "
+            f"(or `pip install mdpr-plugin[{extra}]`)") from None
+
+
+def tool_parser(description):
+    """``--config-file`` and trailing ``KEY VALUE`` overrides, exactly as train_net.py takes them."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="path to the config file")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                        help="KEY VALUE config overrides, e.g. MODEL.WEIGHTS logs/demo/model_final.pth")
+    return parser
+
+
+def setup_tool_config(args):
+    """The config train_net.py would build, for inference: the backbone weights come from MODEL.WEIGHTS."""
+    cfg = get_cfg()
+    add_mdpr_config(cfg)
+    merge_config(cfg, args.config_file, args.opts)
+    cfg.MODEL.BACKBONE.PRETRAIN = False
+    cfg.freeze()
+    return cfg
+
+
+def load_eval_model(cfg):
+    """The model in eval mode on ``MODEL.DEVICE`` (or the CPU fallback), weights from ``MODEL.WEIGHTS``."""
+    if not cfg.MODEL.WEIGHTS:
+        raise ValueError("MODEL.WEIGHTS is empty: pass the trained checkpoint, "
+                         "e.g. MODEL.WEIGHTS logs/mdpr_demo/model_final.pth")
+    if not os.path.isfile(cfg.MODEL.WEIGHTS):
+        raise FileNotFoundError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} does not exist")
+    model = build_model(cfg)
+    Checkpointer(model).load(cfg.MODEL.WEIGHTS)
+    return model.eval()
+
+
+def model_device(cfg):
+    return compat.resolve_device(cfg.MODEL.DEVICE)
+
+
+def list_images(folder):
+    """Every jpg/jpeg/png under ``folder`` (recursive), sorted."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    paths = sorted(
+        os.path.join(root, name)
+        for root, _, names in os.walk(folder)
+        for name in names if name.lower().endswith(IMAGE_SUFFIXES))
+    if not paths:
+        raise FileNotFoundError(f"no .jpg/.jpeg/.png images under {folder}")
+    return paths
+
+
+def test_transform(cfg):
+    """fastreid's test-time transform: resize to INPUT.SIZE_TEST, a float tensor of 0-255 RGB values."""
+    return build_transforms(cfg, is_train=False)
+
+
+def load_images(paths, transform):
+    """A B x 3 x H x W float batch of 0-255 RGB values, each image resized as at test time."""
+    return torch.stack([transform(Image.open(path).convert("RGB")) for path in paths])
