@@ -30,6 +30,17 @@ setup(
         # faiss-gpu wheels exist only for some CUDA/Python combinations; install it by hand there
         # and the re-ranking search moves to the GPU automatically.
         "gpu": ["faiss-gpu"],
-        "test": ["pytest"],
+        # mdpr-export / the ONNX Runtime backend of mdpr-extract and of the speed benchmark
+        "onnx": ["onnx", "onnxscript", "onnxruntime"],
+        "test": ["pytest", "onnx", "onnxscript", "onnxruntime"],
+    },
+    entry_points={
+        "console_scripts": [
+            "mdpr-export=mdpr_plugin.tools.export:main",
+            "mdpr-extract=mdpr_plugin.tools.extract:main",
+            "mdpr-search=mdpr_plugin.tools.search:main",
+            "mdpr-visualize=mdpr_plugin.tools.visualize:main",
+            "mdpr-benchmark=mdpr_plugin.benchmarks.model:main",
+        ],
     },
 )
