@@ -23,7 +23,7 @@ setup(
         "scikit-learn",
         "scipy",  # sparse re-ranking (also a scikit-learn dependency)
         "tensorboard",
-        "Pillow",
+        "Pillow>=9.2",  # ImageFont.getlength (mdpr-visualize)
         "Cython",
     ],
     extras_require={

@@ -8,6 +8,8 @@ from fastreid.config import get_cfg
 from mdpr_plugin import add_mdpr_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MDPR_DEMO_CONFIG = os.path.join(REPO, "configs", "MDPR", "demo.yml")
+BUNDLED_IMAGES = os.path.join(REPO, "mdpr_plugin", "data", "mini_market1501", "Market-1501-v15.09.15")
 
 
 def load_config(path, *overrides):

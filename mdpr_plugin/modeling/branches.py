@@ -63,11 +63,14 @@ class SoftContentBranch(nn.Module):
         self.bap4 = BAP(layer4_channels, num_attn, embedding_dim, norm)
         self.bap3 = BAP(layer3_channels, num_attn, embedding_dim, norm)
 
-    def attention(self, x3, x4):
-        """Softmaxed attention (B x M x H x W) of layer4 and layer3."""
+    def attention(self, x3, x4, include_background=False):
+        """Softmaxed attention (B x M x H x W) of layer4 and layer3; with ``include_background`` all
+        M+1 channels (B x (M+1) x H x W), the background last, as the visualisation draws them."""
         raw4 = self.attention4(x4)
         # The guide takes layer4's attention before the softmax.
         raw3 = self.attention3(torch.cat([x3, self.guide(raw4)], dim=1) if self.guide is not None else x3)
+        if include_background:
+            return torch.softmax(raw4, dim=1), torch.softmax(raw3, dim=1)
         return softmax_attn(raw4), softmax_attn(raw3)
 
     def forward(self, x3, x4, with_attention=True, with_bap=True):

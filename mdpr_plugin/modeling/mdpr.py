@@ -201,13 +201,18 @@ class MDPR(nn.Module):
             log_accuracy(outputs[accuracy_head]["pred_class_logits"].detach(), targets)
         return loss_dict
 
-    def attention_maps(self, batched_inputs):
+    def attention_maps(self, batched_inputs, include_background=False):
         """The soft branch's foreground attention for a batch: ``{"attention4", "attention3"}``, each B x M x H x W.
 
+        With ``include_background`` also ``{"background4", "background3"}``, each B x 1 x H x W: the
+        softmax channel the model drops, so that foreground + background is 1 at every position.
         Runs in the model's current mode (call it in eval mode, under ``torch.no_grad()`` for inference).
         """
         if self.soft_branch is None:
             raise ValueError("SOFT_BRANCH_ENABLE is False: this model has no attention maps")
         x3, x4 = self.backbone.soft(self.backbone.trunk(self.preprocess_image(batched_inputs)))
-        attention4, attention3 = self.soft_branch.attention(x3, x4)
-        return {"attention4": attention4, "attention3": attention3}
+        attention4, attention3 = self.soft_branch.attention(x3, x4, include_background)
+        if not include_background:
+            return {"attention4": attention4, "attention3": attention3}
+        return {"attention4": attention4[:, :-1], "attention3": attention3[:, :-1],
+                "background4": attention4[:, -1:], "background3": attention3[:, -1:]}

@@ -1,7 +1,11 @@
 """What every tool shares: train_net.py's config handling, the eval model, images as at test time."""
 import argparse
+import contextlib
 import importlib
+import logging
 import os
+import sys
+import warnings
 
 import torch
 from fastreid.config import get_cfg
@@ -53,7 +57,7 @@ def load_eval_model(cfg):
     """The model in eval mode on ``MODEL.DEVICE`` (or the CPU fallback), weights from ``MODEL.WEIGHTS``."""
     if not cfg.MODEL.WEIGHTS:
         raise ValueError("MODEL.WEIGHTS is empty: pass the trained checkpoint, "
-                         "e.g. MODEL.WEIGHTS logs/mdpr_demo/model_final.pth")
+                         "e.g. MODEL.WEIGHTS logs/demo/mdpr/model_final.pth")
     if not os.path.isfile(cfg.MODEL.WEIGHTS):
         raise FileNotFoundError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} does not exist")
     model = build_model(cfg)
@@ -78,7 +82,7 @@ def list_images(folder):
     return paths
 
 
-def test_transform(cfg):
+def eval_transform(cfg):
     """fastreid's test-time transform: resize to INPUT.SIZE_TEST, a float tensor of 0-255 RGB values."""
     return build_transforms(cfg, is_train=False)
 
@@ -86,3 +90,26 @@ def test_transform(cfg):
 def load_images(paths, transform):
     """A B x 3 x H x W float batch of 0-255 RGB values, each image resized as at test time."""
     return torch.stack([transform(Image.open(path).convert("RGB")) for path in paths])
+
+
+def setup_tool_logging(level=logging.INFO):
+    """Progress and timing lines of the plugin, fastreid and the tool on stderr (stdout stays free for
+    results); other libraries (the ONNX exporter's passes log every step) only warn."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for name in ("mdpr_plugin", "fastreid", "__main__"):
+        logging.getLogger(name).setLevel(level)
+    # fastreid's ToTensor (data/transforms/functional.py) warns on every image; harmless
+    warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+
+
+@contextlib.contextmanager
+def exit_on_bad_input(prog):
+    """Turn the errors bad input raises (missing file, wrong key, missing extra) into one line and
+    exit status 1, instead of a traceback that buries the message."""
+    try:
+        yield
+    except (OSError, ValueError, KeyError, MissingExtraError) as error:
+        # KeyError's str() adds quotes around the message
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        sys.exit(f"{prog}: error: {message}")

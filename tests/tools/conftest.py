@@ -1,14 +1,11 @@
 """A small MDPR checkpoint (the demo config, untrained: the tools' tests check plumbing, not accuracy)."""
-import os
 
 import pytest
 import torch
 from fastreid.modeling import build_model
 from fastreid.utils.checkpoint import Checkpointer
-from helpers import REPO, load_config
+from helpers import MDPR_DEMO_CONFIG, load_config, run_script
 
-DEMO_CONFIG = os.path.join(REPO, "configs", "MDPR", "demo.yml")
-BUNDLED_IMAGES = os.path.join(REPO, "mdpr_plugin", "data", "mini_market1501", "Market-1501-v15.09.15")
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +22,13 @@ def demo_weights(tmp_path_factory):
     folder = tmp_path_factory.mktemp("demo_weights")
     Checkpointer(model, save_dir=str(folder)).save("model_final")
     return str(folder / "model_final.pth")
+
+
+@pytest.fixture(scope="session")
+def demo_onnx(demo_weights, tmp_path_factory):
+    """``(path, output)``: the demo checkpoint exported by the mdpr-export CLI (parity checked on 8 images)."""
+    path = tmp_path_factory.mktemp("demo_onnx") / "demo.onnx"
+    code, output = run_script("-m", "mdpr_plugin.tools.export", "--config-file", MDPR_DEMO_CONFIG, "--output", str(path),
+                              "--check-batch", "8", "MODEL.WEIGHTS", demo_weights, "MODEL.DEVICE", "cpu")
+    assert code == 0, output
+    return str(path), output

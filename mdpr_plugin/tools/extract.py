@@ -1,0 +1,216 @@
+"""mdpr-extract: the eval feature of every image in a folder, with PyTorch or an exported ONNX model.
+
+    mdpr-extract --config-file configs/MDPR/demo.yml --input FOLDER --output feats.npz MODEL.WEIGHTS model.pth
+    mdpr-extract --config-file configs/MDPR/demo.yml --input FOLDER --output feats.npz --onnx model.onnx
+
+Images (.jpg/.jpeg/.png, recursively, any size) are resized as at test time (INPUT.SIZE_TEST). The
+.npz holds:
+
+* ``features``: N x D float32, each row L2-normalised, so an inner product is the cosine similarity
+  and ``1 - inner product`` is fastreid's cosine distance (the evaluation's default TEST.METRIC);
+* ``paths``: N strings, each image's path relative to ``root`` with "/" separators (they stay valid
+  when the folder moves; the sorted order is the rows' order);
+* ``root``: the input folder's absolute path at extraction time;
+* metadata: ``config_file``, ``backend`` (torch / onnx), ``model`` (MODEL.WEIGHTS or the .onnx file),
+  ``feature_dim``, ``image_size`` (H, W), ``normalized`` (True).
+"""
+import logging
+import os
+import time
+import zipfile
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..evaluation.progress import Progress
+from .common import (exit_on_bad_input, list_images, load_eval_model, require, setup_tool_config, setup_tool_logging,
+                     eval_transform, tool_parser)
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnx")
+REQUIRED_KEYS = ("features", "paths")
+
+
+# ------------------------------------------------------------------------------------------ encoders
+class TorchEncoder:
+    """The PyTorch eval model of ``MODEL.WEIGHTS``: 0-255 batch -> B x D float32 numpy."""
+
+    name = "torch"
+
+    def __init__(self, cfg):
+        self.model = load_eval_model(cfg)
+        self.source = cfg.MODEL.WEIGHTS
+
+    @torch.no_grad()
+    def __call__(self, images):
+        return self.model(images).float().cpu().numpy()
+
+
+class OnnxEncoder:
+    """An mdpr-export graph run by onnxruntime on the CPU."""
+
+    name = "onnx"
+
+    def __init__(self, path, size):
+        from .export import INPUT_NAME, OUTPUT_NAME, onnx_session
+
+        self.session = onnx_session(path)
+        self.source = path
+        self.input_name, self.output_name = INPUT_NAME, OUTPUT_NAME
+        inputs = {i.name: i.shape for i in self.session.get_inputs()}
+        if INPUT_NAME not in inputs:
+            raise ValueError(f"{path} has no input named '{INPUT_NAME}' (it has {sorted(inputs)}); "
+                             "export the model with mdpr-export")
+        graph_size = list(inputs[INPUT_NAME][2:])
+        if graph_size != list(size):
+            raise ValueError(f"{path} takes {graph_size[0]}x{graph_size[1]} images but INPUT.SIZE_TEST is "
+                             f"{size[0]}x{size[1]}; pass the config the model was exported with")
+
+    def __call__(self, images):
+        return self.session.run([self.output_name], {self.input_name: images.float().numpy()})[0]
+
+
+def build_encoder(cfg, backend, onnx_path=None):
+    """The encoder for ``backend``: ``"torch"`` (MODEL.WEIGHTS) or ``"onnx"`` (``onnx_path``)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "onnx":
+        if not onnx_path:
+            raise ValueError("--backend onnx needs --onnx FILE (a model written by mdpr-export)")
+        require("onnxruntime", "onnx")
+        return OnnxEncoder(onnx_path, cfg.INPUT.SIZE_TEST)
+    return TorchEncoder(cfg)
+
+
+# ---------------------------------------------------------------------------------------- extraction
+def read_image(path, transform):
+    try:
+        with Image.open(path) as image:
+            return transform(image.convert("RGB"))
+    except OSError as error:  # PIL's UnidentifiedImageError is an OSError
+        raise ValueError(f"cannot read image {path} ({error}); remove or replace it") from None
+
+
+def extract_features(paths, encode, transform, batch_size=64, progress_period=5.0):
+    """N x D float32 features of the images at ``paths``, each row L2-normalised."""
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    features = None
+    progress = Progress(f"extracting features ({getattr(encode, 'name', 'model')})", len(paths), logger,
+                        progress_period)
+    for start in range(0, len(paths), batch_size):
+        batch = torch.stack([read_image(path, transform) for path in paths[start:start + batch_size]])
+        out = np.asarray(encode(batch), dtype=np.float32)
+        if features is None:  # the width is known once the model has run
+            features = np.empty((len(paths), out.shape[1]), dtype=np.float32)
+        features[start:start + len(out)] = out
+        progress.update(start + len(out))
+    progress.done()
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    return features / np.maximum(norms, 1e-12)
+
+
+def extract_folder(cfg, folder, encoder, batch_size=64, config_file="", paths=None):
+    """Features of every image under ``folder`` (or of ``paths``, images in it): a record as
+    ``save_features`` writes it."""
+    paths = list_images(folder) if paths is None else paths
+    logger.info("%d images under %s, batches of %d, %s backend", len(paths), folder, batch_size, encoder.name)
+    start = time.perf_counter()
+    features = extract_features(paths, encoder, eval_transform(cfg), batch_size)
+    seconds = time.perf_counter() - start
+    logger.info("Extracted %d features of dim %d in %.1f s (%.1f images/s)",
+                len(paths), features.shape[1], seconds, len(paths) / seconds)
+    root = os.path.abspath(folder)
+    return {
+        "features": features,
+        "paths": [os.path.relpath(os.path.abspath(p), root).replace(os.sep, "/") for p in paths],
+        "root": root,
+        "config_file": config_file,
+        "backend": encoder.name,
+        "model": encoder.source,
+        "feature_dim": features.shape[1],
+        "image_size": list(cfg.INPUT.SIZE_TEST),
+        "normalized": True,
+        "images_per_second": len(paths) / seconds,
+    }
+
+
+# --------------------------------------------------------------------------------------------- files
+def save_features(path, record):
+    """Write ``record`` (``extract_folder``'s dict) to ``path`` as an .npz, no pickled objects."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    arrays = {key: np.asarray(value) for key, value in record.items() if key != "images_per_second"}
+    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a name without it
+        np.savez(f, **arrays)
+    return path
+
+
+def load_features(path):
+    """An .npz written by mdpr-extract as a dict: ``features`` (N x D float32), ``paths`` (list of str),
+    ``root`` and the metadata present; a clear error for anything else."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"features file {path} does not exist; make it with mdpr-extract")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            record = {key: data[key] for key in data.files}
+    except (zipfile.BadZipFile, ValueError, OSError) as error:
+        raise ValueError(f"{path} is not an .npz of features written by mdpr-extract ({error})") from None
+    missing = [key for key in REQUIRED_KEYS if key not in record]
+    if missing:
+        raise ValueError(f"{path} has no {' or '.join(repr(k) for k in missing)} array (it has "
+                         f"{sorted(record)}); make it with mdpr-extract")
+    features, paths = record["features"], record["paths"]
+    if features.ndim != 2 or len(features) == 0:
+        raise ValueError(f"{path}: 'features' must be a non-empty N x D array, got shape {features.shape}")
+    if len(paths) != len(features):
+        raise ValueError(f"{path}: {len(paths)} paths for {len(features)} feature rows")
+    record["features"] = features.astype(np.float32, copy=False)
+    record["paths"] = [str(p) for p in paths]
+    for key, value in record.items():  # 0-d arrays back to Python scalars
+        if isinstance(value, np.ndarray) and value.ndim == 0:
+            record[key] = value.item()
+    return record
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def add_backend_arguments(parser):
+    """--backend / --onnx / --batch-size, shared with ``mdpr-search query --images``."""
+    parser.add_argument("--backend", choices=BACKENDS, default=None,
+                        help="torch (MODEL.WEIGHTS) or onnx (--onnx); default: onnx if --onnx is given")
+    parser.add_argument("--onnx", metavar="FILE", help="a model written by mdpr-export (the onnx backend)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+
+
+def backend_of(args):
+    return args.backend or ("onnx" if args.onnx else "torch")
+
+
+def parse_args(argv=None):
+    parser = tool_parser("Extract MDPR features of every image in a folder into an .npz.")
+    parser.prog = "mdpr-extract"  # also under `python -m`
+    parser.add_argument("--input", required=True, metavar="FOLDER", help="images, searched recursively")
+    parser.add_argument("--output", required=True, metavar="FILE", help="the .npz to write")
+    add_backend_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    setup_tool_logging()
+    args = parse_args(argv)
+    with exit_on_bad_input("mdpr-extract"):
+        cfg = setup_tool_config(args)
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+        paths = list_images(args.input)  # an empty folder fails before the model is loaded
+        encoder = build_encoder(cfg, backend_of(args), args.onnx)
+        record = extract_folder(cfg, args.input, encoder, args.batch_size, args.config_file, paths)
+        save_features(args.output, record)
+    print(f"{args.output}: {len(record['paths'])} images, {record['feature_dim']}-d features "
+          f"({record['backend']} backend, {record['images_per_second']:.1f} images/s)")
+
+
+if __name__ == "__main__":
+    main()
