@@ -3,11 +3,17 @@
 
 The flags are fastreid's tools/train_net.py's: --config-file, --resume, --eval-only, --num-gpus,
 --num-machines, --machine-rank, --dist-url, then KEY VALUE config overrides.
+
+Several processes: ``--num-gpus N`` (N processes on this machine: one per GPU over NCCL, or N CPU
+processes over gloo without CUDA), or ``torchrun --nproc_per_node N train_net.py ...``. See
+mdpr_plugin/engine/launch.py.
 """
 import mdpr_plugin  # noqa: F401  (makes fastreid work here and registers MDPR)
-from fastreid.engine import default_argument_parser, launch
+from fastreid.engine import default_argument_parser
 from fastreid.utils.checkpoint import Checkpointer
 from mdpr_plugin.engine import Trainer, setup_config
+from mdpr_plugin.engine.errors import run_reporting_known_errors
+from mdpr_plugin.engine.launch import launch, training_device_type
 
 
 def main(args):
@@ -25,14 +31,20 @@ def main(args):
     return trainer.train()
 
 
-if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
-    print("Command Line Args:", args)
+def launch_main(args):
     launch(
-        main,
+        run_reporting_known_errors,  # in every process: a known bad input prints its message, no traceback
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
-        args=(args,),
+        args=(main, args),
+        # NCCL for a CUDA MODEL.DEVICE, gloo otherwise (also checks the config before any process starts)
+        device_type=training_device_type(args.config_file, args.opts),
     )
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    run_reporting_known_errors(launch_main, args)

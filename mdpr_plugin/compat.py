@@ -153,6 +153,22 @@ def _check_dataset_files(self, required_files):
             f"{os.getcwd()}); set it to the folder that holds the dataset before starting.")
 
 
+# ------------------------------------------------------------------------------------- checkpoints
+def _load_naming_a_missing_checkpoint(load):
+    # fastreid/utils/checkpoint.py:119 asserts the file exists ("Checkpoint x not found!"): an
+    # AssertionError that names neither the config key nor the folder it was looked for from.
+    from .serialization import CheckpointError
+
+    def load_checking_the_file(self, path, *args, **kwargs):
+        if path and "://" not in path and not os.path.isfile(path):
+            raise CheckpointError(
+                f"Checkpoint {path} not found (absolute: {os.path.abspath(path)}). Check MODEL.WEIGHTS, or with "
+                "--resume the file named in OUTPUT_DIR/last_checkpoint.")
+        return load(self, path, *args, **kwargs)
+
+    return load_checking_the_file
+
+
 # ------------------------------------------------------------------------------------------ apply
 def apply():
     """Make fastreid importable and runnable here. Idempotent."""
@@ -163,7 +179,9 @@ def apply():
 
     import fastreid.data.build as data_build
     import fastreid.data.datasets.bases as dataset_bases
+    import fastreid.engine as engine
     import fastreid.engine.defaults as engine_defaults
+    import fastreid.engine.hooks as engine_hooks
     import fastreid.engine.train_loop as train_loop
     import fastreid.evaluation.reid_evaluation as reid_evaluation
     import fastreid.modeling as modeling
@@ -174,10 +192,15 @@ def apply():
     import fastreid.utils.checkpoint as checkpoint
     import fastreid.utils.compute_dist as compute_dist
 
+    from .data import builders as checked_builders
+    from .data.images import read_image
     from .data.loader import DeviceDataLoader
     from .data.transforms import build_transforms
     from .engine.checkpoint import load_checkpoint_file, save_checkpoint_atomically, tag_last_checkpoint_atomically
-    from .engine.train_loop import AMPTrainer
+    from .engine.distributed import distributed_data_parallel
+    from .engine.launch import launch
+    from .engine.train_loop import (AMPTrainer, checkpoint_after_epoch_if_finite, eval_after_train_unless_stopped,
+                                    write_metrics_checking_losses)
 
     # fastreid/data/data_utils.py:127,151: DataLoaderX needs CUDA; build.py uses it for every loader.
     _rebind("DataLoaderX", DeviceDataLoader, data_build)
@@ -185,6 +208,19 @@ def apply():
     # fixed RandomPatch pool size (transforms.py:57); see mdpr_plugin/data/transforms.py.
     _rebind("build_transforms", build_transforms, data_build)
     dataset_bases.Dataset.check_before_run = _check_dataset_files
+    # fastreid/data/build.py:30,98 builds whatever the folders hold (an empty set makes the identity
+    # samplers loop forever) and reads images only when drawn; see mdpr_plugin/data/builders.py.
+    _rebind("_train_loader_from_config", checked_builders.train_loader_from_config, data_build)
+    _rebind("_test_loader_from_config", checked_builders.test_loader_from_config, data_build)
+    for name in ("build_reid_train_loader", "build_reid_test_loader"):
+        _rebind(name, getattr(checked_builders, name), data_build, sys.modules["fastreid.data"], engine_defaults)
+    # fastreid/data/data_utils.py:17 converts no image mode to RGB and does not name unreadable files.
+    _rebind("read_image", read_image, sys.modules["fastreid.data.common"], sys.modules["fastreid.data.data_utils"])
+    # fastreid/engine/train_loop.py:293 checks the loss on the main process only and names neither the
+    # term nor the fix; see mdpr_plugin/engine/train_loop.py.
+    train_loop.SimpleTrainer._write_metrics = write_metrics_checking_losses
+    engine_hooks.EvalHook.after_train = eval_after_train_unless_stopped
+    engine_hooks.PeriodicCheckpointer.after_epoch = checkpoint_after_epoch_if_finite
     # fastreid/engine/train_loop.py:335: AMPTrainer asserts CUDA; defaults.py picks it by name.
     _rebind("AMPTrainer", AMPTrainer, train_loop, engine_defaults)
     build_model = _device_fallback_build_model(meta_arch_build.build_model)
@@ -195,6 +231,13 @@ def apply():
     compute_dist.compute_jaccard_distance = _cpu_capable_jaccard(compute_dist.compute_jaccard_distance)
     # fastreid/utils/checkpoint.py:216: bare torch.load; see mdpr_plugin/engine/checkpoint.py.
     checkpoint.Checkpointer._load_file = lambda self, f: load_checkpoint_file(f)
+    checkpoint.Checkpointer.load = _load_naming_a_missing_checkpoint(checkpoint.Checkpointer.load)
+    # fastreid/engine/defaults.py:210 builds DDP with device_ids=[local_rank], which DDP refuses for a
+    # CPU model, and keeps SyncBN, which runs on CUDA only; see mdpr_plugin/engine/distributed.py.
+    _rebind("DistributedDataParallel", distributed_data_parallel, engine_defaults)
+    # fastreid/engine/launch.py:75,77 asserts CUDA and uses NCCL, and does not join a torchrun job; see
+    # mdpr_plugin/engine/launch.py. (fastreid.engine.launch the module is shadowed by the function.)
+    _rebind("launch", launch, sys.modules["fastreid.engine.launch"], engine)
     # fastreid/utils/checkpoint.py:93,202 write in place: a kill while saving truncates the last good file.
     checkpoint.Checkpointer.save = save_checkpoint_atomically
     checkpoint.Checkpointer.tag_last_checkpoint = tag_last_checkpoint_atomically

@@ -46,6 +46,21 @@ def add_mdpr_config(cfg):
 
     # Patch pool of RandomPatch (INPUT.RPT): fastreid hard-codes 50000; MDPR's configs use 1000.
     _add(cfg.INPUT.RPT, "POOL_CAPACITY", 50000)
+
+    # Speed switches, applied by the plugin's Trainer.build_model (measured in docs/benchmarks.md,
+    # `mdpr-benchmark`): torch.compile of the model in place (state-dict keys unchanged; the first
+    # iterations compile) and the channels-last memory format for the convolutions.
+    _add(cfg.MODEL, "COMPILE", False)
+    _add(cfg.MODEL, "CHANNELS_LAST", False)
+
+    # Unreadable (truncated, empty, non-image) files, found when the data set is built: "error" stops
+    # naming them, "skip" leaves them out with a warning giving their number (mdpr_plugin/data/checks.py).
+    _add(cfg.DATALOADER, "BAD_IMAGES", "error")
+
+    # Seed of the run (fastreid 1.4.0 has no such key): model initialisation, the training sampler's
+    # stream and every sample's augmentation. -1 draws one at random, as fastreid does, and stores it in
+    # the checkpoints so that --resume continues the same stream. The paper trains with 3407.
+    _add(cfg, "SEED", -1)
     return cfg
 
 

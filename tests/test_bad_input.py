@@ -1,14 +1,33 @@
-"""Bad input gets a message that names the file or key and the fix."""
+"""Bad input gets a message that names the file or key and the fix, and damages nothing written before."""
+import glob
+import logging
 import os
+import re
+import shutil
+from contextlib import contextmanager
 
+import fastreid.data.build as data_build
+import numpy as np
 import pytest
+import torch
 from fastreid.config import get_cfg
-from fastreid.data import build_reid_train_loader
-from helpers import REPO, run_script
+from fastreid.data import build_reid_test_loader, build_reid_train_loader
+from fastreid.engine.train_loop import HookBase
+from helpers import REPO, load_config, run_script
+from PIL import Image
 
 from mdpr_plugin import add_mdpr_config
 from mdpr_plugin.compat import DatasetNotFoundError
 from mdpr_plugin.config import ConfigKeyError, merge_config
+from mdpr_plugin.data import BUNDLED_ROOT
+from mdpr_plugin.data.checks import DatasetLayoutError, SamplingError
+from mdpr_plugin.data.images import BadImageError
+from mdpr_plugin.engine import Trainer
+from mdpr_plugin.engine.errors import run_reporting_known_errors
+from mdpr_plugin.engine.train_loop import NonFiniteLossError, NonFiniteWeightsError
+from mdpr_plugin.evaluation import ReidEvaluator
+from mdpr_plugin.evaluation.evaluator import EmptyEvaluationSetError
+from mdpr_plugin.serialization import CheckpointError, safe_load
 
 
 def test_missing_dataset_folder_names_it_and_fastreid_datasets(demo_cfg):
@@ -32,8 +51,400 @@ def test_unknown_config_key_suggests_the_closest(tmp_path, source, overrides, me
         merge_config(cfg, str(path), overrides)
 
 
-def test_train_net_reports_an_unknown_key_without_a_deep_traceback(tmp_path):
+def test_train_net_reports_an_unknown_key_without_a_deep_traceback(earlier_run):
     returncode, output = run_script("train_net.py", "--config-file", os.path.join(REPO, "configs/MDPR/demo.yml"),
-                                    "MODEL.BACKBONE.DEPHT", "50x", "OUTPUT_DIR", str(tmp_path))
+                                    "MODEL.BACKBONE.DEPHT", "50x", "OUTPUT_DIR", earlier_run.path)
     assert returncode != 0
-    assert "Unknown config key MODEL.BACKBONE.DEPHT in the command line. Did you mean MODEL.BACKBONE.DEPTH?" in output
+    assert "ERROR: Unknown config key MODEL.BACKBONE.DEPHT in the command line. Did you mean MODEL.BACKBONE.DEPTH?" in output
+    assert "Traceback" not in output
+    assert earlier_run.unchanged()
+
+
+# ------------------------------------------------------------------------------------------------
+# Small Market-1501-layout folders built from the bundled images, read through FASTREID_DATASETS.
+# ------------------------------------------------------------------------------------------------
+BUNDLED = os.path.join(BUNDLED_ROOT, "Market-1501-v15.09.15")
+SPLITS = ("bounding_box_train", "query", "bounding_box_test")
+
+
+@pytest.fixture
+def market(tmp_path, monkeypatch):
+    """<tmp>/datasets/Market-1501-v15.09.15, a copy of the bundled images, as FASTREID_DATASETS."""
+    root = tmp_path / "datasets"
+    shutil.copytree(BUNDLED, root / "Market-1501-v15.09.15")
+    monkeypatch.setattr(data_build, "_root", str(root))
+    monkeypatch.setenv("FASTREID_DATASETS", str(root))  # for subprocesses
+    return root / "Market-1501-v15.09.15"
+
+
+@pytest.fixture
+def market_cfg(market, demo_cfg):
+    demo_cfg.DATASETS.NAMES = ("Market1501",)
+    demo_cfg.DATASETS.TESTS = ("Market1501",)
+    return demo_cfg
+
+
+def images(folder):
+    return sorted(glob.glob(os.path.join(str(folder), "*.jpg")))
+
+
+@pytest.fixture
+def earlier_run(tmp_path):
+    """An OUTPUT_DIR holding an earlier run's checkpoint; ``unchanged()`` says whether it is intact."""
+    output = tmp_path / "output"
+    output.mkdir()
+    torch.save({"model": {"weight": torch.arange(4.0)}, "epoch": 7}, output / "model_0007.pth")
+    (output / "last_checkpoint").write_text("model_0007.pth")
+    before = {p.name: p.read_bytes() for p in output.iterdir()}
+
+    class EarlierRun:
+        path = str(output)
+        checkpoint = before["model_0007.pth"]
+
+        @staticmethod
+        def unchanged():
+            """The earlier files byte for byte, and no new checkpoint. (New logs are fine: fastreid writes
+            config.yaml, metrics.json and an event file as it starts, before any check could run.)"""
+            now = {p.name: p.read_bytes() for p in output.iterdir()}
+            new_checkpoints = [name for name in now if name.endswith(".pth") and name not in before]
+            return all(now.get(name) == data for name, data in before.items()) and not new_checkpoints
+
+    return EarlierRun
+
+
+@contextmanager
+def warnings_of(logger_name):
+    """The warning messages logged on ``logger_name`` (setup_logger may have stopped it propagating)."""
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+
+
+# (a) a dataset folder in the wrong layout ---------------------------------------------------------
+def test_images_directly_in_the_dataset_folder_are_pointed_at(market, market_cfg):
+    for split in SPLITS:
+        for path in images(market / split):
+            shutil.move(path, market)
+        os.rmdir(market / split)
+    with pytest.raises(DatasetNotFoundError, match=r"bounding_box_train not found.* holds 96 images directly "
+                                                   r"\(e\.g\. \d{4}_c\d\w+\.jpg\): they belong in the train / "
+                                                   r"query / gallery sub-folders"):
+        build_reid_train_loader(market_cfg)
+
+
+def test_identity_sub_folders_give_a_clear_error_not_an_empty_set(market, market_cfg, earlier_run):
+    train = market / "bounding_box_train"
+    for path in images(train):  # ImageFolder style: one folder per person
+        person = train / os.path.basename(path)[:4]
+        person.mkdir(exist_ok=True)
+        shutil.move(path, person)
+    market_cfg.OUTPUT_DIR = earlier_run.path
+    with pytest.raises(DatasetLayoutError, match=(
+            rf"Market1501: the train set is empty: no image found in {re.escape(str(train))} "
+            rf"\({re.escape(str(train))} holds 16 sub-folders "
+            r"\(e\.g\. 0002/\)\)\. Market1501 expects bounding_box_train/, query/ and bounding_box_test/, "
+            r"each holding \.jpg files directly")):
+        Trainer(market_cfg)
+    assert earlier_run.unchanged()
+
+
+def test_images_of_another_format_are_named(market, market_cfg):
+    for path in images(market / "bounding_box_train"):
+        Image.open(path).save(path[:-4] + ".png")
+        os.remove(path)
+    with pytest.raises(DatasetLayoutError, match=r"the train set is empty: .* holds 32 \.png files\)"):
+        build_reid_train_loader(market_cfg)
+
+
+@pytest.mark.parametrize("name", ["person0002.jpg", "0002_c9s1_000451_03.jpg"])
+def test_unparsable_file_names_are_named(market, market_cfg, name):
+    shutil.copy(images(market / "bounding_box_train")[0], market / "bounding_box_train" / name)
+    with pytest.raises(DatasetLayoutError, match=rf"Market1501: cannot parse the file name .*/bounding_box_train/"
+                                                 rf"{name} in .*bounding_box_train\. Market1501 expects .* e\.g\. "
+                                                 r"0002_c1s1_000451_03\.jpg.*Rename or move"):
+        build_reid_train_loader(market_cfg)
+
+
+# (g) an empty query or gallery set ----------------------------------------------------------------
+@pytest.mark.parametrize("split, role", [("query", "query"), ("bounding_box_test", "gallery")])
+def test_an_empty_query_or_gallery_folder_is_named(market, market_cfg, split, role):
+    for path in images(market / split):
+        os.remove(path)
+    with pytest.raises(DatasetLayoutError, match=rf"Market1501: the {role} set is empty: no image found in "
+                                                 rf".*{split} \(.*{split} is empty\)"):
+        build_reid_test_loader(market_cfg, dataset_name="Market1501")
+
+
+@pytest.mark.parametrize("num_query, which", [(0, "query"), (4, "gallery")])
+def test_the_evaluator_refuses_an_empty_query_or_gallery_set(demo_cfg, num_query, which):
+    evaluator = ReidEvaluator(demo_cfg, num_query)
+    batch = {"targets": torch.tensor([1, 2, 1, 2]), "camids": torch.tensor([0, 0, 1, 1])}
+    evaluator.process(batch, torch.randn(4, 8))
+    evaluator.dataset_name = "Market1501"
+    with pytest.raises(EmptyEvaluationSetError, match=rf"Market1501's {which} set is empty"):
+        evaluator.evaluate()
+
+
+# (b) unreadable images ---------------------------------------------------------------------------
+def damage(path, how):
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write({"truncated": data[: len(data) // 2], "empty": b"", "text": b"not an image\n"}[how])
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "text"])
+def test_an_unreadable_image_stops_the_run_naming_the_file_and_the_switch(market, market_cfg, earlier_run, how):
+    bad = images(market / "bounding_box_train")[5]
+    damage(bad, how)
+    market_cfg.OUTPUT_DIR = earlier_run.path
+    with pytest.raises(BadImageError, match=rf"1 of 32 images of Market1501's training set could not be read:\n  "
+                                            rf"{bad} \(.+\)\n.*DATALOADER\.BAD_IMAGES skip"):
+        Trainer(market_cfg)
+    assert earlier_run.unchanged()
+
+
+def test_skip_leaves_unreadable_images_out_and_counts_them(market, market_cfg):
+    train_bad = images(market / "bounding_box_train")[3]
+    query_bad = images(market / "query")[0]
+    damage(train_bad, "truncated")
+    damage(query_bad, "empty")
+    market_cfg.DATALOADER.BAD_IMAGES = "skip"
+    with warnings_of("mdpr_plugin.data.checks") as warnings:
+        loader = build_reid_train_loader(market_cfg)
+        test_loader, num_query = build_reid_test_loader(market_cfg, dataset_name="Market1501")
+    assert [item[0] for item in loader.dataset.img_items if item[0] == train_bad] == []
+    assert len(loader.dataset) == 31
+    assert (num_query, len(test_loader.dataset)) == (31, 63)
+    assert any(f"left out 1 unreadable images of Market1501's training set (of 32), e.g. {train_bad}" in w
+               for w in warnings)
+    assert any(f"left out 1 unreadable images of Market1501's query set (of 32), e.g. {query_bad}" in w
+               for w in warnings)
+    assert next(iter(loader))["images"].shape == (16, 3, 128, 64)
+
+
+def test_skip_refuses_a_set_left_empty(market, market_cfg):
+    for path in images(market / "query"):
+        damage(path, "empty")
+    market_cfg.DATALOADER.BAD_IMAGES = "skip"
+    with pytest.raises(BadImageError, match=r"(?s)32 of 32 images of Market1501's query set could not be read:\n  "
+                                            r".*query/\d{4}_c\w+\.jpg \(empty, or not an image\)\n.*"
+                                            r"\.\.\. and 27 more\nNone is left to skip"):
+        build_reid_test_loader(market_cfg, dataset_name="Market1501")
+
+
+def test_an_image_damaged_after_the_check_is_still_named_when_loaded(market, market_cfg):
+    loader = build_reid_train_loader(market_cfg)
+    index = 7
+    damage(loader.dataset.img_items[index][0], "truncated")
+    with pytest.raises(BadImageError, match=rf"{loader.dataset.img_items[index][0]} could not be read as an image "
+                                            r"\(image file is truncated"):
+        loader.dataset[index]
+
+
+def test_an_unknown_bad_images_value_is_refused(market_cfg):
+    market_cfg.DATALOADER.BAD_IMAGES = "ignore"
+    with pytest.raises(ValueError, match=r"DATALOADER\.BAD_IMAGES must be one of \('error', 'skip'\), got 'ignore'"):
+        build_reid_train_loader(market_cfg)
+
+
+# (c) image modes ---------------------------------------------------------------------------------
+def _reference():
+    return Image.open(images(os.path.join(BUNDLED, "bounding_box_train"))[0]).convert("RGB")
+
+
+MODES = {  # mode -> (image written in that mode, PIL format, expected RGB result, tolerance)
+    "L": (lambda rgb: rgb.convert("L"), "JPEG", "grey", 1.0),
+    "LA": (lambda rgb: rgb.convert("LA"), "PNG", "grey", 0.0),
+    "RGBA": (lambda rgb: rgb.convert("RGBA"), "PNG", "colour", 0.0),
+    "P": (lambda rgb: rgb.quantize(256), "PNG", "colour", 4.0),
+    "P with transparency": (lambda rgb: rgb.quantize(256), "PNG", "colour", 4.0),
+    "CMYK": (lambda rgb: rgb.convert("CMYK"), "JPEG", "colour", 3.0),
+    "I;16": (lambda rgb: Image.fromarray(np.asarray(rgb.convert("L")).astype(np.uint16) * 257), "PNG", "grey", 0.0),
+}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_every_image_mode_is_read_as_rgb(tmp_path, mode):
+    from fastreid.data.common import read_image  # what fastreid's CommDataset calls
+
+    make, file_format, expected, tolerance = MODES[mode]
+    rgb = _reference()
+    path = str(tmp_path / "0002_c1s1_000451_03.jpg")
+    extra = {"transparency": 0} if mode == "P with transparency" else {}
+    make(rgb).save(path, format=file_format, **extra)
+    assert Image.open(path).mode == mode.split(" ")[0]
+
+    image = read_image(path)
+    reference = np.asarray(rgb if expected == "colour" else rgb.convert("L").convert("RGB"), dtype=float)
+    assert image.mode == "RGB" and image.size == rgb.size
+    assert np.abs(np.asarray(image, dtype=float) - reference).mean() <= tolerance
+
+
+def test_a_training_set_of_mixed_modes_gives_rgb_batches(market, market_cfg):
+    for path, mode in zip(images(market / "bounding_box_train"), MODES):
+        make, file_format, _, _ = MODES[mode]
+        make(Image.open(path).convert("RGB")).save(path, format=file_format)
+    loader = build_reid_train_loader(market_cfg)
+    for item in range(len(loader.dataset)):
+        assert loader.dataset[item]["images"].shape == (3, 128, 64)
+
+
+# (d) images smaller than the input --------------------------------------------------------------
+def test_tiny_images_are_upscaled_with_a_warning(market, market_cfg):
+    tiny = images(market / "bounding_box_train")[:2]
+    Image.open(tiny[0]).resize((5, 10)).save(tiny[0])
+    Image.open(tiny[1]).resize((1, 1)).save(tiny[1])
+    with warnings_of("mdpr_plugin.data.checks") as warnings:
+        loader = build_reid_train_loader(market_cfg)
+    assert any("2 images of Market1501's training set are more than 4x smaller than the input size 64x128" in w
+               for w in warnings), warnings
+    for item, (path, _, _) in enumerate(loader.dataset.img_items):
+        if path in tiny:
+            assert loader.dataset[item]["images"].shape == (3, 128, 64)
+
+
+# (e) too few identities or images for the identity sampler ----------------------------------------
+def keep_identities(folder, count):
+    kept = sorted({os.path.basename(p)[:4] for p in images(folder)})[:count]
+    for path in images(folder):
+        if os.path.basename(path)[:4] not in kept:
+            os.remove(path)
+
+
+def test_fewer_identities_than_a_batch_needs_is_refused_instead_of_hanging(market, market_cfg, earlier_run):
+    train = market / "bounding_box_train"
+    keep_identities(train, 3)
+    for index, path in enumerate(images(train) * 3):  # 6 + 18 images: enough images, too few people
+        shutil.copy(path, path.replace(".jpg", f"{index}.jpg"))
+    market_cfg.OUTPUT_DIR = earlier_run.path
+    with pytest.raises(SamplingError, match=r"NaiveIdentitySampler needs 8 different identities for one batch "
+                                            r"\(SOLVER\.IMS_PER_BATCH 16 / DATALOADER\.NUM_INSTANCE 2\), but the "
+                                            r"training set has 3: it would wait forever"):
+        Trainer(market_cfg)
+    assert earlier_run.unchanged()
+
+
+def test_fewer_images_than_a_batch_is_refused(market, market_cfg):
+    keep_identities(market / "bounding_box_train", 5)  # 10 images
+    with pytest.raises(SamplingError, match=r"The training set has 10 images, fewer than SOLVER\.IMS_PER_BATCH 16"):
+        build_reid_train_loader(market_cfg)
+
+
+def test_fewer_images_per_identity_than_num_instance_warns_with_counts(market_cfg):
+    market_cfg.DATALOADER.NUM_INSTANCE = 4  # the bundled identities have 2 images each
+    with warnings_of("mdpr_plugin.data.checks") as warnings:
+        build_reid_train_loader(market_cfg)
+    assert ("16 of 16 training identities have fewer images than DATALOADER.NUM_INSTANCE 4 (fewest: 2); "
+            "NaiveIdentitySampler repeats their images to fill a batch.") in warnings
+
+
+# (f) a non-finite loss ---------------------------------------------------------------------------
+@pytest.mark.parametrize("amp", [False, True])
+def test_a_nan_loss_stops_training_naming_the_term_and_keeps_the_checkpoints(demo_cfg, earlier_run, amp):
+    demo_cfg.merge_from_list(["OUTPUT_DIR", earlier_run.path, "SOLVER.MAX_EPOCH", 2, "SOLVER.CHECKPOINT_PERIOD", 1,
+                              "TEST.EVAL_PERIOD", 100, "SOLVER.AMP.ENABLED", amp])
+    trainer = Trainer(demo_cfg)
+    forward = trainer.model.forward
+
+    def nan_from_iteration_2(batch):
+        losses = forward(batch)
+        if trainer.iter >= 2:  # the first step of the last epoch, after epoch 0's checkpoint
+            losses["loss_cls"] = losses["loss_cls"] * float("nan")
+        return losses
+
+    trainer.model.forward = nan_from_iteration_2
+    with pytest.raises(NonFiniteLossError, match=r"Training stopped at iteration 2: loss term\(s\) loss_cls = nan "
+                                                 r"\(all terms: .*'loss_triplet': [0-9.]+.*SOLVER\.BASE_LR"):
+        trainer.train()
+
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())  # the step was not taken
+    files = sorted(os.listdir(earlier_run.path))
+    assert "model_final.pth" not in files and "model_0000.pth" in files, files
+    assert open(os.path.join(earlier_run.path, "last_checkpoint")).read() == "model_0000.pth"
+    for name in ("model_0000.pth", "model_0007.pth"):
+        state = safe_load(os.path.join(earlier_run.path, name))["model"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert open(os.path.join(earlier_run.path, "model_0007.pth"), "rb").read() == earlier_run.checkpoint
+    assert not hasattr(trainer, "_last_eval_results")  # the failed model was not evaluated
+
+
+def test_nan_weights_behind_a_finite_loss_are_not_saved(demo_cfg, earlier_run):
+    demo_cfg.merge_from_list(["OUTPUT_DIR", earlier_run.path, "SOLVER.MAX_EPOCH", 2, "SOLVER.CHECKPOINT_PERIOD", 1,
+                              "TEST.EVAL_PERIOD", 100])
+    trainer = Trainer(demo_cfg)
+
+    class NaNWeightsAfterIteration1(HookBase):  # as a step that diverged; the loss it computed was finite
+        def after_step(self):
+            if self.trainer.iter == 1:  # the last step of epoch 0, whose checkpoint follows
+                with torch.no_grad():
+                    self.trainer.model.heads.bottleneck[0].weight.fill_(float("nan"))
+
+    trainer.register_hooks([NaNWeightsAfterIteration1()])
+    with pytest.raises(NonFiniteWeightsError, match=r"Not saving the checkpoint of epoch 0 \(after 2 iterations\): 1 "
+                                                    r"weight tensors hold NaN or infinite values \(heads\.bottleneck\."
+                                                    r"0\.weight\); the checkpoints in OUTPUT_DIR are from before"):
+        trainer.train()
+    assert earlier_run.unchanged()  # no model_0000.pth, last_checkpoint still names model_0007.pth
+
+
+# errors found before this work: an earlier run in OUTPUT_DIR stays as it was --------------------
+def truncated_checkpoint(folder):
+    path = os.path.join(folder, "weights.pth")
+    torch.save({"model": {"weight": torch.zeros(1000)}}, path)
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+    return path
+
+
+@pytest.mark.parametrize("config, overrides, error, message", [
+    ("configs/Baseline-demo.yml", ["DATASETS.NAMES", ("DukeMTMC",)], DatasetNotFoundError,
+     r"DukeMTMC: .*DukeMTMC-reID not found.*FASTREID_DATASETS"),
+    ("configs/MDPR/demo.yml", ["MODEL.BACKBONE.LAST_STRIDE", 2], ValueError,
+     r"MDPR needs MODEL\.BACKBONE\.LAST_STRIDE 1 \(got 2\)"),
+    ("configs/Baseline-demo.yml", ["MODEL.WEIGHTS", "truncated"], CheckpointError,
+     r"weights\.pth could not be read as a torch checkpoint: it is truncated"),
+    ("configs/Baseline-demo.yml", ["MODEL.WEIGHTS", "missing"], CheckpointError,
+     r"Checkpoint .*missing\.pth not found \(absolute: .*\)\. Check MODEL\.WEIGHTS"),
+], ids=["dataset missing", "MDPR last stride 2", "weights truncated", "weights missing"])
+def test_errors_before_training_leave_the_output_folder_as_it_was(tmp_path, earlier_run, config, overrides, error,
+                                                                   message):
+    if overrides[1] == "truncated":
+        overrides = ["MODEL.WEIGHTS", truncated_checkpoint(str(tmp_path))]
+    elif overrides[1] == "missing":
+        overrides = ["MODEL.WEIGHTS", str(tmp_path / "missing.pth")]
+    cfg = load_config(config, "MODEL.DEVICE", "cpu", "OUTPUT_DIR", earlier_run.path, *overrides)
+    with pytest.raises(error, match=message):
+        Trainer(cfg).resume_or_load(resume=False)
+    assert earlier_run.unchanged()
+
+
+# the command line ---------------------------------------------------------------------------------
+def test_known_errors_are_reported_as_their_message_alone(capsys):
+    def fails():
+        raise SamplingError("The training set has 10 images, fewer than SOLVER.IMS_PER_BATCH 16.")
+
+    with pytest.raises(SystemExit) as stop:
+        run_reporting_known_errors(fails)
+    assert stop.value.code == 1
+    assert capsys.readouterr().err == "ERROR: The training set has 10 images, fewer than SOLVER.IMS_PER_BATCH 16.\n"
+    with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
+        run_reporting_known_errors(lambda: 1 / 0)
+
+
+def test_train_net_reports_a_dataset_in_the_wrong_layout(market, tmp_path):
+    for path in images(market / "bounding_box_train"):
+        os.remove(path)
+    returncode, output = run_script("train_net.py", "--config-file", os.path.join(REPO, "configs/Baseline-demo.yml"),
+                                    "DATASETS.NAMES", "('Market1501',)", "DATASETS.TESTS", "('Market1501',)",
+                                    "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path / "out"))
+    assert returncode != 0
+    message = (f"Market1501: the train set is empty: no image found in {market / 'bounding_box_train'} "
+               f"({market / 'bounding_box_train'} is empty). Market1501 expects bounding_box_train/")
+    assert message in output, output[-3000:]
+    assert "Traceback" not in output

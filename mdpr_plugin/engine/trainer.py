@@ -1,39 +1,146 @@
-"""The plugin's trainer: fastreid's ``DefaultTrainer`` through its own extension points."""
+"""The plugin's trainer: fastreid's ``DefaultTrainer`` through its own extension points.
+
+Besides devices and evaluation, it makes training reproducible and exactly resumable (see
+mdpr_plugin/data/samplers.py): ``SEED`` seeds the initialisation, the sampler stream and each sample's
+augmentation; the sampler's seed is checkpointed; ``--resume`` continues the stream where the checkpoint
+was written, and the global generators are re-seeded from (seed, iteration, rank) before every step.
+"""
 import logging
+import random
 from collections import OrderedDict
 
+import numpy as np
+import torch
+import fastreid.data.build as data_build
 from fastreid.config import get_cfg
 from fastreid.engine import DefaultTrainer, default_setup
+from fastreid.engine.train_loop import HookBase
 from fastreid.evaluation import print_csv_format
 from fastreid.utils import comm
+from fastreid.utils.env import seed_all_rng
 from fastreid.utils.logger import setup_logger
 
 from ..compat import resolve_device
 from ..config import add_mdpr_config, merge_config
+from ..data.samplers import ResumableSampler, SeededDataset
 from ..evaluation import ReidEvaluator, inference_on_dataset
+from .distributed import broadcast_buffers, check_batch_sizes, setup_worker_logging
 
 logger = logging.getLogger(__name__)
 
 
 def setup_config(args):
-    """fastreid defaults + the MDPR keys + the YAML file + ``KEY VALUE`` overrides, then fastreid's setup."""
+    """fastreid defaults + the MDPR keys + the YAML file + ``KEY VALUE`` overrides, then fastreid's setup
+    (on rank 0; other processes write no files) and the seed."""
     cfg = get_cfg()
     add_mdpr_config(cfg)
     merge_config(cfg, args.config_file, args.opts)
     cfg.freeze()
-    default_setup(cfg, args)
-    # default_setup configures fastreid's logger only; the plugin's progress lines need their own
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mdpr_plugin")
+    rank, world_size = comm.get_rank(), comm.get_world_size()
+    check_batch_sizes(cfg, world_size)
+    if rank == 0:
+        default_setup(cfg, args)
+        # default_setup configures fastreid's logger only; the plugin's progress lines need their own
+        setup_logger(cfg.OUTPUT_DIR, distributed_rank=0, name="mdpr_plugin")
+    else:
+        setup_worker_logging(cfg, rank)
+        if not args.eval_only:
+            torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK  # as default_setup does
+    if world_size > 1:
+        logger.info("%d processes (%s): SOLVER.IMS_PER_BATCH %d = %d images per process.", world_size,
+                    torch.distributed.get_backend(), cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.IMS_PER_BATCH // world_size)
+    # default_setup seeds at random; a set SEED makes the initialisation reproducible (+ rank, so that
+    # processes differ where they should; DDP copies rank 0's initial weights to all)
+    if cfg.SEED >= 0:
+        seed_all_rng(cfg.SEED + rank)
+    elif rank > 0:
+        seed_all_rng()  # what default_setup does on rank 0
     return cfg
+
+
+class _SeedEachIteration(HookBase):
+    """Re-seeds the global generators from (seed, iteration, rank) before every step, so that any
+    randomness in the model or the loss (dropout, ...) is the same in a resumed run. (The training
+    images are drawn from per-sample seeds, independently of these.)"""
+
+    def before_step(self):
+        sequence = np.random.SeedSequence((self.trainer.train_sampler.seed, self.trainer.iter, comm.get_rank()))
+        seed = int(sequence.generate_state(1)[0])
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
 
 
 class Trainer(DefaultTrainer):
     """``DefaultTrainer`` whose loaders deliver batches on ``MODEL.DEVICE`` (or the CPU fallback) and
-    whose evaluation is the plugin's (bounded memory, CPU re-ranking, a flip test that normalises once)."""
+    whose evaluation is the plugin's (bounded memory, CPU re-ranking, a flip test that normalises once),
+    and that resumes exactly where its checkpoint was written."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.train_sampler = self._trainer.data_loader.batch_sampler.sampler
+        # the sampler's seed (drawn at random when SEED is -1) goes into every checkpoint, as does the
+        # AMP loss scale (fastreid checkpoints neither)
+        self.checkpointer.checkpointables["train_sampler"] = self.train_sampler
+        grad_scaler = getattr(self._trainer, "grad_scaler", None)
+        if grad_scaler is not None and grad_scaler.is_enabled():
+            self.checkpointer.checkpointables["grad_scaler"] = grad_scaler
+
+    def resume_or_load(self, resume=True):
+        seed = self.train_sampler.seed
+        super().resume_or_load(resume=resume)
+        start_iter = self.start_epoch * self.iters_per_epoch
+        if comm.get_world_size() > 1:
+            # each process reads OUTPUT_DIR itself; machines that do not share it would diverge silently
+            epochs = comm.all_gather(self.start_epoch)
+            if len(set(epochs)) > 1:
+                raise RuntimeError(
+                    f"The processes resumed from different checkpoints in OUTPUT_DIR {self.cfg.OUTPUT_DIR} (start "
+                    f"epoch by rank: {epochs}). Every machine must see the same OUTPUT_DIR (shared storage), or "
+                    "have a copy of its last_checkpoint and the checkpoint file it names.")
+        if not start_iter:
+            return
+        if self.train_sampler.seed != seed and self.cfg.SEED >= 0:
+            logger.warning("SEED is %d but the checkpoint was trained with seed %d: continuing with %d.",
+                           self.cfg.SEED, self.train_sampler.seed, self.train_sampler.seed)
+        # fastreid's sampler would start its stream again from the beginning: skip what was consumed
+        world_size = comm.get_world_size()
+        per_iteration = self.cfg.SOLVER.IMS_PER_BATCH // world_size * world_size
+        self.train_sampler.start_position = start_iter * per_iteration
+        self._trainer._data_loader_iter = iter(self._trainer.data_loader)
+        logger.info("Resuming the training data stream (seed %d) at iteration %d (epoch %d).",
+                    self.train_sampler.seed, start_iter, self.start_epoch)
+        if self.cfg.INPUT.RPT.ENABLED:
+            logger.warning("INPUT.RPT (RandomPatch) pastes patches from a pool of earlier images, which is not "
+                           "checkpointed: the resumed run starts with an empty pool, so it is not identical to "
+                           "an uninterrupted one (everything else is).")
+
+    def build_hooks(self):
+        return [_SeedEachIteration()] + super().build_hooks()
+
+    @classmethod
+    def build_model(cls, cfg):
+        """fastreid's model, then the speed switches MODEL.CHANNELS_LAST and MODEL.COMPILE."""
+        model = super().build_model(cfg)
+        if cfg.MODEL.CHANNELS_LAST:
+            # the weights in NHWC; the convolutions then run NHWC whatever the input's layout
+            model.to(memory_format=torch.channels_last)
+        if cfg.MODEL.COMPILE:
+            # in place (nn.Module.compile), so checkpoints keep the eager model's state-dict keys
+            model.compile()
+        return model
 
     @classmethod
     def build_train_loader(cls, cfg):
-        loader = super().build_train_loader(cfg)
+        """fastreid's training loader, with its sampler wrapped in a :class:`ResumableSampler` seeded from
+        ``SEED`` and its dataset in a :class:`SeededDataset` (per-sample augmentation seeds)."""
+        logger.info("Prepare training set")
+        # looked up on fastreid's module at call time: the plugin's checked builders are bound there
+        parts = data_build._train_loader_from_config(cfg, combineall=cfg.DATASETS.COMBINEALL)
+        seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+        parts["sampler"] = ResumableSampler(parts["sampler"], seed, comm.get_rank(), comm.get_world_size())
+        parts["train_set"] = SeededDataset(parts["train_set"])
+        loader = data_build.build_reid_train_loader(**parts)
         loader.device = resolve_device(cfg.MODEL.DEVICE)
         return loader
 
@@ -53,6 +160,8 @@ class Trainer(DefaultTrainer):
     @classmethod
     def test(cls, cfg, model):
         """Evaluate on every ``DATASETS.TESTS`` set; same results layout and printout as fastreid's."""
+        # every process evaluates its shard of the test set with rank 0's BatchNorm statistics
+        broadcast_buffers(model)
         results = OrderedDict()
         for dataset_name in cfg.DATASETS.TESTS:
             logger.info("Prepare testing set")

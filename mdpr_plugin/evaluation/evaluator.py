@@ -29,6 +29,21 @@ from .rerank import rerank_distance
 logger = logging.getLogger(__name__)
 
 
+class EmptyEvaluationSetError(ValueError):
+    """Evaluation with no query or no gallery image."""
+
+
+def check_not_empty(num_query, num_gallery, dataset_name=None):
+    # fastreid's evaluate_rank then asserts "all query identities do not appear in gallery", which misleads
+    if num_query > 0 and num_gallery > 0:
+        return
+    which = " and ".join(name for name, n in (("query", num_query), ("gallery", num_gallery)) if n <= 0)
+    dataset = f"{dataset_name}'s" if dataset_name else "the evaluated data set's"
+    raise EmptyEvaluationSetError(
+        f"Cannot evaluate: {dataset} {which} set is empty ({num_query} query and {num_gallery} gallery images). "
+        "Check its query / gallery folders, or the num_query passed with a custom test set (DATASETS.TESTS).")
+
+
 class ReidEvaluator(FastreidReidEvaluator):
     """``ReidEvaluator(cfg, num_query, output_dir=None)``, a drop-in for fastreid's.
 
@@ -84,6 +99,7 @@ class ReidEvaluator(FastreidReidEvaluator):
             return {}
         features, pids, camids = gathered
         nq = self._num_query
+        check_not_empty(nq, len(features) - nq, getattr(self, "dataset_name", None))
         dist = self.distance(features[:nq], features[nq:])
         q_pids, g_pids, q_camids, g_camids = pids[:nq], pids[nq:], camids[:nq], camids[nq:]
 

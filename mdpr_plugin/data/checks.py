@@ -1,0 +1,179 @@
+"""Checks on a data set before anything trains or evaluates on it.
+
+fastreid builds whatever it finds: a folder in the wrong layout gives an empty set (Market1501 globs
+``*.jpg`` and silently finds none) and, with an identity sampler, a training loop that waits forever
+for a first batch; an unreadable image stops the run when it is first drawn, possibly hours in, with
+PIL's message that does not name the file. Each check here fails at once, naming the folder, file or
+config key and the fix.
+"""
+import logging
+import os
+import sys
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+from .images import BAD_IMAGE_FIX, BadImageError, inspect_image
+
+logger = logging.getLogger(__name__)
+
+BAD_IMAGE_POLICIES = ("error", "skip")
+IDENTITY_SAMPLERS = ("NaiveIdentitySampler", "BalancedIdentitySampler")
+
+
+class DatasetLayoutError(ValueError):
+    """A dataset folder that exists but does not hold what its dataset class reads."""
+
+
+class DataConfigError(ValueError):
+    """A DATALOADER value the data cannot be loaded with."""
+
+
+class SamplingError(DataConfigError):
+    """A training set the configured sampler cannot draw a single batch from."""
+
+
+# ------------------------------------------------------------------------------------------ layout
+_LAYOUTS = {
+    "Market1501": "bounding_box_train/, query/ and bounding_box_test/, each holding .jpg files directly (no "
+                  "sub-folders) named <person id>_c<camera 1-6>s<sequence>_<frame>_<box>.jpg, e.g. "
+                  "0002_c1s1_000451_03.jpg",
+    "DukeMTMC": "bounding_box_train/, query/ and bounding_box_test/, each holding .jpg files directly (no "
+                "sub-folders) named <person id>_c<camera 1-8>_f<frame>.jpg, e.g. 0001_c2_f0046182.jpg",
+}
+_FOLDER_ATTRIBUTES = {"train": "train_dir", "query": "query_dir", "gallery": "gallery_dir"}
+
+
+def expected_layout(dataset):
+    for cls in type(dataset).__mro__:
+        if cls.__name__ in _LAYOUTS:
+            return _LAYOUTS[cls.__name__]
+    source = getattr(sys.modules.get(type(dataset).__module__), "__file__", type(dataset).__module__)
+    return f"the layout {type(dataset).__name__}.process_dir reads (see {source})"
+
+
+def describe_folder(folder):
+    """What a folder holds, in the terms a layout mistake shows up in."""
+    if not os.path.isdir(folder):
+        return f"{folder} does not exist"
+    entries = os.listdir(folder)
+    subfolders = sorted(e for e in entries if os.path.isdir(os.path.join(folder, e)))
+    extensions = Counter(os.path.splitext(e)[1].lower() or "(no extension)"
+                         for e in entries if os.path.isfile(os.path.join(folder, e)))
+    if not entries:
+        return f"{folder} is empty"
+    parts = [f"{count} {ext} files" for ext, count in extensions.most_common(4)]
+    if subfolders:
+        parts.append(f"{len(subfolders)} sub-folders (e.g. {subfolders[0]}/)")
+    return f"{folder} holds {', '.join(parts)}"
+
+
+def layout_error(name, dataset, path, folder):
+    """A clear error for a file name the dataset class could not parse."""
+    return DatasetLayoutError(
+        f"{name}: cannot parse the file name {path} in {folder}. {name} expects {expected_layout(dataset)}. "
+        "Rename or move the files that do not fit.")
+
+
+def check_not_empty(name, dataset, role, items):
+    """Refuse an empty train, query or gallery set, naming the folder it was read from."""
+    if items:
+        return
+    folder = getattr(dataset, _FOLDER_ATTRIBUTES[role], None) or dataset.dataset_dir
+    raise DatasetLayoutError(
+        f"{name}: the {role} set is empty: no image found in {folder} ({describe_folder(folder)}). "
+        f"{name} expects {expected_layout(dataset)}.")
+
+
+def hint_for_images_in_root(error, folder):
+    """A missing sub-folder next to images lying in the dataset folder itself: say where they go."""
+    entries = os.listdir(folder) if folder and os.path.isdir(folder) else []
+    images = sorted(e for e in entries if e.lower().endswith((".jpg", ".jpeg", ".png")))
+    if not images:
+        return error
+    return type(error)(f"{error} {folder} holds {len(images)} images directly (e.g. {images[0]}): they belong "
+                       "in the train / query / gallery sub-folders named above.")
+
+
+# ------------------------------------------------------------------------------------------ images
+_inspected = {}  # (path, mtime_ns, size) -> (width, height) or the error: evaluation rebuilds its set each time
+
+
+def _inspect(path):
+    try:
+        stat = os.stat(path)
+    except OSError as error:
+        return path, BadImageError(f"{path} could not be read ({error}). {BAD_IMAGE_FIX}", path=path, reason=str(error))
+    key = (path, stat.st_mtime_ns, stat.st_size)
+    if key not in _inspected:
+        try:
+            _inspected[key] = inspect_image(path)
+        except BadImageError as error:
+            _inspected[key] = error
+    return path, _inspected[key]
+
+
+def check_images(items, description, policy, input_size, threads=None):
+    """Decode every image of ``items`` once; return ``(items to keep, number left out)``.
+
+    ``policy`` (DATALOADER.BAD_IMAGES): "error" stops naming the unreadable files, "skip" leaves them out
+    with a warning giving their number. Images more than 4x smaller than ``input_size`` (height,
+    width) in a side are kept (they are upscaled, as real detector crops often must be) with a warning.
+    """
+    if policy not in BAD_IMAGE_POLICIES:
+        raise DataConfigError(f"DATALOADER.BAD_IMAGES must be one of {BAD_IMAGE_POLICIES}, got {policy!r}.")
+    threads = threads or min(8, os.cpu_count() or 1)  # PIL decodes without the GIL
+    with ThreadPoolExecutor(threads) as pool:
+        results = dict(pool.map(_inspect, sorted({item[0] for item in items})))
+
+    bad = [result for result in results.values() if isinstance(result, BadImageError)]
+    if bad and (policy == "error" or len(bad) == len(results)):  # skipping all would leave an empty set
+        listed = "".join(f"\n  {error.path} ({error.reason})" for error in bad[:5])
+        more = f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else ""
+        fix = BAD_IMAGE_FIX if policy == "error" else "None is left to skip: check the files (a failed copy?)."
+        raise BadImageError(f"{len(bad)} of {len(results)} images of {description} could not be read:"
+                            f"{listed}{more}\n{fix}", path=bad[0].path, reason=bad[0].reason)
+    if bad:
+        logger.warning("DATALOADER.BAD_IMAGES skip: left out %d unreadable images of %s (of %d), e.g. %s (%s)",
+                       len(bad), description, len(results), bad[0].path, bad[0].reason)
+        unreadable = {error.path for error in bad}
+        items = [item for item in items if item[0] not in unreadable]
+
+    height, width = input_size
+    tiny = [(path, size) for path, size in results.items()
+            if not isinstance(size, BadImageError) and (size[0] * 4 < width or size[1] * 4 < height)]
+    if tiny:
+        path, (w, h) = tiny[0]
+        logger.warning("%d images of %s are more than 4x smaller than the input size %dx%d (e.g. %s, %dx%d); "
+                       "they are upscaled, which blurs them.", len(tiny), description, width, height, path, w, h)
+    return items, len(bad)
+
+
+# --------------------------------------------------------------------------------------- sampling
+def check_identity_sampling(items, sampler_name, ims_per_batch, num_instance, world_size):
+    """Refuse what fastreid's identity samplers would loop on forever; warn about repeated images."""
+    if len(items) < ims_per_batch:
+        raise SamplingError(
+            f"The training set has {len(items)} images, fewer than SOLVER.IMS_PER_BATCH {ims_per_batch}: "
+            "an epoch would have no iteration. Lower SOLVER.IMS_PER_BATCH or add training data.")
+    if sampler_name not in IDENTITY_SAMPLERS:
+        return
+    per_identity = Counter(item[1] for item in items)
+    per_process = ims_per_batch // world_size
+    if not 1 <= num_instance <= per_process:
+        raise SamplingError(f"DATALOADER.NUM_INSTANCE {num_instance} must be between 1 and SOLVER.IMS_PER_BATCH "
+                            f"{ims_per_batch} / {world_size} processes = {per_process}.")
+    # a batch (all processes together) holds per_process // num_instance distinct identities per process,
+    # drawn without replacement: with fewer in the set, the samplers never complete one batch
+    identities_per_batch = per_process // num_instance * world_size
+    if len(per_identity) < identities_per_batch:
+        raise SamplingError(
+            f"{sampler_name} needs {identities_per_batch} different identities for one batch (SOLVER.IMS_PER_BATCH "
+            f"{ims_per_batch} / DATALOADER.NUM_INSTANCE {num_instance}), but the training set has "
+            f"{len(per_identity)}: it would wait forever for a first batch. Lower SOLVER.IMS_PER_BATCH, raise "
+            "DATALOADER.NUM_INSTANCE, or add identities.")
+    short = {pid: count for pid, count in per_identity.items() if count < num_instance}
+    if short:
+        logger.warning(
+            "%d of %d training identities have fewer images than DATALOADER.NUM_INSTANCE %d (fewest: %d); "
+            "%s repeats their images to fill a batch.", len(short), len(per_identity), num_instance,
+            min(short.values()), sampler_name)
