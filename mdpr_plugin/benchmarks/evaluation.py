@@ -30,6 +30,8 @@ import subprocess
 import sys
 import time
 
+from .report import write_section
+
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 RERANK = {"k1": 20, "k2": 6, "lambda_value": 0.3}  # fastreid's TEST.RERANK defaults
 METRIC = "cosine"  # fastreid's TEST.METRIC default
@@ -394,20 +396,6 @@ def render(results, info, run):
     ])
 
 
-def write_section(path, section):
-    """Replace this benchmark's section of ``path`` (or append it), leaving the rest of the file alone."""
-    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    if SECTION_START in text and SECTION_END in text:
-        before, rest = text.split(SECTION_START, 1)
-        after = rest.split(SECTION_END, 1)[1]
-        text = before + section + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text)
-
-
 # -------------------------------------------------------------------------------------- main
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -449,7 +437,7 @@ def main(argv=None):
     if args.from_json:
         with open(args.from_json) as f:
             saved = json.load(f)
-        write_section(args.output, render(saved["results"], saved["machine"], saved["run"]))
+        write_section(args.output, render(saved["results"], saved["machine"], saved["run"]), SECTION_START, SECTION_END)
         log(f"wrote {args.output}")
         return saved["results"]
 
@@ -476,7 +464,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": info, "run": run, "results": results}, f, indent=1)
-    write_section(args.output, render(results, info, run))
+    write_section(args.output, render(results, info, run), SECTION_START, SECTION_END)
     log(f"wrote {args.output}")
     return results
 

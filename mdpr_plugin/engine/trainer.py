@@ -155,7 +155,9 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_dir=None):
         data_loader, num_query = cls.build_test_loader(cfg, dataset_name)
-        return data_loader, ReidEvaluator(cfg, num_query, output_dir)
+        evaluator = ReidEvaluator(cfg, num_query, output_dir)
+        evaluator.dataset_name = dataset_name  # named by its error for an empty query / gallery set
+        return data_loader, evaluator
 
     @classmethod
     def test(cls, cfg, model):

@@ -218,8 +218,10 @@ def test_training_losses_never_read_values_back_to_the_host(monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, refuse)
     losses = model(data)
     total = sum(losses.values())
+    total.backward()  # the backward of every loss term, GeM's learnable p and the BAP included
     monkeypatch.undo()
     assert set(losses) == DEFAULT and torch.isfinite(total)
+    assert model.soft_branch.bap4.pool.p.grad is not None
 
 
 def test_accuracy_is_logged_from_the_bap4_head_inside_the_trainers_storage():
