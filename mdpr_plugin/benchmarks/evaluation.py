@@ -30,9 +30,8 @@ import subprocess
 import sys
 import time
 
-from .report import write_section
+from .report import THREAD_VARIABLES, limit_threads, log, write_section
 
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 RERANK = {"k1": 20, "k2": 6, "lambda_value": 0.3}  # fastreid's TEST.RERANK defaults
 METRIC = "cosine"  # fastreid's TEST.METRIC default
 PROGRESS_PERIOD = 60.0  # seconds between the plugin's progress lines in a worker's log
@@ -428,12 +427,7 @@ def main(argv=None):
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="    %(asctime)s %(message)s")
         print(json.dumps(run_case(json.loads(args.worker))))
         return None
-    for variable in THREAD_VARIABLES:  # for the in-process mode; workers get them before importing
-        os.environ.setdefault(variable, str(args.threads))
-
-    def log(message):
-        print(message, file=sys.stderr, flush=True)
-
+    limit_threads(args.threads)
     if args.from_json:
         with open(args.from_json) as f:
             saved = json.load(f)

@@ -33,8 +33,8 @@ import subprocess
 import sys
 import time
 
-from .evaluation import GIB, THREAD_VARIABLES
-from .report import OtherLoad, write_section
+from .evaluation import GIB
+from .report import THREAD_VARIABLES, OtherLoad, limit_threads, log, write_section
 
 SECTION_START = "<!-- model-benchmark:start -->"
 SECTION_END = "<!-- model-benchmark:end -->"
@@ -450,12 +450,7 @@ def main(argv=None):
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
         print(json.dumps(run_worker(json.loads(args.worker))))
         return None
-    for variable in THREAD_VARIABLES:  # for the in-process mode; workers get them before importing
-        os.environ.setdefault(variable, str(args.threads))
-
-    def log(message):
-        print(message, file=sys.stderr, flush=True)
-
+    limit_threads(args.threads)
     if args.from_json:
         with open(args.from_json) as f:
             data = json.load(f)

@@ -64,18 +64,12 @@ class OnnxRuntimeModel:
 
     def __init__(self, model, path, height, width, threads, device):
         try:
-            import onnxruntime as ort
-            from ..tools.export import export_onnx  # written alongside; imported only for this mode
-        except ImportError as error:
+            from ..tools.export import export_onnx, onnx_session
+            export_onnx(model, path, height, width)
+            # the session mdpr-extract uses, with the benchmark's thread count
+            self.session = onnx_session(path, threads, cuda=device.type == "cuda")
+        except ImportError as error:  # the onnx extra (MissingExtraError is an ImportError)
             raise ModeUnavailable(f"ONNX export / ONNX Runtime not available: {error}") from None
-        export_onnx(model, path, height, width)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        providers = ["CPUExecutionProvider"]
-        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        self.session = ort.InferenceSession(path, options, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, images):

@@ -1,6 +1,21 @@
 """What the benchmarks share: their sections of docs/benchmarks.md, and whether other jobs shared the CPU."""
 import os
 import resource
+import sys
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def limit_threads(threads):
+    """Thread limits for the libraries' pools, unless already set (worker processes get them before
+    importing torch / numpy; here they serve the in-process mode)."""
+    for variable in THREAD_VARIABLES:
+        os.environ.setdefault(variable, str(threads))
+
+
+def log(message):
+    """Progress on stderr, so that stdout holds only the report."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def write_section(path, section, start, end):

@@ -72,12 +72,20 @@ def export_onnx(model, path, height, width, opset=None):
     return path
 
 
-def onnx_session(path):
-    """An onnxruntime CPU session for ``path``, with a clear message if it is not there."""
+def onnx_session(path, threads=None, cuda=False):
+    """An onnxruntime session for ``path`` (CPU; CUDA first when ``cuda`` and ONNX Runtime has it), with
+    ``threads`` intra-op threads (None: ONNX Runtime's default), and a clear message if it is not there."""
     ort = require("onnxruntime", "onnx")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"ONNX model {path} does not exist; make it with mdpr-export")
-    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    providers = ["CPUExecutionProvider"]
+    if cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    return ort.InferenceSession(path, options, providers=providers)
 
 
 def check_onnx(path, model, images):
