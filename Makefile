@@ -16,7 +16,7 @@ $(VENV)/.ready: setup.py
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet --no-deps fastreid==1.4.0
 	$(PY) -m pip install --quiet -e '.[test]'
-	$(PY) -c "import mdpr_plugin.compat as c; print('fast ranking built in', c.build_fast_ranking())"
+	$(PY) -m mdpr_plugin.evaluation.cython_ranking
 	touch $@
 
 demo: setup

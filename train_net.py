@@ -8,10 +8,9 @@ Several processes: ``--num-gpus N`` (N processes on this machine: one per GPU ov
 processes over gloo without CUDA), or ``torchrun --nproc_per_node N train_net.py ...``. See
 mdpr_plugin/engine/launch.py.
 """
-import mdpr_plugin  # noqa: F401  (makes fastreid work here and registers MDPR)
+import mdpr_plugin  # noqa: F401  (registers MDPR; adds the import names fastreid lacks on torch 2)
 from fastreid.engine import default_argument_parser
-from fastreid.utils.checkpoint import Checkpointer
-from mdpr_plugin.engine import Trainer, setup_config
+from mdpr_plugin.engine import MDPRCheckpointer, Trainer, setup_config
 from mdpr_plugin.engine.errors import run_reporting_known_errors
 from mdpr_plugin.engine.launch import launch, training_device_type
 
@@ -23,7 +22,7 @@ def main(args):
         cfg.defrost()
         cfg.MODEL.BACKBONE.PRETRAIN = False  # the weights come from MODEL.WEIGHTS
         model = Trainer.build_model(cfg)
-        Checkpointer(model).load(cfg.MODEL.WEIGHTS)
+        MDPRCheckpointer(model).load(cfg.MODEL.WEIGHTS)
         return Trainer.test(cfg, model)
 
     trainer = Trainer(cfg)

@@ -1,245 +1,226 @@
-"""The one place that adapts fastreid 1.4.0 to Python >= 3.10, torch 2, numpy 2 and CPU-only machines.
+"""Opt-in fixes to fastreid 1.4.0 itself, for fastreid's *stock* scripts and ``DefaultTrainer``.
 
-``apply()`` runs when ``mdpr_plugin`` is imported. Each measure names the fastreid file:line it answers
-and has a test in tests/test_compat.py that fails without it. Where fastreid offers an extension point
-the plugin's trainer uses it instead; the measures here exist because fastreid's *stock* scripts and
-``DefaultTrainer`` must also work once the plugin is imported.
+Importing ``mdpr_plugin`` changes nothing in fastreid, and the plugin's own ``train_net.py``, tools and
+benchmarks never call this module: they get every difference through :class:`mdpr_plugin.engine.Trainer`
+and the plugin's subclasses. A deployment that trains with fastreid's own ``DefaultTrainer`` (a fast-reid
+git clone's ``tools/train_net.py``, say) needs fastreid fixed on any torch 2 install (its contiguous
+parameter buffer trains nothing once ``zero_grad()`` sets gradients to None) and on CPU-only machines.
+That is what :func:`patch_fastreid` does, explicitly:
+
+    import mdpr_plugin
+    from mdpr_plugin.compat import patch_fastreid
+    patch_fastreid()
+
+:data:`PATCHES` declares every change: the fastreid name replaced, what replaces it, and why (with the
+fastreid file:line). Each replacement is applied to every loaded module that holds the original (a module
+that imported the name by value, ``from fastreid.modeling import build_model``, included); a name fastreid
+itself imports from torch is replaced only in the fastreid module named. Before anything is changed, the
+source of each fastreid function or class a patch was written for is compared with the one it was written
+for (PyPI fastreid 1.4.0; its version string says 1.3, so the source is compared, not the version): a
+patch whose target differs is refused with a message, and ``exclude`` leaves it out. Nothing a user edits
+to customise data (image reading, dataset and train-set building, transforms) is replaced.
+:func:`unpatch_fastreid` restores every original.
 """
-import collections
-import collections.abc
+import hashlib
 import importlib
+import inspect
 import logging
-import os
-import shutil
-import subprocess
 import sys
-import types
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
+from .data.loader import DeviceDataLoader
+from .devices import on_available_device
+from .engine.checkpoint import MDPRCheckpointer
+from .engine.distributed import distributed_data_parallel
+from .engine.launch import launch
+from .engine.train_loop import AMPTrainer
+from .evaluation.cython_ranking import ensure_fast_ranking
+
 logger = logging.getLogger(__name__)
-_applied = False
 
 
-def _shim_removed_imports():
-    # fastreid/data/build.py:11 imports torch._six (removed in torch 2.0).
-    if "torch._six" not in sys.modules:
-        six = types.ModuleType("torch._six")
-        six.string_classes = (str, bytes)
-        sys.modules["torch._six"] = six
-    # fastreid/data/build.py:12 and fastreid/evaluation/testing.py:5 import collections.Mapping
-    # (removed in Python 3.10).
-    if not hasattr(collections, "Mapping"):
-        collections.Mapping = collections.abc.Mapping
+class FastreidPatchError(RuntimeError):
+    """A patch that does not fit the installed fastreid."""
 
 
-def _rebind(name, value, *modules):
-    """Replace ``name`` in every module that imported it by name."""
-    for module in modules:
-        setattr(module, name, value)
+@dataclass(frozen=True)
+class Patch:
+    target: str  # "module:name" or "module:Class.method", the fastreid name replaced
+    make: Callable  # original -> replacement
+    reason: str  # what is broken, with fastreid's file:line
+    source_sha256: str  # first 16 hex digits of the sha256 of written_for's source in PyPI fastreid 1.4.0
+    written_for: str = ""  # the fastreid code whose behaviour the patch answers; default: target
 
 
-# ----------------------------------------------------------------------------------------- devices
-_warned_devices = set()
-
-
-def resolve_device(device):
-    """``device`` if it exists here, else the CPU with one logged warning (per requested device)."""
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        if str(device) not in _warned_devices:
-            _warned_devices.add(str(device))
-            logger.warning("MODEL.DEVICE is %s but CUDA is not available: running on the CPU.", device)
-        return torch.device("cpu")
-    return device
-
-
-def _device_fallback_build_model(build_model):
-    # fastreid/modeling/meta_arch/build.py:25 moves the model to MODEL.DEVICE ("cuda" by default),
-    # which crashes on a machine without CUDA.
+# -------------------------------------------------------------------------------------- replacements
+def _build_model_on_available_device(build_model):
     def build_model_on_available_device(cfg):
-        device = resolve_device(cfg.MODEL.DEVICE)
-        if str(device) != cfg.MODEL.DEVICE:
-            cfg = cfg.clone()
-            cfg.defrost()
-            cfg.MODEL.DEVICE = str(device)
-        return build_model(cfg)
+        return build_model(on_available_device(cfg))
 
     return build_model_on_available_device
 
 
-# -------------------------------------------------------------------------------------- optimiser
-def _separate_params_build_optimizer(build_optimizer):
-    # fastreid/solver/build.py:192 flattens all parameters into one buffer (ContiguousParams) whose
-    # gradients are views the optimiser reads. torch >= 2.0's optimizer.zero_grad() sets gradients to
-    # None, so backward() writes fresh tensors outside that buffer and the optimiser steps on zeros:
-    # nothing trains, and ContiguousParams' own buffer check (utils/params.py:90) does not notice.
-    # torch's multi-tensor (foreach) optimisers give the speed the buffer was for.
-    def build_optimizer_with_separate_params(cfg, model, contiguous=False):
+def _build_optimizer_on_parameters(build_optimizer):
+    def build_optimizer_on_parameters(cfg, model, contiguous=False):
         return build_optimizer(cfg, model, contiguous=contiguous)
 
-    return build_optimizer_with_separate_params
+    return build_optimizer_on_parameters
 
 
-# -------------------------------------------------------------------------------------- evaluation
-def fast_ranking_available():
-    try:
-        from fastreid.evaluation.rank_cylib.rank_cy import evaluate_cy  # noqa: F401
-        return True
-    except ImportError:
-        return False
-
-
-def build_fast_ranking():
-    """Compile fastreid's Cython ranking module in place (``make setup`` runs this once).
-
-    fastreid compiles it inside ``ReidEvaluator.__init__`` with whatever ``python3`` is first on PATH
-    and calls ``sys.exit(1)`` when that fails (evaluation/rank_cylib/__init__.py:19); here it is built
-    at set-up time with this interpreter.
-    """
-    import fastreid.evaluation.rank_cylib as rank_cylib
-
-    folder = os.path.dirname(rank_cylib.__file__)
-    subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=folder, check=True,
-                   stdout=subprocess.DEVNULL)
-    shutil.rmtree(os.path.join(folder, "build"), ignore_errors=True)
-    importlib.invalidate_caches()
-    if not fast_ranking_available():
-        raise RuntimeError(f"built fastreid's ranking module in {folder} but it does not import")
-    return folder
-
-
-def _compile_dependencies_without_exit(self):
-    # fastreid/evaluation/reid_evaluation.py:128 compiles at evaluation time and the helper it calls
-    # exits the process on failure; evaluation must never kill a training run.
-    if not fast_ranking_available():
-        logger.warning(
-            "fastreid's fast (Cython) ranking module is not built; using the pure-Python ranking, "
-            "which gives the same numbers more slowly. Build it with "
-            "`make setup` or `python -c 'import mdpr_plugin.compat as c; c.build_fast_ranking()'`.")
-
-
-def _cpu_capable_jaccard(compute_jaccard_distance):
-    # fastreid/utils/compute_dist.py:53 always asks compute_jaccard_distance for the GPU search
-    # (search_option=0: features.cuda() and faiss.StandardGpuResources at lines 68 and 76). Keep the
-    # GPU search where CUDA and faiss-gpu exist, else use the function's own faiss-cpu branch.
+def _jaccard_on_available_device(compute_jaccard_distance):
     import faiss
 
     def compute_jaccard_distance_on_available_device(features, k1=20, k2=6, search_option=0, fp16=False):
         gpu_search = torch.cuda.is_available() and hasattr(faiss, "StandardGpuResources")
         if search_option < 3 and not gpu_search:
-            search_option = 3
+            search_option = 3  # the function's own faiss-cpu branch
         return compute_jaccard_distance(features, k1=k1, k2=k2, search_option=search_option, fp16=fp16)
 
     return compute_jaccard_distance_on_available_device
 
 
-# -------------------------------------------------------------------------------------------- data
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset folder (or one of its sub-folders) is missing."""
+def _compile_dependencies_without_exit(self):
+    from fastreid.utils import comm
+
+    if comm.is_main_process():
+        ensure_fast_ranking()
 
 
-def _check_dataset_files(self, required_files):
-    # fastreid/data/datasets/bases.py:139 says only '"datasets/DukeMTMC-reID" is not found'.
-    import fastreid.data.build as data_build
+PATCHES = (
+    Patch("fastreid.data.data_utils:DataLoaderX", lambda original: DeviceDataLoader,
+          "DataLoaderX creates a CUDA stream and moves every batch to cuda:<rank> (data/data_utils.py:127,151): "
+          "no train or test loader works without CUDA. The replacement prefetches to the GPU the same way "
+          "on CUDA and is a plain DataLoader on the CPU.",
+          "1fb5c81cd5f95b49"),
+    Patch("fastreid.modeling.meta_arch.build:build_model", _build_model_on_available_device,
+          "build_model moves the model to MODEL.DEVICE, 'cuda' by default (modeling/meta_arch/build.py:25), "
+          "which fails without CUDA; the replacement uses the CPU then, with one warning.",
+          "c1925573e368c3a3"),
+    Patch("fastreid.solver.build:build_optimizer", _build_optimizer_on_parameters,
+          "build_optimizer flattens the parameters into one contiguous buffer (solver/build.py:192); torch 2's "
+          "zero_grad() sets gradients to None, backward() then writes them outside the buffer and the "
+          "optimizer steps on zeros: nothing trains. The replacement builds it on the parameters.",
+          "265336d24ebfcdb6"),
+    Patch("fastreid.engine.train_loop:AMPTrainer", lambda original: AMPTrainer,
+          "AMPTrainer asserts CUDA (engine/train_loop.py:335) and uses the deprecated torch.cuda.amp names; the "
+          "replacement uses torch.amp, and trains in float32 with a warning without CUDA.",
+          "3fd1654fca19653a"),
+    Patch("fastreid.engine.defaults:DistributedDataParallel", lambda original: distributed_data_parallel,
+          "DefaultTrainer builds DDP with device_ids=[local_rank] (engine/defaults.py:210), which DDP refuses "
+          "for a CPU model; the replacement passes none on the CPU and turns SyncBN (CUDA-only) into BN there.",
+          "87e7a6e9ecf487c9", written_for="fastreid.engine.defaults:DefaultTrainer.__init__"),
+    Patch("fastreid.engine.launch:launch", lambda original: launch,
+          "launch asserts CUDA and uses NCCL (engine/launch.py:75,77); the replacement uses gloo on CPUs and "
+          "joins a torchrun job.",
+          "3e4eac9b6d42ff0e"),
+    Patch("fastreid.evaluation.reid_evaluation:ReidEvaluator._compile_dependencies",
+          lambda original: _compile_dependencies_without_exit,
+          "ReidEvaluator compiles the Cython ranking with whatever python3 is first on PATH and calls "
+          "sys.exit(1) when that fails (evaluation/reid_evaluation.py:128, rank_cylib/__init__.py:19); the "
+          "replacement compiles with this interpreter and falls back to the Python ranking with a warning.",
+          "834ab8c6505f9cc0"),
+    Patch("fastreid.utils.compute_dist:compute_jaccard_distance", _jaccard_on_available_device,
+          "re-ranking always asks for the GPU search (utils/compute_dist.py:53,68,76: features.cuda(), "
+          "faiss.StandardGpuResources); the replacement uses the function's own faiss-cpu search without "
+          "CUDA or faiss-gpu.",
+          "cf0e38f2f938b0a1"),
+    Patch("fastreid.utils.checkpoint:Checkpointer._load_file", lambda original: MDPRCheckpointer._load_file,
+          "checkpoints are read with a bare torch.load (utils/checkpoint.py:216): torch >= 2.6 loads weights "
+          "only by default and refuses fastreid's own best-model checkpoints (a numpy scalar). The replacement "
+          "reads tensors, containers and numpy scalars only, and the MDPR authors' key layout.",
+          "1dd8e8a299b5122a"),
+)
 
-    required = [required_files] if isinstance(required_files, str) else list(required_files)
-    missing = [path for path in required if not os.path.exists(path)]
-    if missing:
-        raise DatasetNotFoundError(
-            f"{type(self).__name__}: {missing[0]} not found (absolute: {os.path.abspath(missing[0])}). "
-            f"The dataset needs: {', '.join(required)}. fastreid looks for datasets under "
-            f"FASTREID_DATASETS (here {data_build._root!r}, relative to the working directory "
-            f"{os.getcwd()}); set it to the folder that holds the dataset before starting.")
+_applied = []  # (holder, name, original) in the order set
 
 
-# ------------------------------------------------------------------------------------- checkpoints
-def _load_naming_a_missing_checkpoint(load):
-    # fastreid/utils/checkpoint.py:119 asserts the file exists ("Checkpoint x not found!"): an
-    # AssertionError that names neither the config key nor the folder it was looked for from.
-    from .serialization import CheckpointError
-
-    def load_checking_the_file(self, path, *args, **kwargs):
-        if path and "://" not in path and not os.path.isfile(path):
-            raise CheckpointError(
-                f"Checkpoint {path} not found (absolute: {os.path.abspath(path)}). Check MODEL.WEIGHTS, or with "
-                "--resume the file named in OUTPUT_DIR/last_checkpoint.")
-        return load(self, path, *args, **kwargs)
-
-    return load_checking_the_file
+# ------------------------------------------------------------------------------------------ machinery
+def _resolve(path):
+    """``(holder, name, value)`` for "module:name" or "module:Class.attribute"."""
+    module_name, _, attribute = path.partition(":")
+    holder = importlib.import_module(module_name)
+    *classes, name = attribute.split(".")
+    for class_name in classes:
+        holder = getattr(holder, class_name)
+    value = vars(holder)[name] if classes else getattr(holder, name)
+    return holder, name, value
 
 
-# ------------------------------------------------------------------------------------------ apply
-def apply():
-    """Make fastreid importable and runnable here. Idempotent."""
-    global _applied
+def source_sha256(obj):
+    """First 16 hex digits of the sha256 of ``obj``'s source."""
+    return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()[:16]
+
+
+def _check(patch):
+    """A sentence saying why ``patch`` does not fit the installed fastreid, or None."""
+    where = patch.written_for or patch.target
+    try:
+        _, _, written_for = _resolve(where)
+        found = source_sha256(written_for)
+    except (ImportError, AttributeError, KeyError, OSError, TypeError) as error:
+        return f"{where}: cannot be read ({type(error).__name__}: {error})"
+    if found != patch.source_sha256:
+        return (f"{where} in {inspect.getsourcefile(written_for)} is not the code this patch was written for "
+                f"(source sha256 {found}, expected {patch.source_sha256}, PyPI fastreid 1.4.0)")
+    return None
+
+
+def _holders(original, target_module):
+    """Every loaded module holding ``original`` by name, as ``(module, name)``: all of them for a name fastreid
+    defines, only ``target_module`` for one it imports from elsewhere (torch's DDP). The plugin's own modules
+    keep the originals: its code is written for fastreid as it is."""
+    if not getattr(original, "__module__", "").startswith("fastreid"):
+        return [(target_module, name) for name, value in vars(target_module).items() if value is original]
+    found = []
+    for module_name, module in list(sys.modules.items()):
+        if module is None or module_name.split(".")[0] == "mdpr_plugin":
+            continue
+        try:
+            names = [name for name, value in vars(module).items() if value is original]
+        except TypeError:  # an object in sys.modules without a __dict__
+            continue
+        found.extend((module, name) for name in names)
+    return found
+
+
+def patch_fastreid(exclude=()):
+    """Apply :data:`PATCHES` (all but the targets named in ``exclude``); returns the targets applied.
+
+    Refuses, before changing anything, when the source of a target differs from the fastreid code its
+    patch was written for (a user's edit, another fastreid version). Calling it again changes nothing.
+    """
     if _applied:
-        return
-    _shim_removed_imports()
+        return [patch.target for patch in PATCHES if patch.target not in exclude]
+    unknown = set(exclude) - {patch.target for patch in PATCHES}
+    if unknown:
+        raise FastreidPatchError(f"exclude names no patch: {sorted(unknown)}; the targets are "
+                                 f"{[patch.target for patch in PATCHES]}.")
+    patches = [patch for patch in PATCHES if patch.target not in exclude]
+    mismatches = [problem for problem in map(_check, patches) if problem]
+    if mismatches:
+        raise FastreidPatchError(
+            "Not patching fastreid: " + "; ".join(mismatches) + ". Those patches would replace code they were "
+            "not written for. Leave them out with patch_fastreid(exclude=[...]) (the target names above) and "
+            "check whether your fastreid still needs them; nothing was changed.")
+    for patch in patches:
+        holder, name, original = _resolve(patch.target)
+        replacement = patch.make(original)
+        if isinstance(holder, type):
+            places = [(holder, name)]
+        else:
+            places = _holders(original, holder)
+        for place, attribute in places:
+            _applied.append((place, attribute, original))
+            setattr(place, attribute, replacement)
+        logger.info("patched %s in %d place(s)", patch.target, len(places))
+    return [patch.target for patch in patches]
 
-    import fastreid.data.build as data_build
-    import fastreid.data.datasets.bases as dataset_bases
-    import fastreid.engine as engine
-    import fastreid.engine.defaults as engine_defaults
-    import fastreid.engine.hooks as engine_hooks
-    import fastreid.engine.train_loop as train_loop
-    import fastreid.evaluation.reid_evaluation as reid_evaluation
-    import fastreid.modeling as modeling
-    import fastreid.modeling.meta_arch as meta_arch
-    import fastreid.modeling.meta_arch.build as meta_arch_build
-    import fastreid.solver as solver
-    import fastreid.solver.build as solver_build
-    import fastreid.utils.checkpoint as checkpoint
-    import fastreid.utils.compute_dist as compute_dist
 
-    from .data import builders as checked_builders
-    from .data.images import read_image
-    from .data.loader import DeviceDataLoader
-    from .data.transforms import build_transforms
-    from .engine.checkpoint import load_checkpoint_file, save_checkpoint_atomically, tag_last_checkpoint_atomically
-    from .engine.distributed import distributed_data_parallel
-    from .engine.launch import launch
-    from .engine.train_loop import (AMPTrainer, checkpoint_after_epoch_if_finite, eval_after_train_unless_stopped,
-                                    write_metrics_checking_losses)
-
-    # fastreid/data/data_utils.py:127,151: DataLoaderX needs CUDA; build.py uses it for every loader.
-    _rebind("DataLoaderX", DeviceDataLoader, data_build)
-    # fastreid/data/transforms/build.py:81 (RandomAffine arguments torchvision removed) and the
-    # fixed RandomPatch pool size (transforms.py:57); see mdpr_plugin/data/transforms.py.
-    _rebind("build_transforms", build_transforms, data_build)
-    dataset_bases.Dataset.check_before_run = _check_dataset_files
-    # fastreid/data/build.py:30,98 builds whatever the folders hold (an empty set makes the identity
-    # samplers loop forever) and reads images only when drawn; see mdpr_plugin/data/builders.py.
-    _rebind("_train_loader_from_config", checked_builders.train_loader_from_config, data_build)
-    _rebind("_test_loader_from_config", checked_builders.test_loader_from_config, data_build)
-    for name in ("build_reid_train_loader", "build_reid_test_loader"):
-        _rebind(name, getattr(checked_builders, name), data_build, sys.modules["fastreid.data"], engine_defaults)
-    # fastreid/data/data_utils.py:17 converts no image mode to RGB and does not name unreadable files.
-    _rebind("read_image", read_image, sys.modules["fastreid.data.common"], sys.modules["fastreid.data.data_utils"])
-    # fastreid/engine/train_loop.py:293 checks the loss on the main process only and names neither the
-    # term nor the fix; see mdpr_plugin/engine/train_loop.py.
-    train_loop.SimpleTrainer._write_metrics = write_metrics_checking_losses
-    engine_hooks.EvalHook.after_train = eval_after_train_unless_stopped
-    engine_hooks.PeriodicCheckpointer.after_epoch = checkpoint_after_epoch_if_finite
-    # fastreid/engine/train_loop.py:335: AMPTrainer asserts CUDA; defaults.py picks it by name.
-    _rebind("AMPTrainer", AMPTrainer, train_loop, engine_defaults)
-    build_model = _device_fallback_build_model(meta_arch_build.build_model)
-    _rebind("build_model", build_model, meta_arch_build, meta_arch, modeling, engine_defaults)
-    build_optimizer = _separate_params_build_optimizer(solver_build.build_optimizer)
-    _rebind("build_optimizer", build_optimizer, solver_build, solver, engine_defaults)
-    reid_evaluation.ReidEvaluator._compile_dependencies = _compile_dependencies_without_exit
-    compute_dist.compute_jaccard_distance = _cpu_capable_jaccard(compute_dist.compute_jaccard_distance)
-    # fastreid/utils/checkpoint.py:216: bare torch.load; see mdpr_plugin/engine/checkpoint.py.
-    checkpoint.Checkpointer._load_file = lambda self, f: load_checkpoint_file(f)
-    checkpoint.Checkpointer.load = _load_naming_a_missing_checkpoint(checkpoint.Checkpointer.load)
-    # fastreid/engine/defaults.py:210 builds DDP with device_ids=[local_rank], which DDP refuses for a
-    # CPU model, and keeps SyncBN, which runs on CUDA only; see mdpr_plugin/engine/distributed.py.
-    _rebind("DistributedDataParallel", distributed_data_parallel, engine_defaults)
-    # fastreid/engine/launch.py:75,77 asserts CUDA and uses NCCL, and does not join a torchrun job; see
-    # mdpr_plugin/engine/launch.py. (fastreid.engine.launch the module is shadowed by the function.)
-    _rebind("launch", launch, sys.modules["fastreid.engine.launch"], engine)
-    # fastreid/utils/checkpoint.py:93,202 write in place: a kill while saving truncates the last good file.
-    checkpoint.Checkpointer.save = save_checkpoint_atomically
-    checkpoint.Checkpointer.tag_last_checkpoint = tag_last_checkpoint_atomically
-    _applied = True
-
+def unpatch_fastreid():
+    """Put back every original :func:`patch_fastreid` replaced."""
+    while _applied:
+        place, attribute, original = _applied.pop()
+        setattr(place, attribute, original)

@@ -3,7 +3,7 @@ import os
 import subprocess
 import sys
 
-import mdpr_plugin  # noqa: F401  (fastreid works only after this)
+import mdpr_plugin  # noqa: F401  (registers MDPR; fastreid.data / fastreid.engine import only after this)
 from fastreid.config import get_cfg
 from mdpr_plugin import add_mdpr_config
 
@@ -21,9 +21,10 @@ def load_config(path, *overrides):
     return cfg
 
 
-def run_script(*args, cwd=REPO, timeout=600):
-    """Run Python in a fresh interpreter from the repository root; return (returncode, output)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def run_script(*args, cwd=REPO, timeout=600, env=None):
+    """Run Python in a fresh interpreter (from the repository root, with ``env`` added to the environment);
+    return (returncode, output)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env, timeout=timeout,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return proc.returncode, proc.stdout

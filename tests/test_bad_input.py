@@ -11,16 +11,14 @@ import numpy as np
 import pytest
 import torch
 from fastreid.config import get_cfg
-from fastreid.data import build_reid_test_loader, build_reid_train_loader
 from fastreid.engine.train_loop import HookBase
 from helpers import REPO, load_config, run_script
 from PIL import Image
 
 from mdpr_plugin import add_mdpr_config
-from mdpr_plugin.compat import DatasetNotFoundError
 from mdpr_plugin.config import ConfigKeyError, merge_config
 from mdpr_plugin.data import BUNDLED_ROOT
-from mdpr_plugin.data.checks import DatasetLayoutError, SamplingError
+from mdpr_plugin.data.checks import DatasetLayoutError, DatasetNotFoundError, SamplingError
 from mdpr_plugin.data.images import BadImageError
 from mdpr_plugin.engine import Trainer
 from mdpr_plugin.engine.errors import run_reporting_known_errors
@@ -33,7 +31,7 @@ from mdpr_plugin.serialization import CheckpointError, safe_load
 def test_missing_dataset_folder_names_it_and_fastreid_datasets(demo_cfg):
     demo_cfg.DATASETS.NAMES = ("DukeMTMC",)
     with pytest.raises(DatasetNotFoundError, match=r"DukeMTMC: .*DukeMTMC-reID not found.*FASTREID_DATASETS"):
-        build_reid_train_loader(demo_cfg)
+        Trainer.build_train_loader(demo_cfg)
 
 
 @pytest.mark.parametrize("source, overrides, message", [
@@ -135,7 +133,7 @@ def test_images_directly_in_the_dataset_folder_are_pointed_at(market, market_cfg
     with pytest.raises(DatasetNotFoundError, match=r"bounding_box_train not found.* holds 96 images directly "
                                                    r"\(e\.g\. \d{4}_c\d\w+\.jpg\): they belong in the train / "
                                                    r"query / gallery sub-folders"):
-        build_reid_train_loader(market_cfg)
+        Trainer.build_train_loader(market_cfg)
 
 
 def test_identity_sub_folders_give_a_clear_error_not_an_empty_set(market, market_cfg, earlier_run):
@@ -159,7 +157,7 @@ def test_images_of_another_format_are_named(market, market_cfg):
         Image.open(path).save(path[:-4] + ".png")
         os.remove(path)
     with pytest.raises(DatasetLayoutError, match=r"the train set is empty: .* holds 32 \.png files\)"):
-        build_reid_train_loader(market_cfg)
+        Trainer.build_train_loader(market_cfg)
 
 
 @pytest.mark.parametrize("name", ["person0002.jpg", "0002_c9s1_000451_03.jpg"])
@@ -168,7 +166,7 @@ def test_unparsable_file_names_are_named(market, market_cfg, name):
     with pytest.raises(DatasetLayoutError, match=rf"Market1501: cannot parse the file name .*/bounding_box_train/"
                                                  rf"{name} in .*bounding_box_train\. Market1501 expects .* e\.g\. "
                                                  r"0002_c1s1_000451_03\.jpg.*Rename or move"):
-        build_reid_train_loader(market_cfg)
+        Trainer.build_train_loader(market_cfg)
 
 
 # (g) an empty query or gallery set ----------------------------------------------------------------
@@ -178,7 +176,7 @@ def test_an_empty_query_or_gallery_folder_is_named(market, market_cfg, split, ro
         os.remove(path)
     with pytest.raises(DatasetLayoutError, match=rf"Market1501: the {role} set is empty: no image found in "
                                                  rf".*{split} \(.*{split} is empty\)"):
-        build_reid_test_loader(market_cfg, dataset_name="Market1501")
+        Trainer.build_test_loader(market_cfg, "Market1501")
 
 
 @pytest.mark.parametrize("num_query, which", [(0, "query"), (4, "gallery")])
@@ -216,8 +214,8 @@ def test_skip_leaves_unreadable_images_out_and_counts_them(market, market_cfg):
     damage(query_bad, "empty")
     market_cfg.DATALOADER.BAD_IMAGES = "skip"
     with warnings_of("mdpr_plugin.data.checks") as warnings:
-        loader = build_reid_train_loader(market_cfg)
-        test_loader, num_query = build_reid_test_loader(market_cfg, dataset_name="Market1501")
+        loader = Trainer.build_train_loader(market_cfg)
+        test_loader, num_query = Trainer.build_test_loader(market_cfg, "Market1501")
     assert [item[0] for item in loader.dataset.img_items if item[0] == train_bad] == []
     assert len(loader.dataset) == 31
     assert (num_query, len(test_loader.dataset)) == (31, 63)
@@ -235,11 +233,11 @@ def test_skip_refuses_a_set_left_empty(market, market_cfg):
     with pytest.raises(BadImageError, match=r"(?s)32 of 32 images of Market1501's query set could not be read:\n  "
                                             r".*query/\d{4}_c\w+\.jpg \(empty, or not an image\)\n.*"
                                             r"\.\.\. and 27 more\nNone is left to skip"):
-        build_reid_test_loader(market_cfg, dataset_name="Market1501")
+        Trainer.build_test_loader(market_cfg, "Market1501")
 
 
 def test_an_image_damaged_after_the_check_is_still_named_when_loaded(market, market_cfg):
-    loader = build_reid_train_loader(market_cfg)
+    loader = Trainer.build_train_loader(market_cfg)
     index = 7
     damage(loader.dataset.img_items[index][0], "truncated")
     with pytest.raises(BadImageError, match=rf"{loader.dataset.img_items[index][0]} could not be read as an image "
@@ -250,7 +248,7 @@ def test_an_image_damaged_after_the_check_is_still_named_when_loaded(market, mar
 def test_an_unknown_bad_images_value_is_refused(market_cfg):
     market_cfg.DATALOADER.BAD_IMAGES = "ignore"
     with pytest.raises(ValueError, match=r"DATALOADER\.BAD_IMAGES must be one of \('error', 'skip'\), got 'ignore'"):
-        build_reid_train_loader(market_cfg)
+        Trainer.build_train_loader(market_cfg)
 
 
 # (c) image modes ---------------------------------------------------------------------------------
@@ -271,7 +269,7 @@ MODES = {  # mode -> (image written in that mode, PIL format, expected RGB resul
 
 @pytest.mark.parametrize("mode", list(MODES))
 def test_every_image_mode_is_read_as_rgb(tmp_path, mode):
-    from fastreid.data.common import read_image  # what fastreid's CommDataset calls
+    from mdpr_plugin.data import read_image  # what the plugin's loaders read with
 
     make, file_format, expected, tolerance = MODES[mode]
     rgb = _reference()
@@ -290,7 +288,7 @@ def test_a_training_set_of_mixed_modes_gives_rgb_batches(market, market_cfg):
     for path, mode in zip(images(market / "bounding_box_train"), MODES):
         make, file_format, _, _ = MODES[mode]
         make(Image.open(path).convert("RGB")).save(path, format=file_format)
-    loader = build_reid_train_loader(market_cfg)
+    loader = Trainer.build_train_loader(market_cfg)
     for item in range(len(loader.dataset)):
         assert loader.dataset[item]["images"].shape == (3, 128, 64)
 
@@ -301,7 +299,7 @@ def test_tiny_images_are_upscaled_with_a_warning(market, market_cfg):
     Image.open(tiny[0]).resize((5, 10)).save(tiny[0])
     Image.open(tiny[1]).resize((1, 1)).save(tiny[1])
     with warnings_of("mdpr_plugin.data.checks") as warnings:
-        loader = build_reid_train_loader(market_cfg)
+        loader = Trainer.build_train_loader(market_cfg)
     assert any("2 images of Market1501's training set are more than 4x smaller than the input size 64x128" in w
                for w in warnings), warnings
     for item, (path, _, _) in enumerate(loader.dataset.img_items):
@@ -333,13 +331,13 @@ def test_fewer_identities_than_a_batch_needs_is_refused_instead_of_hanging(marke
 def test_fewer_images_than_a_batch_is_refused(market, market_cfg):
     keep_identities(market / "bounding_box_train", 5)  # 10 images
     with pytest.raises(SamplingError, match=r"The training set has 10 images, fewer than SOLVER\.IMS_PER_BATCH 16"):
-        build_reid_train_loader(market_cfg)
+        Trainer.build_train_loader(market_cfg)
 
 
 def test_fewer_images_per_identity_than_num_instance_warns_with_counts(market_cfg):
     market_cfg.DATALOADER.NUM_INSTANCE = 4  # the bundled identities have 2 images each
     with warnings_of("mdpr_plugin.data.checks") as warnings:
-        build_reid_train_loader(market_cfg)
+        Trainer.build_train_loader(market_cfg)
     assert ("16 of 16 training identities have fewer images than DATALOADER.NUM_INSTANCE 4 (fewest: 2); "
             "NaiveIdentitySampler repeats their images to fill a batch.") in warnings
 

@@ -1,92 +1,200 @@
-"""Each compatibility measure of mdpr_plugin.compat, tested through the behaviour it restores."""
+"""Importing the plugin changes nothing in fastreid; the opt-in patches fix fastreid's stock path and undo cleanly.
+
+Each patch of mdpr_plugin.compat is tested through the behaviour it restores, with fastreid shown broken
+without it where that is cheap to show (the evaluator's, with the plugin's evaluator in
+tests/evaluation/test_evaluator.py).
+"""
+import ast
 import logging
+import os
 import sys
 import textwrap
+import types
 
 import numpy as np
 import pytest
 import torch
-from helpers import run_script
+from helpers import REPO, run_script
 
-import fastreid
-from fastreid.data import build_reid_test_loader, build_reid_train_loader
-from fastreid.engine import DefaultTrainer
-from fastreid.evaluation import ReidEvaluator
-from fastreid.modeling import build_model
-from fastreid.utils.compute_dist import build_dist
-from fastreid.utils.events import EventStorage
 from mdpr_plugin import compat
 
-# scripts shipped inside the package, not modules: importing them runs a build / a self-test
+# scripts shipped inside fastreid, not modules: importing them runs a build / a self-test
 _SCRIPTS = {"fastreid.evaluation.rank_cylib.setup", "fastreid.evaluation.rank_cylib.test_cython"}
 # needs matplotlib, an optional dependency of fastreid's visualiser only
 _OPTIONAL = {"fastreid.utils.visualizer"}
 
-
-def test_every_fastreid_module_imports_in_a_fresh_interpreter():
-    code = textwrap.dedent(f"""
-        import importlib, pkgutil
-        import mdpr_plugin, fastreid
-        skip = {sorted(_SCRIPTS | _OPTIONAL)!r}
-        names = [m.name for m in pkgutil.walk_packages(fastreid.__path__, "fastreid.") if m.name not in skip]
-        for name in names:
-            importlib.import_module(name)
-        print("imported", len(names))
-    """)
-    returncode, output = run_script("-c", code)
-    assert returncode == 0, output
-    assert int(output.split("imported")[-1]) > 120
+# ------------------------------------------------------------------------------------ import shims
+IMPORT_EVERY_FASTREID_MODULE = textwrap.dedent(f"""
+    import importlib, importlib.util, pkgutil, sys
+    # the shims alone, loaded from their file without importing the plugin
+    spec = importlib.util.spec_from_file_location("shims", {os.path.join(REPO, "mdpr_plugin", "shims.py")!r})
+    shims = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shims)
+    shims.install()
+    import fastreid
+    skip = {sorted(_SCRIPTS | _OPTIONAL)!r}
+    names = [m.name for m in pkgutil.walk_packages(fastreid.__path__, "fastreid.") if m.name not in skip]
+    for name in names:
+        importlib.import_module(name)
+""")
 
 
 def test_fastreid_alone_does_not_import_here():
-    # the reason for the import shims: without the plugin, fastreid.data and fastreid.engine fail
+    # the reason for the import shims: without them, fastreid.data and fastreid.engine fail
     for module in ("fastreid.data", "fastreid.engine"):
         returncode, output = run_script("-c", f"import {module}")
         assert returncode != 0 and ("torch._six" in output or "Mapping" in output), output
 
 
-def _first_batch(loader):
-    return next(iter(loader))
+def test_every_fastreid_module_imports_after_the_shims():
+    returncode, output = run_script("-c", IMPORT_EVERY_FASTREID_MODULE + "print('imported', len(names))")
+    assert returncode == 0, output
+    assert int(output.split("imported")[-1]) > 120
 
 
-def test_stock_train_and_test_loaders_run_on_cpu(demo_cfg):
-    train_batch = _first_batch(build_reid_train_loader(demo_cfg))
+# Records every module attribute of every fastreid module and every __dict__ entry of every class fastreid
+# defines, imports every module of the plugin (train_net.py included), and lists what is now another object.
+REBOUND_BY_THE_PLUGIN = IMPORT_EVERY_FASTREID_MODULE + textwrap.dedent(f"""
+    def fastreid_state():
+        state = {{}}
+        for name, module in list(sys.modules.items()):
+            if name.split(".")[0] != "fastreid":
+                continue
+            for attribute, value in vars(module).items():
+                state[f"{{name}}.{{attribute}}"] = value
+                if isinstance(value, type) and value.__module__.startswith("fastreid"):
+                    for key, entry in vars(value).items():
+                        state[f"{{value.__module__}}.{{value.__qualname__}}.{{key}}"] = entry
+        return state
+
+    before = fastreid_state()
+    import mdpr_plugin
+    plugin = [m.name for m in pkgutil.walk_packages(mdpr_plugin.__path__, "mdpr_plugin.")
+              if not m.name.endswith(".__main__")]  # running a tool is not importing it
+    for name in plugin:
+        importlib.import_module(name)
+    sys.path.insert(0, {REPO!r})
+    import train_net
+    after = fastreid_state()
+    rebound = [key for key, value in before.items() if after.get(key, value) is not value]
+    print("modules", len(plugin), "names", len(before), "rebound", rebound)
+""")
+
+
+def test_importing_the_plugin_rebinds_no_fastreid_name():
+    returncode, output = run_script("-c", REBOUND_BY_THE_PLUGIN)
+    assert returncode == 0, output
+    summary = output.strip().splitlines()[-1]
+    assert summary.endswith("rebound []"), summary
+    assert int(summary.split()[1]) > 50 and int(summary.split()[3]) > 3000, summary  # it looked at everything
+
+
+def test_the_plugin_has_no_import_cycle():
+    package = os.path.join(REPO, "mdpr_plugin")
+    modules = {}
+    for folder, _, files in os.walk(package):
+        for file in files:
+            if file.endswith(".py"):
+                path = os.path.join(folder, file)
+                parts = os.path.relpath(path, REPO)[:-3].split(os.sep)
+                is_package = parts[-1] == "__init__"
+                modules[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
+
+    def imported_at_import_time(name):
+        path, is_package = modules[name]
+        base = name.split(".") if is_package else name.split(".")[:-1]
+        for node in ast.parse(open(path).read()).body:  # module level only: imports inside functions are lazy
+            if isinstance(node, ast.Import):
+                yield from (alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                origin = ".".join(base[:len(base) - node.level + 1] + ([node.module] if node.module else [])) \
+                    if node.level else node.module
+                for alias in node.names:
+                    yield f"{origin}.{alias.name}" if f"{origin}.{alias.name}" in modules else origin
+
+    graph = {name: {m for m in imported_at_import_time(name) if m in modules and m != name} for name in modules}
+    assert len(graph) > 50 and sum(map(len, graph.values())) > 80  # the walk found the package
+
+    def cycle_from(start, path, on_path):
+        for nxt in sorted(graph[start]):
+            if nxt in on_path:
+                return path[path.index(nxt):] + [nxt]
+            found = cycle_from(nxt, path + [nxt], on_path | {nxt})
+            if found:
+                return found
+        return None
+
+    cycles = [c for c in (cycle_from(name, [name], {name}) for name in sorted(graph)) if c]
+    assert not cycles, f"import cycle: {' -> '.join(cycles[0])}"
+
+
+def _calls_patch_fastreid(path):
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.Call):
+            function = node.func
+            if getattr(function, "id", None) == "patch_fastreid" or getattr(function, "attr", None) == "patch_fastreid":
+                return True
+    return False
+
+
+def test_train_net_the_tools_and_the_benchmarks_never_call_patch_fastreid():
+    sources = [os.path.join(folder, file) for folder, _, files in os.walk(os.path.join(REPO, "mdpr_plugin"))
+               for file in files if file.endswith(".py")]
+    assert len(sources) > 50 and compat.__file__ in sources
+    assert [path for path in sources + [os.path.join(REPO, "train_net.py")] if _calls_patch_fastreid(path)] == []
+    assert _calls_patch_fastreid(__file__)  # the check finds a call where there is one
+
+
+# -------------------------------------------------------------------------------- opt-in patches
+@pytest.fixture
+def patched():
+    applied = compat.patch_fastreid()
+    yield applied
+    compat.unpatch_fastreid()
+
+
+def test_every_patch_names_the_fastreid_code_it_answers():
+    assert len(compat.PATCHES) == 9
+    for patch in compat.PATCHES:
+        assert ".py:" in patch.reason and len(patch.source_sha256) == 16, patch.target
+
+
+def _stock_cfg(demo_cfg, **changes):
+    demo_cfg.MODEL.HEADS.NUM_CLASSES = 4
+    for key, value in changes.items():
+        demo_cfg.merge_from_list([key, value])
+    return demo_cfg
+
+
+def test_stock_train_and_test_loaders_run_on_cpu(demo_cfg, patched):
+    from fastreid.data import build_reid_test_loader, build_reid_train_loader
+
+    train_batch = next(iter(build_reid_train_loader(demo_cfg)))
     assert train_batch["images"].shape == (16, 3, 128, 64)
     assert train_batch["images"].device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     test_loader, num_query = build_reid_test_loader(demo_cfg, dataset_name="MiniMarket1501")
     assert num_query == 32 and len(test_loader.dataset) == 64
-    assert _first_batch(test_loader)["images"].shape[1:] == (3, 128, 64)
+    assert next(iter(test_loader))["images"].shape[1:] == (3, 128, 64)
 
 
-def test_affine_augmentation_builds_with_todays_torchvision(demo_cfg):
-    demo_cfg.INPUT.AFFINE.ENABLED = True
-    batch = _first_batch(build_reid_train_loader(demo_cfg))
-    assert batch["images"].shape == (16, 3, 128, 64)
+def test_stock_build_model_falls_back_to_the_cpu_with_one_warning(demo_cfg, patched, caplog):
+    from fastreid.modeling import build_model
+    from mdpr_plugin import devices
 
-
-def test_random_patch_pool_size_comes_from_the_config(demo_cfg):
-    from fastreid.data.transforms.transforms import RandomPatch
-    from mdpr_plugin.data import build_transforms
-
-    demo_cfg.INPUT.RPT.ENABLED = True
-    demo_cfg.INPUT.RPT.POOL_CAPACITY = 1000
-    patches = [t for t in build_transforms(demo_cfg).transforms if isinstance(t, RandomPatch)]
-    assert len(patches) == 1 and patches[0].patchpool.maxlen == 1000
-
-
-def test_cuda_device_falls_back_to_cpu_with_one_warning(demo_cfg, caplog):
-    demo_cfg.MODEL.DEVICE = "cuda"
-    demo_cfg.MODEL.HEADS.NUM_CLASSES = 16
-    compat._warned_devices.clear()
-    with caplog.at_level(logging.WARNING, logger="mdpr_plugin.compat"):
-        first, second = build_model(demo_cfg), build_model(demo_cfg)
+    cfg = _stock_cfg(demo_cfg, **{"MODEL.DEVICE": "cuda"})
+    devices._warned.clear()
+    with caplog.at_level(logging.WARNING, logger="mdpr_plugin.devices"):
+        first, second = build_model(cfg), build_model(cfg)
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert first.device.type == second.device.type == expected
     warnings = sum("CUDA is not available" in r.getMessage() for r in caplog.records)
     assert warnings == (0 if torch.cuda.is_available() else 1)
 
 
-def test_stock_default_trainer_runs_an_amp_step_on_cpu(demo_cfg, caplog):
+def test_stock_default_trainer_runs_an_amp_step_on_cpu(demo_cfg, patched, caplog):
+    from fastreid.engine import DefaultTrainer
+    from fastreid.utils.events import EventStorage
+
     demo_cfg.SOLVER.AMP.ENABLED = True
     with caplog.at_level(logging.WARNING):
         trainer = DefaultTrainer(demo_cfg)
@@ -94,19 +202,20 @@ def test_stock_default_trainer_runs_an_amp_step_on_cpu(demo_cfg, caplog):
     before = [p.detach().clone() for p in trainer.model.parameters()]
     with EventStorage(0):
         trainer.run_step()
-    changed = sum(not torch.equal(b, p) for b, p in zip(before, trainer.model.parameters()))
-    assert changed > 0
+    assert sum(not torch.equal(b, p) for b, p in zip(before, trainer.model.parameters())) > 0
     on_cuda = torch.cuda.is_available()
     assert trainer._trainer.amp_enabled == on_cuda
     assert on_cuda or any("AMP needs CUDA" in r.getMessage() for r in caplog.records)
 
 
-def test_optimizer_from_the_stock_builder_updates_every_trainable_parameter(demo_cfg):
+def _trained_parameters(cfg):
+    """How many of the trainable parameters one step of fastreid's build_optimizer changes, and how many."""
+    from fastreid.modeling import build_model
     from fastreid.solver import build_optimizer
+    from fastreid.utils.events import EventStorage
 
-    demo_cfg.MODEL.HEADS.NUM_CLASSES = 4
-    model = build_model(demo_cfg)
-    optimizer, _ = build_optimizer(demo_cfg, model)
+    model = build_model(cfg)
+    optimizer, _ = build_optimizer(cfg, model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in trainable]
     batch = {"images": torch.rand(4, 3, 128, 64) * 255, "targets": torch.tensor([0, 0, 1, 1])}
@@ -114,23 +223,39 @@ def test_optimizer_from_the_stock_builder_updates_every_trainable_parameter(demo
         optimizer.zero_grad()
         sum(model(batch).values()).backward()
         optimizer.step()
-    assert all(not torch.equal(b, p) for b, p in zip(before, trainable))
+    return sum(not torch.equal(b, p) for b, p in zip(before, trainable)), len(trainable)
 
 
-def test_evaluator_never_exits_when_the_fast_ranking_module_is_missing(demo_cfg, monkeypatch, caplog):
-    # an entry of None in sys.modules makes the import fail, as an unbuilt module would
-    monkeypatch.setitem(sys.modules, "fastreid.evaluation.rank_cylib.rank_cy", None)
-    monkeypatch.setattr(fastreid.evaluation.rank_cylib, "compile_helper", lambda: sys.exit(1))
-    with caplog.at_level(logging.WARNING):
-        ReidEvaluator(demo_cfg, num_query=4)
-    assert any("pure-Python ranking" in r.getMessage() for r in caplog.records)
+def test_stock_optimizer_trains_nothing_on_torch_2_and_every_parameter_once_patched(demo_cfg):
+    cfg = _stock_cfg(demo_cfg)
+    changed, total = _trained_parameters(cfg)
+    assert changed == 0 and total > 50  # fastreid's contiguous buffer under torch 2's zero_grad
+    compat.patch_fastreid()
+    try:
+        assert _trained_parameters(cfg) == (total, total)
+    finally:
+        compat.unpatch_fastreid()
 
 
-def test_fast_ranking_module_was_built_at_setup():
-    assert compat.fast_ranking_available()
+def test_stock_checkpointer_reads_fastreids_own_best_model_checkpoint_once_patched(demo_cfg, tmp_path):
+    from fastreid.modeling import build_model
+    from fastreid.utils.checkpoint import Checkpointer
+
+    model = build_model(_stock_cfg(demo_cfg))
+    Checkpointer(model, str(tmp_path)).save("model_best", epoch=2, metric=np.float64(61.5))
+    with pytest.raises(Exception, match="Weights only load failed"):  # torch >= 2.6's default
+        Checkpointer(model).load(str(tmp_path / "model_best.pth"))
+    compat.patch_fastreid()
+    try:
+        extra = Checkpointer(model).load(str(tmp_path / "model_best.pth"))
+    finally:
+        compat.unpatch_fastreid()
+    assert extra["metric"] == 61.5 and extra["epoch"] == 2
 
 
-def test_reranking_runs_on_the_cpu():
+def test_stock_reranking_runs_on_the_cpu(patched):
+    from fastreid.utils.compute_dist import build_dist
+
     generator = torch.Generator().manual_seed(0)
     query, gallery = torch.randn(20, 32, generator=generator), torch.randn(60, 32, generator=generator)
     dist = build_dist(query, gallery, metric="jaccard", k1=10, k2=3)
@@ -138,10 +263,81 @@ def test_reranking_runs_on_the_cpu():
     assert np.isfinite(dist).all() and (dist >= 0).all() and (dist <= 1 + 1e-6).all()
 
 
-def test_applying_twice_changes_nothing():
-    import fastreid.utils.compute_dist as compute_dist
-    from fastreid.engine import defaults
+def test_ddp_and_launch_are_replaced_where_fastreid_uses_them_and_nowhere_else(patched):
+    import fastreid.engine
+    import fastreid.engine.defaults as engine_defaults
+    import fastreid.utils.checkpoint as fastreid_checkpoint
+    from mdpr_plugin.engine.distributed import distributed_data_parallel
+    from mdpr_plugin.engine.launch import launch
 
-    before = compute_dist.compute_jaccard_distance, defaults.build_model, defaults.build_optimizer
-    compat.apply()
-    assert (compute_dist.compute_jaccard_distance, defaults.build_model, defaults.build_optimizer) == before
+    assert engine_defaults.DistributedDataParallel is distributed_data_parallel
+    # the checkpointer's isinstance checks and torch itself keep torch's class
+    assert fastreid_checkpoint.DistributedDataParallel is torch.nn.parallel.DistributedDataParallel
+    assert fastreid.engine.launch is launch and sys.modules["fastreid.engine.launch"].launch is launch
+
+
+def test_a_module_that_imported_a_name_by_value_is_patched_and_restored(monkeypatch):
+    from fastreid.engine import launch as fastreid_launch
+    from mdpr_plugin.engine.launch import launch
+
+    user_script = types.ModuleType("users_train_net")  # `from fastreid.engine import launch` at its top
+    user_script.launch = fastreid_launch
+    monkeypatch.setitem(sys.modules, "users_train_net", user_script)
+    compat.patch_fastreid()
+    try:
+        assert user_script.launch is launch
+    finally:
+        compat.unpatch_fastreid()
+    assert user_script.launch is fastreid_launch
+
+
+def _fastreid_state():
+    state = {}
+    for name, module in list(sys.modules.items()):
+        if name.split(".")[0] == "fastreid" and module is not None:
+            for attribute, value in vars(module).items():
+                state[(name, attribute)] = value
+                if isinstance(value, type) and value.__module__.startswith("fastreid"):
+                    state.update(((value, key), entry) for key, entry in vars(value).items())
+    return state
+
+
+def test_unpatch_restores_every_original_and_patching_twice_changes_nothing():
+    before = _fastreid_state()
+    first = compat.patch_fastreid()
+    patched_state = _fastreid_state()
+    try:
+        assert compat.patch_fastreid() == first
+        assert _fastreid_state() == patched_state
+        changed = [key for key, value in before.items() if patched_state.get(key) is not value]
+        assert len(changed) >= len(compat.PATCHES)
+    finally:
+        compat.unpatch_fastreid()
+    after = _fastreid_state()
+    assert [key for key, value in before.items() if after.get(key) is not value] == []
+
+
+def test_a_patch_whose_target_differs_is_refused_and_nothing_changes(monkeypatch):
+    from fastreid.solver import build as solver_build
+
+    edited = [patch if patch.target != "fastreid.solver.build:build_optimizer"
+              else compat.Patch(patch.target, patch.make, patch.reason, "0" * 16) for patch in compat.PATCHES]
+    monkeypatch.setattr(compat, "PATCHES", tuple(edited))
+    before = _fastreid_state()
+    with pytest.raises(compat.FastreidPatchError, match=r"fastreid.solver.build:build_optimizer in .*solver/build\.py "
+                                                        r"is not the code this patch was written for.*exclude"):
+        compat.patch_fastreid()
+    assert [key for key, value in before.items() if _fastreid_state().get(key) is not value] == []
+
+    original = solver_build.build_optimizer
+    applied = compat.patch_fastreid(exclude=["fastreid.solver.build:build_optimizer"])
+    try:
+        assert "fastreid.solver.build:build_optimizer" not in applied and len(applied) == len(edited) - 1
+        assert solver_build.build_optimizer is original
+    finally:
+        compat.unpatch_fastreid()
+
+
+def test_exclude_names_only_known_targets():
+    with pytest.raises(compat.FastreidPatchError, match="exclude names no patch: \\['read_image'\\]"):
+        compat.patch_fastreid(exclude=["read_image"])

@@ -150,7 +150,7 @@ def run_case(case):
     import torch
     import faiss
 
-    import mdpr_plugin  # noqa: F401  (fastreid works only after this)
+    import mdpr_plugin  # noqa: F401  (the import shims fastreid needs)
     from .synthetic import synthetic_set
 
     from threadpoolctl import threadpool_limits

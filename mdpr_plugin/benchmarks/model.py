@@ -58,8 +58,7 @@ def default_modes(args):
 def _wants_cuda(args):
     """Whether the cases will run on CUDA: the config's MODEL.DEVICE (fastreid's default is cuda), if
     this machine has it."""
-    import mdpr_plugin  # noqa: F401
-    from ..compat import resolve_device
+    from ..devices import resolve_device
     from .model_case import build_config
 
     cfg = build_config({"config_file": args.config_file, "opts": _opts(args), "size": [1, 1], "arch": "MDPR"})

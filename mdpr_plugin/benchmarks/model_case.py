@@ -43,10 +43,8 @@ def build_config(case):
 
 
 def build(case):
-    import mdpr_plugin  # noqa: F401  (registers MDPR and fastreid's device fallback)
-    from fastreid.modeling import build_model
-
-    from ..compat import resolve_device
+    from ..devices import resolve_device
+    from ..engine import build_model
 
     cfg = build_config(case)
     device = resolve_device(cfg.MODEL.DEVICE)

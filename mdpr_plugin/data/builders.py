@@ -1,120 +1,104 @@
-"""fastreid's train / test loader builders, with the data checked first.
+"""The plugin's train and test loaders, built from fastreid's own builders.
 
 fastreid's ``_train_loader_from_config`` / ``_test_loader_from_config`` (data/build.py:30,98) build the
-data sets from the folders, unchecked. The versions here build them the same way, check them with
-:mod:`mdpr_plugin.data.checks`, and hand them to fastreid's as ``train_set`` / ``test_set``: fastreid
-still builds the transforms, the sampler and the loader. A caller's own ``train_set`` / ``test_set``
-is passed on unchanged (the identity sampler's needs are still checked when fastreid builds it).
+data sets; they are looked up on ``fastreid.data.build`` at call time, so a user's edits to them (or
+wrappers installed around them) run. What they return is then checked (:mod:`mdpr_plugin.data.checks`):
+fastreid builds whatever the folders hold, and an empty set or too few identities make its identity
+samplers wait forever, an unreadable image stops the run when first drawn. The loader itself is a
+:class:`~mdpr_plugin.data.loader.DeviceDataLoader` (fastreid's ``DataLoaderX`` needs CUDA) with fastreid's
+batch sampling and collation.
+
+fastreid's own ``CommDataset`` is re-created as a :class:`~mdpr_plugin.data.datasets.RGBCommDataset`
+over the images that passed the check; a data set of another class (a user's own) is used as it is.
 """
+import torch
 import fastreid.data.build as data_build
-from fastreid.config import CfgNode
 from fastreid.data.common import CommDataset
 from fastreid.data.datasets import DATASET_REGISTRY
+from fastreid.data.samplers import InferenceSampler
 from fastreid.utils import comm
 
-from ..compat import DatasetNotFoundError
-from .checks import check_identity_sampling, check_images, check_not_empty, hint_for_images_in_root, layout_error
-
-_fastreid_train_loader = data_build.build_reid_train_loader
-_fastreid_test_loader = data_build.build_reid_test_loader
-_fastreid_train_from_config = data_build._train_loader_from_config
-_fastreid_test_from_config = data_build._test_loader_from_config
+from .checks import check_identity_sampling, check_images, check_not_empty, explained_dataset_errors
+from .datasets import RGBCommDataset
+from .loader import DeviceDataLoader
+from .transforms import build_transforms
 
 
-def _frame_of(error, cls):
-    """The locals of the innermost frame of ``error``'s traceback that ran a method of a ``cls`` object."""
-    found, tb = None, error.__traceback__
-    while tb is not None:
-        if isinstance(tb.tb_frame.f_locals.get("self"), cls):
-            found = tb.tb_frame.f_locals
-        tb = tb.tb_next
-    return found or {}
-
-
-def load_dataset(name, **kwargs):
-    """``DATASET_REGISTRY.get(name)(root=FASTREID_DATASETS, **kwargs)`` with layout errors made clear."""
-    cls = DATASET_REGISTRY.get(name)
-    try:
-        return cls(root=data_build._root, **kwargs)
-    except DatasetNotFoundError as error:
-        dataset = _frame_of(error, cls).get("self")
-        raise hint_for_images_in_root(error, getattr(dataset, "data_dir", None)) from None
-    except (AttributeError, AssertionError) as error:
-        # fastreid's process_dir (e.g. datasets/market1501.py:74) calls .groups() on a failed regex match
-        # and asserts id ranges; its frame still holds the dataset, the folder and the file
-        frame = _frame_of(error, cls)
-        if "img_path" not in frame:
-            raise
-        raise layout_error(name, frame["self"], frame["img_path"], frame.get("dir_path")) from error
-
-
-def _input_size(cfg, is_train):
-    return cfg.INPUT.SIZE_TRAIN if is_train else cfg.INPUT.SIZE_TEST
-
-
-def build_train_set(cfg, transforms, **kwargs):
-    """fastreid's training ``CommDataset`` for ``DATASETS.NAMES``, every set and image checked."""
-    items = []
-    for name in cfg.DATASETS.NAMES:
-        dataset = load_dataset(name, **kwargs)
-        if comm.is_main_process():
-            dataset.show_train()
-        check_not_empty(name, dataset, "train", dataset.train)
-        kept, _ = check_images(dataset.train, f"{name}'s training set", _bad_image_policy(cfg), _input_size(cfg, True))
-        items.extend(kept)
-    return CommDataset(items, transforms, relabel=True)
-
-
-def build_test_set(cfg, dataset_name, transforms, **kwargs):
-    """fastreid's test ``CommDataset`` (query then gallery) and the query count, checked."""
-    dataset = load_dataset(dataset_name, **kwargs)
-    if comm.is_main_process():
-        dataset.show_test()
-    sets = []
-    for role, items in (("query", dataset.query), ("gallery", dataset.gallery)):
-        check_not_empty(dataset_name, dataset, role, items)
-        kept, _ = check_images(items, f"{dataset_name}'s {role} set", _bad_image_policy(cfg), _input_size(cfg, False))
-        sets.append(kept)
-    return CommDataset(sets[0] + sets[1], transforms, relabel=False), len(sets[0])
+_BUILT_LATER = object()  # a sampler placeholder: see train_loader_parts
 
 
 def _bad_image_policy(cfg):
-    # configs built without add_mdpr_config (fastreid's stock scripts) lack the key
+    # configs built without add_mdpr_config lack the key
     return cfg.DATALOADER.get("BAD_IMAGES", "error")
 
 
-def train_loader_from_config(cfg, *, train_set=None, transforms=None, sampler=None, **kwargs):
-    """fastreid's ``_train_loader_from_config`` with the training set built by :func:`build_train_set` and
-    the identity sampler's needs checked."""
-    if train_set is None:
-        transforms = transforms if transforms is not None else data_build.build_transforms(cfg, is_train=True)
-        train_set = build_train_set(cfg, transforms, **kwargs)
-    if sampler is None and hasattr(train_set, "img_items"):  # what fastreid's samplers read
+def _checked_items(cfg, items, description, is_train):
+    size = cfg.INPUT.SIZE_TRAIN if is_train else cfg.INPUT.SIZE_TEST
+    kept, _ = check_images(items, description, _bad_image_policy(cfg), size)
+    return kept
+
+
+def _load_dataset(name, **kwargs):
+    with explained_dataset_errors():
+        return DATASET_REGISTRY.get(name)(root=data_build._root, **kwargs)
+
+
+def train_loader_parts(cfg, **kwargs):
+    """fastreid's ``_train_loader_from_config(cfg, **kwargs)`` with the plugin's transforms and the training
+    set checked (not empty, every image readable, enough identities for the sampler).
+
+    fastreid's function is called twice: first for the training set alone (a sampler is passed so that
+    it builds none: fastreid's samplers assert on an empty set), then, with the checked set, for the
+    sampler, which then indexes exactly the images that will be read.
+    """
+    transforms = build_transforms(cfg, is_train=True)
+    with explained_dataset_errors():
+        train_set = data_build._train_loader_from_config(cfg, transforms=transforms, sampler=_BUILT_LATER,
+                                                         **kwargs)["train_set"]
+    if type(train_set) is CommDataset:
+        names = "+".join(cfg.DATASETS.NAMES)
+        if not train_set.img_items:  # read the first data set again to name its folder
+            check_not_empty(names, _load_dataset(cfg.DATASETS.NAMES[0], **kwargs), "train", [])
+        items = _checked_items(cfg, train_set.img_items, f"{names}'s training set", is_train=True)
+        train_set = RGBCommDataset(items, train_set.transform, relabel=train_set.relabel)
+    if hasattr(train_set, "img_items"):  # what fastreid's samplers read
         check_identity_sampling(train_set.img_items, cfg.DATALOADER.SAMPLER_TRAIN, cfg.SOLVER.IMS_PER_BATCH,
                                 cfg.DATALOADER.NUM_INSTANCE, comm.get_world_size())
-    return _fastreid_train_from_config(cfg, train_set=train_set, transforms=transforms, sampler=sampler, **kwargs)
+    return data_build._train_loader_from_config(cfg, train_set=train_set, transforms=transforms, **kwargs)
 
 
-def test_loader_from_config(cfg, *, dataset_name=None, test_set=None, num_query=0, transforms=None, **kwargs):
-    """fastreid's ``_test_loader_from_config`` with the query and gallery sets built by :func:`build_test_set`."""
-    if test_set is None and dataset_name is not None:
-        transforms = transforms if transforms is not None else data_build.build_transforms(cfg, is_train=False)
-        test_set, num_query = build_test_set(cfg, dataset_name, transforms, **kwargs)
-    return _fastreid_test_from_config(cfg, dataset_name=dataset_name, test_set=test_set, num_query=num_query,
-                                      transforms=transforms, **kwargs)
+def test_loader_parts(cfg, dataset_name, **kwargs):
+    """fastreid's ``_test_loader_from_config`` with the plugin's transforms, the query and gallery sets
+    checked (neither empty, every image readable)."""
+    with explained_dataset_errors():
+        parts = data_build._test_loader_from_config(cfg, dataset_name=dataset_name,
+                                                    transforms=build_transforms(cfg, is_train=False), **kwargs)
+    test_set, num_query = parts["test_set"], parts["num_query"]
+    if type(test_set) is CommDataset:
+        roles = {"query": test_set.img_items[:num_query], "gallery": test_set.img_items[num_query:]}
+        for role, items in roles.items():
+            if not items:  # read the data set again to name the folder
+                check_not_empty(dataset_name, _load_dataset(dataset_name, **kwargs), role, items)
+            roles[role] = _checked_items(cfg, items, f"{dataset_name}'s {role} set", is_train=False)
+        parts["test_set"] = RGBCommDataset(roles["query"] + roles["gallery"], test_set.transform, relabel=False)
+        parts["num_query"] = len(roles["query"])
+    return parts
 
 
-# fastreid's @configurable keeps its own reference to the *_from_config functions: a call with a config
-# goes through the checked ones here (looked up on fastreid's module, so that later wrappers apply too)
-def build_reid_train_loader(*args, **kwargs):
-    """Drop-in for fastreid's ``build_reid_train_loader``."""
-    if args and isinstance(args[0], CfgNode):
-        return _fastreid_train_loader(**data_build._train_loader_from_config(*args, **kwargs))
-    return _fastreid_train_loader(*args, **kwargs)
+def _loader(dataset, batch_sampler, num_workers, device):
+    # as fastreid's build_reid_*_loader build theirs, with a loader that also runs without CUDA
+    return DeviceDataLoader(comm.get_local_rank(), device=device, dataset=dataset, batch_sampler=batch_sampler,
+                            num_workers=num_workers, collate_fn=data_build.fast_batch_collator, pin_memory=True)
 
 
-def build_reid_test_loader(*args, **kwargs):
-    """Drop-in for fastreid's ``build_reid_test_loader``."""
-    if args and isinstance(args[0], CfgNode):
-        return _fastreid_test_loader(**data_build._test_loader_from_config(*args, **kwargs))
-    return _fastreid_test_loader(*args, **kwargs)
+def train_loader(train_set, sampler, total_batch_size, num_workers=0, device=None):
+    """fastreid's ``build_reid_train_loader`` (a batch of ``total_batch_size / processes`` per process)."""
+    batch_sampler = torch.utils.data.BatchSampler(sampler, total_batch_size // comm.get_world_size(), True)
+    return _loader(train_set, batch_sampler, num_workers, device)
+
+
+def test_loader(test_set, test_batch_size, num_query, num_workers=0, device=None):
+    """fastreid's ``build_reid_test_loader``: ``(loader, num_query)``, every image once over all processes."""
+    batch_sampler = torch.utils.data.BatchSampler(InferenceSampler(len(test_set)),
+                                                  test_batch_size // comm.get_world_size(), False)
+    return _loader(test_set, batch_sampler, num_workers, device), num_query

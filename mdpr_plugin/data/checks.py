@@ -6,6 +6,7 @@ for a first batch; an unreadable image stops the run when it is first drawn, pos
 PIL's message that does not name the file. Each check here fails at once, naming the folder, file or
 config key and the fix.
 """
+import contextlib
 import logging
 import os
 import sys
@@ -18,6 +19,10 @@ logger = logging.getLogger(__name__)
 
 BAD_IMAGE_POLICIES = ("error", "skip")
 IDENTITY_SAMPLERS = ("NaiveIdentitySampler", "BalancedIdentitySampler")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset folder (or one of its sub-folders) is missing."""
 
 
 class DatasetLayoutError(ValueError):
@@ -67,13 +72,6 @@ def describe_folder(folder):
     return f"{folder} holds {', '.join(parts)}"
 
 
-def layout_error(name, dataset, path, folder):
-    """A clear error for a file name the dataset class could not parse."""
-    return DatasetLayoutError(
-        f"{name}: cannot parse the file name {path} in {folder}. {name} expects {expected_layout(dataset)}. "
-        "Rename or move the files that do not fit.")
-
-
 def check_not_empty(name, dataset, role, items):
     """Refuse an empty train, query or gallery set, naming the folder it was read from."""
     if items:
@@ -84,14 +82,60 @@ def check_not_empty(name, dataset, role, items):
         f"{name} expects {expected_layout(dataset)}.")
 
 
-def hint_for_images_in_root(error, folder):
-    """A missing sub-folder next to images lying in the dataset folder itself: say where they go."""
+def _missing_folder_error(dataset, path, required):
+    import fastreid.data.build as data_build
+
+    name = type(dataset).__name__
+    error = DatasetNotFoundError(
+        f"{name}: {path} not found (absolute: {os.path.abspath(path)}). The dataset needs: {', '.join(required)}. "
+        f"fastreid looks for datasets under FASTREID_DATASETS (here {data_build._root!r}, relative to the working "
+        f"directory {os.getcwd()}); set it to the folder that holds the dataset before starting.")
+    # images lying in the dataset folder itself: say where they go
+    folder = getattr(dataset, "data_dir", None)
     entries = os.listdir(folder) if folder and os.path.isdir(folder) else []
     images = sorted(e for e in entries if e.lower().endswith((".jpg", ".jpeg", ".png")))
-    if not images:
-        return error
-    return type(error)(f"{error} {folder} holds {len(images)} images directly (e.g. {images[0]}): they belong "
-                       "in the train / query / gallery sub-folders named above.")
+    if images:
+        error = DatasetNotFoundError(f"{error} {folder} holds {len(images)} images directly (e.g. {images[0]}): "
+                                     "they belong in the train / query / gallery sub-folders named above.")
+    return error
+
+
+def _innermost_dataset_frame(error):
+    """The locals of the innermost traceback frame that ran a method of a fastreid ``Dataset``."""
+    from fastreid.data.datasets.bases import Dataset
+
+    found, tb = None, error.__traceback__
+    while tb is not None:
+        if isinstance(tb.tb_frame.f_locals.get("self"), Dataset):
+            found = tb.tb_frame.f_locals
+        tb = tb.tb_next
+    return found or {}
+
+
+@contextlib.contextmanager
+def explained_dataset_errors():
+    """Re-raise what fastreid's dataset classes raise for a wrong folder as errors that name it and the fix.
+
+    A missing folder is fastreid's ``RuntimeError('"x" is not found')`` (data/datasets/bases.py:139); a
+    file name ``process_dir`` cannot parse is an AttributeError on a failed regex match or a failed
+    assertion on the id ranges (e.g. datasets/market1501.py:74). The dataset, the folder and the file are
+    still in the failing frame.
+    """
+    try:
+        yield
+    except RuntimeError as error:
+        frame = _innermost_dataset_frame(error)
+        if "fpath" not in frame or "required_files" not in frame:
+            raise
+        raise _missing_folder_error(frame["self"], frame["fpath"], frame["required_files"]) from None
+    except (AttributeError, AssertionError) as error:
+        frame = _innermost_dataset_frame(error)
+        if "img_path" not in frame:
+            raise
+        dataset, name = frame["self"], type(frame["self"]).__name__
+        raise DatasetLayoutError(
+            f"{name}: cannot parse the file name {frame['img_path']} in {frame.get('dir_path')}. {name} expects "
+            f"{expected_layout(dataset)}. Rename or move the files that do not fit.") from error
 
 
 # ------------------------------------------------------------------------------------------ images

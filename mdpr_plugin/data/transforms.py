@@ -1,4 +1,4 @@
-"""fastreid's ``build_transforms`` with the two things it gets wrong today fixed.
+"""fastreid's ``build_transforms`` with the two things it gets wrong today fixed (for the plugin's loaders).
 
 - ``INPUT.AFFINE`` builds ``RandomAffine(resample=..., fillcolor=...)`` (data/transforms/build.py:81),
   arguments torchvision removed; the same transform is built here with today's arguments.
@@ -7,23 +7,23 @@
 """
 from collections import deque
 
+import fastreid.data.build as data_build
 import torchvision.transforms as T
-from fastreid.data.transforms import build as _fastreid_build
 from fastreid.data.transforms.transforms import RandomPatch, ToTensor
-
-_fastreid_build_transforms = _fastreid_build.build_transforms
 
 
 def build_transforms(cfg, is_train=True):
+    """fastreid's transforms for ``cfg``, from the ``build_transforms`` its loader builders call (looked up
+    when called, so that a user's edits to it run), with INPUT.AFFINE and INPUT.RPT.POOL_CAPACITY applied."""
     if not is_train:
-        return _fastreid_build_transforms(cfg, is_train=False)
+        return data_build.build_transforms(cfg, is_train=False)
 
     with_affine = cfg.INPUT.AFFINE.ENABLED
     if with_affine:
         cfg = cfg.clone()
         cfg.defrost()
         cfg.INPUT.AFFINE.ENABLED = False
-    pipeline = _fastreid_build_transforms(cfg, is_train=True)
+    pipeline = data_build.build_transforms(cfg, is_train=True)
     steps = list(pipeline.transforms)
 
     if with_affine:

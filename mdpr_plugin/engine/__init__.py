@@ -1,5 +1,6 @@
-"""Training: the trainer, the CPU-capable AMP step, safe checkpoint loading."""
-from .checkpoint import CheckpointError, load_checkpoint_file
-from .trainer import Trainer, setup_config
+"""Training: the trainer, its loop and hooks, the checkpointer, launching over processes."""
+from .checkpoint import MDPRCheckpointer, load_checkpoint_file
+from .trainer import Trainer, build_model, setup_config
+from ..serialization import CheckpointError
 
-__all__ = ["CheckpointError", "load_checkpoint_file", "Trainer", "setup_config"]
+__all__ = ["CheckpointError", "MDPRCheckpointer", "load_checkpoint_file", "Trainer", "build_model", "setup_config"]

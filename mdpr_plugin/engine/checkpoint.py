@@ -1,17 +1,21 @@
-"""Checkpoint reading and writing for fastreid's ``Checkpointer``.
+"""The plugin's checkpointer: fastreid's ``Checkpointer`` that reads safely and writes atomically.
 
-fastreid loads checkpoints with a bare ``torch.load`` (utils/checkpoint.py:216), which unpickles
-arbitrary objects. Here every file is read with :func:`mdpr_plugin.serialization.safe_load`, checked to
-be a checkpoint, and converted from the MDPR authors' key layout when it is in that layout.
-
-fastreid also writes checkpoints and ``last_checkpoint`` in place (utils/checkpoint.py:93,202): a
-process killed while saving leaves a truncated file where the previous good one was. Here each is
-written to a temporary file in the same folder and renamed over the old one.
+- Reading: fastreid loads with a bare ``torch.load`` (utils/checkpoint.py:216), which unpickles arbitrary
+  objects, and on torch >= 2.6 (``weights_only=True`` by default) fails on fastreid's own best-model
+  checkpoints, which hold a numpy scalar. Here every file is read with
+  :func:`mdpr_plugin.serialization.safe_load`, checked to be a checkpoint, and converted from the MDPR
+  authors' key layout when it is in that layout.
+- A missing file: fastreid asserts (``Checkpoint x not found!``, utils/checkpoint.py:119), naming neither
+  the config key nor the folder it was looked for from.
+- Writing: fastreid writes checkpoints and ``last_checkpoint`` in place (utils/checkpoint.py:93,202): a
+  process killed while saving leaves a truncated file where the previous good one was. Here each is
+  written to a temporary file in the same folder and renamed over the old one.
 """
 import contextlib
 import os
 
 import torch
+from fastreid.utils.checkpoint import Checkpointer
 
 from ..modeling.checkpoint import convert_authors_state_dict, is_authors_layout
 from ..serialization import CheckpointError, safe_load
@@ -56,22 +60,35 @@ def atomic_open(path, mode="wb"):
             os.remove(temporary)
 
 
-def save_checkpoint_atomically(self, name, **kwargs):
-    """fastreid's ``Checkpointer.save``, writing through :func:`atomic_open`."""
-    if not self.save_dir or not self.save_to_disk:
-        return
-    data = {"model": self.model.state_dict()}
-    data.update((key, obj.state_dict()) for key, obj in self.checkpointables.items())
-    data.update(kwargs)
-    basename = f"{name}.pth"
-    save_file = os.path.join(self.save_dir, basename)
-    self.logger.info(f"Saving checkpoint to {save_file}")
-    with atomic_open(save_file, "wb") as f:
-        torch.save(data, f)
-    self.tag_last_checkpoint(basename)
+class MDPRCheckpointer(Checkpointer):
+    """fastreid's ``Checkpointer`` with safe reading (and the authors' layout) and atomic writing.
 
+    Works for any fastreid model, not only MDPR; its state-dict keys are fastreid's own.
+    """
 
-def tag_last_checkpoint_atomically(self, last_filename_basename):
-    """fastreid's ``Checkpointer.tag_last_checkpoint``, writing through :func:`atomic_open`."""
-    with atomic_open(os.path.join(self.save_dir, "last_checkpoint"), "w") as f:
-        f.write(last_filename_basename)
+    def load(self, path, checkpointables=None):
+        if path and "://" not in path and not os.path.isfile(path):
+            raise CheckpointError(
+                f"Checkpoint {path} not found (absolute: {os.path.abspath(path)}). Check MODEL.WEIGHTS, or with "
+                "--resume the file named in OUTPUT_DIR/last_checkpoint.")
+        return super().load(path, checkpointables)
+
+    def _load_file(self, f):
+        return load_checkpoint_file(f)
+
+    def save(self, name, **kwargs):
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        data.update((key, obj.state_dict()) for key, obj in self.checkpointables.items())
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        with atomic_open(save_file, "wb") as f:
+            torch.save(data, f)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename):
+        with atomic_open(os.path.join(self.save_dir, "last_checkpoint"), "w") as f:
+            f.write(last_filename_basename)

@@ -7,9 +7,8 @@ its traceback (it is a bug to report, not an input to fix).
 """
 import sys
 
-from ..compat import DatasetNotFoundError
 from ..config import ConfigKeyError
-from ..data.checks import DataConfigError, DatasetLayoutError
+from ..data.checks import DataConfigError, DatasetLayoutError, DatasetNotFoundError
 from ..data.images import BadImageError
 from ..evaluation.evaluator import EmptyEvaluationSetError
 from ..serialization import CheckpointError

@@ -48,7 +48,7 @@ def training_device_type(config_file, opts):
     and there is none). Reads the config before any process starts, so a mistyped key fails once."""
     from fastreid.config import get_cfg
 
-    from ..compat import resolve_device
+    from ..devices import resolve_device
     from ..config import add_mdpr_config, merge_config
 
     cfg = add_mdpr_config(get_cfg())

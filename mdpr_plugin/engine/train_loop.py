@@ -1,31 +1,29 @@
-"""A device-aware replacement for fastreid's ``AMPTrainer``, and a loss check for both trainers.
+"""The plugin's training-loop and hook subclasses of fastreid's.
 
-fastreid's ``AMPTrainer`` asserts CUDA (engine/train_loop.py:335) and uses the deprecated
-``torch.cuda.amp`` names. This one uses ``torch.amp`` on CUDA and, on any other device, warns once and
-trains in float32: CPU float16 autocast is slower than float32 and the loss scaler is CUDA-only.
-
-``write_metrics_checking_losses`` replaces ``SimpleTrainer._write_metrics`` (compat.apply), which both
-trainers call after ``backward`` and before ``optimizer.step``: a non-finite loss stops the run there,
-so the weights never take the step, and no checkpoint is written (fastreid's PeriodicCheckpointer saves
-only after a completed epoch; nothing saves in ``after_train``). ``eval_after_train_unless_stopped``
-replaces ``EvalHook.after_train``, which evaluated a run stopped by an error in its last epoch.
-A step can also leave NaN weights behind a finite loss (the loss is computed before the step): when that
-step ends an epoch, ``checkpoint_after_epoch_if_finite`` refuses to save them.
+- :class:`AMPTrainer`: fastreid's ``AMPTrainer`` asserts CUDA (engine/train_loop.py:335) and uses the
+  deprecated ``torch.cuda.amp`` names. This one uses ``torch.amp`` on CUDA and, on any other device, warns
+  once and trains in float32: CPU float16 autocast is slower than float32 and the loss scaler is CUDA-only.
+- :class:`CheckedTrainer` / :class:`CheckedAMPTrainer`: every loss term checked on every process after
+  ``backward`` and before ``optimizer.step``. fastreid checks only the sum, on the main process
+  (train_loop.py:293), and names neither the term nor a fix. A non-finite term stops the run there, so
+  the weights never take the step and no checkpoint is written after it (the checkpointer saves only
+  after a completed epoch).
+- :class:`EvalHook`: fastreid's, but no evaluation after a run stopped by an error in its last epoch
+  (fastreid's guard, engine/hooks.py:382, misses that case and evaluates the failed model).
+- :class:`PeriodicCheckpointer`: fastreid's, refusing to save weights that hold NaN or infinite values (a
+  step can leave them behind a finite loss, which is computed before the step).
 """
 import logging
 import math
 import time
 
 import torch
-from fastreid.engine.hooks import EvalHook, PeriodicCheckpointer
+from fastreid.engine import hooks
 from fastreid.engine.train_loop import SimpleTrainer
 from fastreid.utils.params import ContiguousParams
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 logger = logging.getLogger(__name__)
-_fastreid_write_metrics = SimpleTrainer._write_metrics
-_fastreid_eval_after_train = EvalHook.after_train
-_fastreid_checkpoint_after_epoch = PeriodicCheckpointer.after_epoch
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -39,27 +37,6 @@ class NonFiniteWeightsError(FloatingPointError):
 _FIXES = ("Usual fixes: lower SOLVER.BASE_LR, raise SOLVER.WARMUP_ITERS, set SOLVER.CLIP_GRADIENTS.ENABLED True, "
           "or disable AMP (SOLVER.AMP.ENABLED False); then restart, or continue from the last checkpoint with "
           "--resume.")
-
-
-def write_metrics_checking_losses(self, loss_dict, data_time):
-    """fastreid's ``_write_metrics`` after checking every loss term on *this* process.
-
-    fastreid checks only the sum, only on the main process, and its message names neither the term nor
-    a fix. The values are read to the host once, as fastreid reads them anyway (no extra sync per
-    step); fastreid's gathering and logging then runs on those host values.
-    """
-    device = next(iter(loss_dict.values())).device
-    # a side stream, as fastreid's: reading the values need not wait for backward or DDP
-    with torch.cuda.stream(torch.cuda.Stream() if device.type == "cuda" else None):
-        values = {name: value.detach().cpu().item() for name, value in loss_dict.items()}
-    bad = {name: value for name, value in values.items() if not math.isfinite(value)}
-    if bad:
-        terms = ", ".join(f"{name} = {value}" for name, value in bad.items())
-        raise NonFiniteLossError(
-            f"Training stopped at iteration {self.iter}: loss term(s) {terms} (all terms: {values}). The weights "
-            "did not take this step and no checkpoint was written after it; the checkpoints in OUTPUT_DIR are "
-            f"from before. {_FIXES}")
-    _fastreid_write_metrics(self, {name: torch.tensor(value) for name, value in values.items()}, data_time)
 
 
 def _model_device(model):
@@ -103,18 +80,41 @@ class AMPTrainer(SimpleTrainer):
             self.param_wrapper.assert_buffer_is_valid()
 
 
-def eval_after_train_unless_stopped(self):
-    """fastreid's ``EvalHook.after_train``, skipped when training stopped before its last iteration.
+class CheckedTrainer(SimpleTrainer):
+    """fastreid's ``SimpleTrainer`` whose ``_write_metrics`` first checks every loss term on this process."""
 
-    fastreid's own guard (engine/hooks.py:382) misses a failure in the last epoch: it then evaluates the
-    failed model (7 s on the demo, an hour on MSMT17) and prints a results table under the error, as
-    if the run had finished.
-    """
-    max_iter = getattr(self.trainer, "max_iter", None)
-    if max_iter is not None and self.trainer.iter < max_iter:
-        del self._func  # as fastreid does: the closure holds the trainer
-        return
-    _fastreid_eval_after_train(self)
+    def _write_metrics(self, loss_dict, data_time):
+        # The values are read to the host once, as fastreid reads them anyway (no extra sync per step);
+        # fastreid's gathering and logging then runs on those host values.
+        device = next(iter(loss_dict.values())).device
+        # a side stream, as fastreid's: reading the values need not wait for backward or DDP
+        with torch.cuda.stream(torch.cuda.Stream() if device.type == "cuda" else None):
+            values = {name: value.detach().cpu().item() for name, value in loss_dict.items()}
+        bad = {name: value for name, value in values.items() if not math.isfinite(value)}
+        if bad:
+            terms = ", ".join(f"{name} = {value}" for name, value in bad.items())
+            raise NonFiniteLossError(
+                f"Training stopped at iteration {self.iter}: loss term(s) {terms} (all terms: {values}). The "
+                "weights did not take this step and no checkpoint was written after it; the checkpoints in "
+                f"OUTPUT_DIR are from before. {_FIXES}")
+        super()._write_metrics({name: torch.tensor(value) for name, value in values.items()}, data_time)
+
+
+class CheckedAMPTrainer(CheckedTrainer, AMPTrainer):
+    """:class:`AMPTrainer` with :class:`CheckedTrainer`'s loss check."""
+
+
+class EvalHook(hooks.EvalHook):
+    """fastreid's ``EvalHook``, skipping the final evaluation when training stopped before its last iteration
+    (fastreid's then evaluates the failed model: 7 s on the demo, an hour on MSMT17, and prints a results
+    table under the error as if the run had finished)."""
+
+    def after_train(self):
+        max_iter = getattr(self.trainer, "max_iter", None)
+        if max_iter is not None and self.trainer.iter < max_iter:
+            del self._func  # as fastreid does: the closure holds the trainer
+            return
+        super().after_train()
 
 
 def non_finite_tensors(model):
@@ -126,18 +126,20 @@ def non_finite_tensors(model):
     return [name for (name, _), ok in zip(tensors, finite) if not ok]
 
 
-def checkpoint_after_epoch_if_finite(self):
-    """fastreid's ``PeriodicCheckpointer.after_epoch``, refusing to save a model with non-finite weights.
+class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
+    """fastreid's ``PeriodicCheckpointer`` hook, refusing to save a model with non-finite weights.
 
-    Checked only at the epochs that save (once per SOLVER.CHECKPOINT_PERIOD), so it costs one pass over
-    the weights per checkpoint.
+    Checked only at the epochs that save (once per SOLVER.CHECKPOINT_PERIOD): one pass over the weights
+    per checkpoint.
     """
-    epoch = self.trainer.epoch
-    if (epoch + 1) % self.period == 0 or epoch >= self.max_epoch - 1:
-        bad = non_finite_tensors(self.checkpointer.model)
-        if bad:
-            raise NonFiniteWeightsError(
-                f"Not saving the checkpoint of epoch {epoch} (after {self.trainer.iter} iterations): {len(bad)} "
-                f"weight tensors hold NaN or infinite values ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
-                f"the checkpoints in OUTPUT_DIR are from before. {_FIXES}")
-    _fastreid_checkpoint_after_epoch(self)
+
+    def after_epoch(self):
+        epoch = self.trainer.epoch
+        if (epoch + 1) % self.period == 0 or epoch >= self.max_epoch - 1:
+            bad = non_finite_tensors(self.checkpointer.model)
+            if bad:
+                raise NonFiniteWeightsError(
+                    f"Not saving the checkpoint of epoch {epoch} (after {self.trainer.iter} iterations): {len(bad)} "
+                    f"weight tensors hold NaN or infinite values ({', '.join(bad[:3])}"
+                    f"{', ...' if len(bad) > 3 else ''}); the checkpoints in OUTPUT_DIR are from before. {_FIXES}")
+        super().after_epoch()

@@ -1,9 +1,15 @@
-"""The plugin's trainer: fastreid's ``DefaultTrainer`` through its own extension points.
+"""The plugin's trainer: fastreid's ``DefaultTrainer``, every difference made through its extension points.
 
-Besides devices and evaluation, it makes training reproducible and exactly resumable (see
-mdpr_plugin/data/samplers.py): ``SEED`` seeds the initialisation, the sampler stream and each sample's
-augmentation; the sampler's seed is checkpointed; ``--resume`` continues the stream where the checkpoint
-was written, and the global generators are re-seeded from (seed, iteration, rank) before every step.
+``Trainer`` overrides the ``build_*`` class methods (model on an available device, an optimizer on the
+parameters themselves, checked CPU-capable loaders, the plugin's evaluator) and restates ``__init__``
+where fastreid hard-codes its choices: DDP that also takes a CPU model, loss-checking ``SimpleTrainer`` /
+``AMPTrainer`` subclasses that run without CUDA, and the :class:`MDPRCheckpointer`. fastreid itself is
+left as it is.
+
+It also makes training reproducible and exactly resumable (see mdpr_plugin/data/samplers.py): ``SEED``
+seeds the initialisation, the sampler stream and each sample's augmentation; the sampler's seed is
+checkpointed; ``--resume`` continues the stream where the checkpoint was written, and the global
+generators are re-seeded from (seed, iteration, rank) before every step.
 """
 import logging
 import random
@@ -11,22 +17,32 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
-import fastreid.data.build as data_build
+import fastreid.modeling
+import fastreid.solver
 from fastreid.config import get_cfg
-from fastreid.engine import DefaultTrainer, default_setup
-from fastreid.engine.train_loop import HookBase
+from fastreid.engine import DefaultTrainer, default_setup, hooks
+from fastreid.engine.train_loop import HookBase, TrainerBase
 from fastreid.evaluation import print_csv_format
 from fastreid.utils import comm
 from fastreid.utils.env import seed_all_rng
 from fastreid.utils.logger import setup_logger
 
-from ..compat import resolve_device
 from ..config import add_mdpr_config, merge_config
+from ..data import test_loader, test_loader_parts, train_loader, train_loader_parts
 from ..data.samplers import ResumableSampler, SeededDataset
+from ..devices import on_available_device, resolve_device
 from ..evaluation import ReidEvaluator, inference_on_dataset
-from .distributed import broadcast_buffers, check_batch_sizes, setup_worker_logging
+from .checkpoint import MDPRCheckpointer
+from .distributed import broadcast_buffers, check_batch_sizes, distributed_data_parallel, setup_worker_logging
+from .train_loop import CheckedAMPTrainer, CheckedTrainer, EvalHook, PeriodicCheckpointer
 
 logger = logging.getLogger(__name__)
+
+
+def build_model(cfg):
+    """fastreid's ``build_model(cfg)`` on the device ``MODEL.DEVICE`` resolves to here (the CPU, with one
+    warning, when it names CUDA and there is none: fastreid's would fail, modeling/meta_arch/build.py:25)."""
+    return fastreid.modeling.build_model(on_available_device(cfg))
 
 
 def setup_config(args):
@@ -72,19 +88,46 @@ class _SeedEachIteration(HookBase):
 
 
 class Trainer(DefaultTrainer):
-    """``DefaultTrainer`` whose loaders deliver batches on ``MODEL.DEVICE`` (or the CPU fallback) and
-    whose evaluation is the plugin's (bounded memory, CPU re-ranking, a flip test that normalises once),
-    and that resumes exactly where its checkpoint was written."""
+    """``DefaultTrainer`` that runs on CPUs as on GPUs, checks its data and losses, evaluates with the
+    plugin's evaluator (bounded memory, CPU re-ranking, a flip test that normalises once) and resumes
+    exactly where its checkpoint was written."""
 
     def __init__(self, cfg):
-        super().__init__(cfg)
-        self.train_sampler = self._trainer.data_loader.batch_sampler.sampler
+        # DefaultTrainer.__init__, restated: it hard-codes DDP with device_ids, fastreid's AMPTrainer /
+        # SimpleTrainer and the Checkpointer
+        TrainerBase.__init__(self)
+        if not logging.getLogger("fastreid").isEnabledFor(logging.INFO):  # as fastreid: logging not set up yet
+            setup_logger()
+
+        data_loader = self.build_train_loader(cfg)
+        cfg = self.auto_scale_hyperparams(cfg, data_loader.dataset.num_classes)
+        model = self.build_model(cfg)
+        optimizer, param_wrapper = self.build_optimizer(cfg, model)
+        if comm.get_world_size() > 1:
+            model = distributed_data_parallel(model, device_ids=[comm.get_local_rank()], broadcast_buffers=False)
+        loop = CheckedAMPTrainer if cfg.SOLVER.AMP.ENABLED else CheckedTrainer
+        self._trainer = loop(model, data_loader, optimizer, param_wrapper)
+
+        self.iters_per_epoch = len(data_loader.dataset) // cfg.SOLVER.IMS_PER_BATCH
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer, self.iters_per_epoch)
+        self.checkpointer = MDPRCheckpointer(model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(),
+                                             optimizer=optimizer, **self.scheduler)
+        self.start_epoch = 0
+        self.max_epoch = cfg.SOLVER.MAX_EPOCH
+        self.max_iter = self.max_epoch * self.iters_per_epoch
+        self.warmup_iters = cfg.SOLVER.WARMUP_ITERS
+        self.delay_epochs = cfg.SOLVER.DELAY_EPOCHS
+        self.cfg = cfg
+
+        self.train_sampler = data_loader.batch_sampler.sampler
         # the sampler's seed (drawn at random when SEED is -1) goes into every checkpoint, as does the
         # AMP loss scale (fastreid checkpoints neither)
         self.checkpointer.checkpointables["train_sampler"] = self.train_sampler
         grad_scaler = getattr(self._trainer, "grad_scaler", None)
         if grad_scaler is not None and grad_scaler.is_enabled():
             self.checkpointer.checkpointables["grad_scaler"] = grad_scaler
+
+        self.register_hooks(self.build_hooks())
 
     def resume_or_load(self, resume=True):
         seed = self.train_sampler.seed
@@ -116,12 +159,23 @@ class Trainer(DefaultTrainer):
                            "an uninterrupted one (everything else is).")
 
     def build_hooks(self):
-        return [_SeedEachIteration()] + super().build_hooks()
+        """fastreid's hooks, with the plugin's :class:`EvalHook` and :class:`PeriodicCheckpointer`, after a
+        hook that re-seeds every step."""
+        built = [_SeedEachIteration()]
+        for hook in super().build_hooks():
+            if type(hook) is hooks.EvalHook:
+                hook = EvalHook(hook._period, hook._func)
+            elif type(hook) is hooks.PeriodicCheckpointer:
+                hook = PeriodicCheckpointer(hook.checkpointer, hook.period)
+            built.append(hook)
+        return built
 
     @classmethod
     def build_model(cls, cfg):
-        """fastreid's model, then the speed switches MODEL.CHANNELS_LAST and MODEL.COMPILE."""
-        model = super().build_model(cfg)
+        """fastreid's model on an available device, then the speed switches MODEL.CHANNELS_LAST and
+        MODEL.COMPILE."""
+        model = build_model(cfg)
+        logging.getLogger("fastreid.engine.defaults").info("Model:\n{}".format(model))  # as fastreid logs it
         if cfg.MODEL.CHANNELS_LAST:
             # the weights in NHWC; the convolutions then run NHWC whatever the input's layout
             model.to(memory_format=torch.channels_last)
@@ -131,26 +185,35 @@ class Trainer(DefaultTrainer):
         return model
 
     @classmethod
+    def build_optimizer(cls, cfg, model):
+        """fastreid's optimizer, on the parameters themselves rather than fastreid's contiguous buffer.
+
+        fastreid flattens all parameters into one buffer (solver/build.py:192) whose gradients are views
+        the optimizer reads. torch >= 2.0's ``zero_grad()`` sets gradients to None, so ``backward()`` writes
+        fresh tensors outside that buffer and the optimizer steps on zeros: nothing trains, silently.
+        torch's multi-tensor (foreach) optimizers give the speed the buffer was for.
+        """
+        return fastreid.solver.build_optimizer(cfg, model, contiguous=False)
+
+    @classmethod
     def build_train_loader(cls, cfg):
-        """fastreid's training loader, with its sampler wrapped in a :class:`ResumableSampler` seeded from
-        ``SEED`` and its dataset in a :class:`SeededDataset` (per-sample augmentation seeds)."""
+        """The training loader from fastreid's builder (:func:`mdpr_plugin.data.train_loader_parts`), its
+        sampler wrapped in a :class:`ResumableSampler` seeded from ``SEED`` and its dataset in a
+        :class:`SeededDataset` (per-sample augmentation seeds); batches arrive on ``MODEL.DEVICE``."""
         logger.info("Prepare training set")
-        # looked up on fastreid's module at call time: the plugin's checked builders are bound there
-        parts = data_build._train_loader_from_config(cfg, combineall=cfg.DATASETS.COMBINEALL)
+        parts = train_loader_parts(cfg, combineall=cfg.DATASETS.COMBINEALL)
         seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         parts["sampler"] = ResumableSampler(parts["sampler"], seed, comm.get_rank(), comm.get_world_size())
         parts["train_set"] = SeededDataset(parts["train_set"])
-        loader = data_build.build_reid_train_loader(**parts)
-        loader.device = resolve_device(cfg.MODEL.DEVICE)
-        return loader
+        return train_loader(**parts, device=resolve_device(cfg.MODEL.DEVICE))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        loader, num_query = super().build_test_loader(cfg, dataset_name)
-        loader.device = resolve_device(cfg.MODEL.DEVICE)
-        # fastreid hard-codes 4 workers for test loaders (data/build.py:130); honour the config
-        loader.num_workers = cfg.DATALOADER.NUM_WORKERS
-        return loader, num_query
+        """``(loader, num_query)`` from fastreid's builder (:func:`mdpr_plugin.data.test_loader_parts`), with
+        ``DATALOADER.NUM_WORKERS`` workers (fastreid hard-codes 4, data/build.py:130); batches arrive on
+        ``MODEL.DEVICE``."""
+        parts = test_loader_parts(cfg, dataset_name)
+        return test_loader(**parts, num_workers=cfg.DATALOADER.NUM_WORKERS, device=resolve_device(cfg.MODEL.DEVICE))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_dir=None):

@@ -7,7 +7,9 @@ Same constructor, same ``process``, same result keys and numbers as fastreid's; 
 * AQE does not build the (N x N) similarity matrix;
 * re-ranking (``TEST.RERANK``) runs on the CPU (faiss-gpu when there) with sparse Jaccard, instead
   of fastreid's CUDA-only search and dense (N x N) matrices;
-* ROC is fastreid's, computed over blocks of queries.
+* ROC is fastreid's, computed over blocks of queries;
+* a missing Cython ranking module is built with this interpreter, or the pure-Python ranking is used
+  with a warning (fastreid's evaluator exits the process when ``make`` fails).
 """
 import copy
 import itertools
@@ -21,6 +23,7 @@ from sklearn import metrics
 from fastreid.evaluation import ReidEvaluator as FastreidReidEvaluator
 from fastreid.utils import comm
 
+from .cython_ranking import ensure_fast_ranking
 from .distance import check_metric, pairwise_distance
 from .query_expansion import aqe
 from .rank import evaluate_rank, evaluate_roc
@@ -56,6 +59,11 @@ class ReidEvaluator(FastreidReidEvaluator):
         super().__init__(cfg, num_query, output_dir)
         check_metric(cfg.TEST.METRIC)
         self.knn = knn
+
+    def _compile_dependencies(self):
+        # called by fastreid's __init__; only the main process ranks
+        if comm.is_main_process():
+            ensure_fast_ranking()
 
     def _gathered_predictions(self):
         """All processes' predictions on the main process (None elsewhere), as fastreid gathers them."""

@@ -10,12 +10,11 @@ import warnings
 import torch
 from fastreid.config import get_cfg
 from fastreid.data.transforms import build_transforms
-from fastreid.modeling import build_model
-from fastreid.utils.checkpoint import Checkpointer
 from PIL import Image
 
-from .. import compat
 from ..config import add_mdpr_config, merge_config
+from ..devices import resolve_device
+from ..engine import MDPRCheckpointer, build_model
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -61,12 +60,12 @@ def load_eval_model(cfg):
     if not os.path.isfile(cfg.MODEL.WEIGHTS):
         raise FileNotFoundError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} does not exist")
     model = build_model(cfg)
-    Checkpointer(model).load(cfg.MODEL.WEIGHTS)
+    MDPRCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     return model.eval()
 
 
 def model_device(cfg):
-    return compat.resolve_device(cfg.MODEL.DEVICE)
+    return resolve_device(cfg.MODEL.DEVICE)
 
 
 def list_images(folder):

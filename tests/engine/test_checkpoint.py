@@ -1,14 +1,13 @@
-"""Checkpoints load with weights_only=True; fastreid's own still load and resume; bad files are refused."""
+"""The plugin's checkpointer: weights_only=True reading (fastreid's own checkpoints still load and resume),
+bad files refused, atomic writes."""
 import os
 
 import numpy as np
 import pytest
 import torch
-from fastreid.modeling import build_model
-from fastreid.solver import build_lr_scheduler, build_optimizer
-from fastreid.utils.checkpoint import Checkpointer
+from fastreid.solver import build_lr_scheduler
 from helpers import run_script
-from mdpr_plugin.engine import CheckpointError, load_checkpoint_file
+from mdpr_plugin.engine import CheckpointError, MDPRCheckpointer, Trainer, load_checkpoint_file
 
 
 @pytest.fixture
@@ -16,8 +15,8 @@ def parts(demo_cfg):
     demo_cfg.MODEL.HEADS.NUM_CLASSES = 16
 
     def build():
-        model = build_model(demo_cfg)
-        optimizer, _ = build_optimizer(demo_cfg, model)
+        model = Trainer.build_model(demo_cfg)
+        optimizer, _ = Trainer.build_optimizer(demo_cfg, model)
         return model, optimizer, build_lr_scheduler(demo_cfg, optimizer, iters_per_epoch=2)
 
     return build
@@ -28,11 +27,11 @@ def test_fastreid_checkpoint_with_optimizer_scheduler_and_numpy_metric_round_tri
     optimizer.param_groups[0]["lr"] = 0.123
     for _ in range(3):
         schedulers["lr_sched"].step()
-    Checkpointer(model, str(tmp_path), optimizer=optimizer, **schedulers).save(
+    MDPRCheckpointer(model, str(tmp_path), optimizer=optimizer, **schedulers).save(
         "model_best", epoch=4, metric=np.float64(61.5))  # fastreid stores the metric as numpy
 
     model2, optimizer2, schedulers2 = parts()
-    extra = Checkpointer(model2, str(tmp_path), optimizer=optimizer2, **schedulers2).resume_or_load("", resume=True)
+    extra = MDPRCheckpointer(model2, str(tmp_path), optimizer=optimizer2, **schedulers2).resume_or_load("", resume=True)
     assert extra["epoch"] == 4 and extra["metric"] == 61.5
     assert optimizer2.param_groups[0]["lr"] == 0.123
     assert schedulers2["lr_sched"].last_epoch == schedulers["lr_sched"].last_epoch == 3
@@ -95,18 +94,17 @@ def test_bare_state_dict_loads_as_weights(parts, tmp_path):
     path = tmp_path / "weights.pth"
     torch.save(model.state_dict(), path)
     model2, _, _ = parts()
-    Checkpointer(model2).load(str(path))
+    MDPRCheckpointer(model2).load(str(path))
     for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
         assert torch.equal(a, b)
 
 
 KILLED_WHILE_SAVING = """
 import os, signal, sys, torch
-import mdpr_plugin
-from fastreid.utils.checkpoint import Checkpointer
+from mdpr_plugin.engine import MDPRCheckpointer
 
 model = torch.nn.Linear(3, 2)
-checkpointer = Checkpointer(model, sys.argv[1])
+checkpointer = MDPRCheckpointer(model, sys.argv[1])
 torch.nn.init.constant_(model.weight, 1.0)
 checkpointer.save("model_final")
 
@@ -126,5 +124,5 @@ def test_a_process_killed_while_saving_leaves_the_previous_checkpoint_loadable(t
     assert returncode == -9, output
     assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
     model = torch.nn.Linear(3, 2)
-    Checkpointer(model, str(tmp_path)).resume_or_load("", resume=True)
+    MDPRCheckpointer(model, str(tmp_path)).resume_or_load("", resume=True)
     assert torch.equal(model.weight, torch.ones(2, 3))

@@ -3,7 +3,6 @@ evaluation over shards, files from rank 0 only; the launcher's and the batch che
 import json
 import os
 import re
-import sys
 import textwrap
 
 import pytest
@@ -161,29 +160,19 @@ def one_process_group(tmp_path):
     dist.destroy_process_group()
 
 
-def test_fastreid_ddp_call_works_for_a_cpu_model_with_syncbn(one_process_group, caplog):
-    import fastreid.engine.defaults as engine_defaults
-
+def test_ddp_as_fastreid_calls_it_works_for_a_cpu_model_with_syncbn(one_process_group, caplog):
     model = nn.Sequential(nn.Conv2d(3, 4, 3), SyncBatchNorm(4, bias_freeze=True))
     model[1].running_mean.fill_(0.5)
-    # without the plugin's measure: torch refuses fastreid's call (engine/defaults.py:210) for a CPU model
+    # torch refuses fastreid's own call (engine/defaults.py:210) for a CPU model
     with pytest.raises(ValueError, match="device_ids"):
         nn.parallel.DistributedDataParallel(nn.Linear(2, 2), device_ids=[0], broadcast_buffers=False)
-    assert engine_defaults.DistributedDataParallel is mdpr_distributed.distributed_data_parallel
     with caplog.at_level("WARNING"):
-        ddp = engine_defaults.DistributedDataParallel(model, device_ids=[0], broadcast_buffers=False)
+        ddp = mdpr_distributed.distributed_data_parallel(model, device_ids=[0], broadcast_buffers=False)
     assert "Using per-process BatchNorm for its 1 layers" in caplog.text
     bn = ddp.module[1]
     assert type(bn).__name__ == "BatchNorm" and not isinstance(bn, nn.SyncBatchNorm)
     assert torch.all(bn.running_mean == 0.5) and not bn.bias.requires_grad and bn.weight.requires_grad
     ddp(torch.randn(2, 3, 5, 5)).sum().backward()  # trains
-
-
-def test_stock_fastreid_launch_is_the_plugins():
-    import fastreid.engine
-
-    assert fastreid.engine.launch is launch
-    assert sys.modules["fastreid.engine.launch"].launch is launch
 
 
 def test_more_processes_than_gpus_is_refused_with_the_count():

@@ -7,7 +7,8 @@ import mdpr_plugin  # noqa: F401
 from fastreid.config import get_cfg
 from fastreid.evaluation import ReidEvaluator as FastreidReidEvaluator
 from fastreid.evaluation.query_expansion import aqe as fastreid_aqe
-from mdpr_plugin.evaluation import ReidEvaluator, aqe
+from mdpr_plugin import compat
+from mdpr_plugin.evaluation import ReidEvaluator, aqe, cython_ranking
 from evaluation.planted import planted
 
 
@@ -67,8 +68,12 @@ def test_rerank_through_the_evaluator_on_cpu():
     cfg = make_cfg("TEST.RERANK.ENABLED", True)
     mine = evaluate(ReidEvaluator, cfg)
     assert all(np.isfinite(v) for v in mine.values())
-    # fastreid's own evaluator, whose search mdpr_plugin.compat moves to faiss-cpu on this machine
-    theirs = evaluate(FastreidReidEvaluator, cfg)
+    # fastreid's own evaluator searches on the GPU only; the opt-in patches move it to faiss-cpu here
+    compat.patch_fastreid()
+    try:
+        theirs = evaluate(FastreidReidEvaluator, cfg)
+    finally:
+        compat.unpatch_fastreid()
     assert abs(mine["mAP"] - theirs["mAP"]) <= 0.1
     assert mine["mAP"] != evaluate(ReidEvaluator, make_cfg())["mAP"]  # re-ranking took effect
 
@@ -76,3 +81,34 @@ def test_rerank_through_the_evaluator_on_cpu():
 def test_unsupported_metric_is_refused_at_construction():
     with pytest.raises(ValueError, match="TEST.METRIC"):
         ReidEvaluator(make_cfg("TEST.METRIC", "jaccard"), num_query=3)
+
+
+def test_the_fast_ranking_module_was_built_at_setup():
+    assert cython_ranking.fast_ranking_available()
+
+
+@pytest.mark.parametrize("evaluator", ["plugin", "fastreid, patched"])
+def test_a_ranking_module_that_cannot_be_built_gives_a_warning_not_an_exit(evaluator, monkeypatch, caplog):
+    import sys
+
+    import fastreid.evaluation.rank_cylib
+
+    def fails():
+        raise OSError("no compiler here")
+
+    # an entry of None in sys.modules makes the import fail, as an unbuilt module would
+    monkeypatch.setitem(sys.modules, "fastreid.evaluation.rank_cylib.rank_cy", None)
+    monkeypatch.setattr(fastreid.evaluation.rank_cylib, "compile_helper", lambda: sys.exit(1))
+    monkeypatch.setattr(cython_ranking, "build_fast_ranking", fails)
+    if evaluator == "plugin":
+        evaluator_class = ReidEvaluator
+    else:
+        evaluator_class = FastreidReidEvaluator
+        compat.patch_fastreid()
+    try:
+        with caplog.at_level("WARNING"):
+            evaluator_class(make_cfg(), num_query=3)
+    finally:
+        compat.unpatch_fastreid()
+    assert any("pure-Python ranking" in r.getMessage() and "no compiler here" in r.getMessage()
+               for r in caplog.records)
