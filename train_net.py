@@ -11,7 +11,7 @@ mdpr_plugin/engine/launch.py.
 import mdpr_plugin  # noqa: F401  (registers MDPR; adds the import names fastreid lacks on torch 2)
 from fastreid.engine import default_argument_parser
 from mdpr_plugin.engine import MDPRCheckpointer, Trainer, setup_config
-from mdpr_plugin.engine.errors import run_reporting_known_errors
+from mdpr_plugin.errors import run_reporting_errors
 from mdpr_plugin.engine.launch import launch, training_device_type
 
 
@@ -32,7 +32,7 @@ def main(args):
 
 def launch_main(args):
     launch(
-        run_reporting_known_errors,  # in every process: a known bad input prints its message, no traceback
+        run_reporting_errors,  # in every process: bad input prints its message, no traceback
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
@@ -46,4 +46,4 @@ def launch_main(args):
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
-    run_reporting_known_errors(launch_main, args)
+    run_reporting_errors(launch_main, args)

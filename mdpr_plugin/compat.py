@@ -33,7 +33,8 @@ import torch
 
 from .data.loader import DeviceDataLoader
 from .devices import on_available_device
-from .engine.checkpoint import MDPRCheckpointer
+from .engine.checkpointer import MDPRCheckpointer
+from .errors import MDPRError
 from .engine.distributed import distributed_data_parallel
 from .engine.launch import launch
 from .engine.train_loop import AMPTrainer
@@ -42,7 +43,7 @@ from .evaluation.cython_ranking import ensure_fast_ranking
 logger = logging.getLogger(__name__)
 
 
-class FastreidPatchError(RuntimeError):
+class FastreidPatchError(MDPRError, RuntimeError):
     """A patch that does not fit the installed fastreid."""
 
 

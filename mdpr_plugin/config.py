@@ -4,8 +4,12 @@ The model switches live at the config root (``ATTN_NUM``, ``PART_NUM``, ...) bec
 authors' YAML files put them; keeping them there lets those files load unchanged.
 """
 import difflib
+import os
 
 from fastreid.config import CfgNode as CN
+from fastreid.config import get_cfg
+
+from .errors import InputError, MDPRError, MissingFileError
 
 # Root-level keys: name -> (default, meaning).
 _ROOT_KEYS = {
@@ -64,7 +68,7 @@ def add_mdpr_config(cfg):
     return cfg
 
 
-class ConfigKeyError(KeyError):
+class ConfigKeyError(MDPRError, KeyError):
     """An unknown config key, with the closest valid keys."""
 
     def __str__(self):
@@ -79,9 +83,18 @@ def _all_keys(node, prefix=""):
             yield f"{prefix}{key}"
 
 
+def build_config(config_file, opts=()):
+    """fastreid's defaults + MDPR's keys + ``config_file`` + ``KEY VALUE`` ``opts`` (not frozen): the one way
+    train_net.py, the tools, the benchmarks and the tests build a config."""
+    return merge_config(add_mdpr_config(get_cfg()), config_file, list(opts))
+
+
 def merge_config(cfg, config_file, opts):
-    """``cfg.merge_from_file(config_file)`` then ``cfg.merge_from_list(opts)``; an unknown key names
-    where it came from and the closest valid keys (yacs says only "Non-existent (config) key")."""
+    """``cfg.merge_from_file(config_file)`` then ``cfg.merge_from_list(opts)``, with errors that name the file
+    or key: an unknown key names where it came from and the closest valid keys (yacs says only
+    "Non-existent (config) key"); a missing file and a value of the wrong type are :class:`MDPRError` s."""
+    if not os.path.isfile(config_file):
+        raise MissingFileError(f"Config file {config_file} not found (absolute: {os.path.abspath(config_file)}).")
     for source, merge in ((config_file, lambda: cfg.merge_from_file(config_file)),
                           ("the command line", lambda: cfg.merge_from_list(opts))):
         try:
@@ -94,4 +107,8 @@ def merge_config(cfg, config_file, opts):
             close = difflib.get_close_matches(key, list(_all_keys(cfg)), n=3, cutoff=0.85)
             hint = f" Did you mean {' or '.join(close)}?" if close else ""
             raise ConfigKeyError(f"Unknown config key {key} in {source}.{hint}") from None
+        except ValueError as error:  # yacs: "Type mismatch (<class 'int'> vs. <class 'str'>) ... for config key: K"
+            if not str(error).startswith("Type mismatch"):
+                raise
+            raise InputError(f"{error} (in {source}). Give a value of the key's type.") from None
     return cfg

@@ -8,8 +8,10 @@ import pickle
 import numpy as np
 import torch
 
+from .errors import MDPRError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(MDPRError, RuntimeError):
     """A checkpoint file that cannot or must not be loaded."""
 
 

@@ -3,9 +3,7 @@ import os
 import subprocess
 import sys
 
-import mdpr_plugin  # noqa: F401  (registers MDPR; fastreid.data / fastreid.engine import only after this)
-from fastreid.config import get_cfg
-from mdpr_plugin import add_mdpr_config
+from mdpr_plugin.config import build_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MDPR_DEMO_CONFIG = os.path.join(REPO, "configs", "MDPR", "demo.yml")
@@ -14,11 +12,7 @@ BUNDLED_IMAGES = os.path.join(REPO, "mdpr_plugin", "data", "mini_market1501", "M
 
 def load_config(path, *overrides):
     """A config as train_net.py builds it (without the logging / output-dir side effects)."""
-    cfg = get_cfg()
-    add_mdpr_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, path))
-    cfg.merge_from_list(list(overrides))
-    return cfg
+    return build_config(os.path.join(REPO, path), overrides)
 
 
 def run_script(*args, cwd=REPO, timeout=600, env=None):

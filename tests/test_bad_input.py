@@ -16,12 +16,12 @@ from helpers import REPO, load_config, run_script
 from PIL import Image
 
 from mdpr_plugin import add_mdpr_config
-from mdpr_plugin.config import ConfigKeyError, merge_config
+from mdpr_plugin.config import ConfigKeyError, build_config, merge_config
 from mdpr_plugin.data import BUNDLED_ROOT
 from mdpr_plugin.data.checks import DatasetLayoutError, DatasetNotFoundError, SamplingError
 from mdpr_plugin.data.images import BadImageError
 from mdpr_plugin.engine import Trainer
-from mdpr_plugin.engine.errors import run_reporting_known_errors
+from mdpr_plugin.errors import MDPRError, run_reporting_errors
 from mdpr_plugin.engine.train_loop import NonFiniteLossError, NonFiniteWeightsError
 from mdpr_plugin.evaluation import ReidEvaluator
 from mdpr_plugin.evaluation.evaluator import EmptyEvaluationSetError
@@ -47,6 +47,13 @@ def test_unknown_config_key_suggests_the_closest(tmp_path, source, overrides, me
     add_mdpr_config(cfg)
     with pytest.raises(ConfigKeyError, match=message):
         merge_config(cfg, str(path), overrides)
+
+
+def test_a_missing_config_file_and_a_value_of_the_wrong_type_are_named(tmp_path):
+    with pytest.raises(MDPRError, match=r"Config file .*nowhere\.yml not found"):
+        build_config(str(tmp_path / "nowhere.yml"))
+    with pytest.raises(MDPRError, match=r"Type mismatch .* for config key: SOLVER\.MAX_EPOCH \(in the command line\)"):
+        build_config(os.path.join(REPO, "configs/MDPR/demo.yml"), ["SOLVER.MAX_EPOCH", "twenty"])
 
 
 def test_train_net_reports_an_unknown_key_without_a_deep_traceback(earlier_run):
@@ -423,16 +430,33 @@ def test_errors_before_training_leave_the_output_folder_as_it_was(tmp_path, earl
 
 
 # the command line ---------------------------------------------------------------------------------
-def test_known_errors_are_reported_as_their_message_alone(capsys):
+def test_every_error_the_plugin_defines_is_an_mdpr_error():
+    import importlib
+    import inspect
+    import pkgutil
+
+    import mdpr_plugin
+
+    defined = []
+    for module in pkgutil.walk_packages(mdpr_plugin.__path__, "mdpr_plugin."):
+        if not module.name.endswith("__main__"):
+            for _, cls in inspect.getmembers(importlib.import_module(module.name), inspect.isclass):
+                if issubclass(cls, BaseException) and cls.__module__.startswith("mdpr_plugin"):
+                    defined.append(cls)
+    assert len(set(defined)) >= 12
+    assert [cls for cls in set(defined) if not issubclass(cls, MDPRError)] == []
+
+
+def test_known_errors_are_reported_as_their_message_alone():
     def fails():
         raise SamplingError("The training set has 10 images, fewer than SOLVER.IMS_PER_BATCH 16.")
 
     with pytest.raises(SystemExit) as stop:
-        run_reporting_known_errors(fails)
-    assert stop.value.code == 1
-    assert capsys.readouterr().err == "ERROR: The training set has 10 images, fewer than SOLVER.IMS_PER_BATCH 16.\n"
+        run_reporting_errors(fails)
+    # a message as the exit code: Python prints it on stderr and exits with status 1
+    assert stop.value.code == "ERROR: The training set has 10 images, fewer than SOLVER.IMS_PER_BATCH 16."
     with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
-        run_reporting_known_errors(lambda: 1 / 0)
+        run_reporting_errors(lambda: 1 / 0)
 
 
 def test_train_net_reports_a_dataset_in_the_wrong_layout(market, tmp_path):

@@ -20,64 +20,18 @@ the step: what the step itself added, outputs included, inputs (features, distan
 process's overall peak is reported too. fastreid's dense re-ranking is not run where its two
 (N x N) float32 matrices alone exceed the machine's memory; the table gives the computed need.
 """
-import argparse
 import hashlib
-import json
 import logging
-import os
-import platform
-import subprocess
-import sys
-import time
 
-from .report import THREAD_VARIABLES, limit_threads, log, write_section
+from .harness import GIB, Benchmark, Goal, Measurement, Section, goals_lines, machine, memory_total, parser, \
+    recording_run, run_cases, run_header, run_isolated, saver
 
 RERANK = {"k1": 20, "k2": 6, "lambda_value": 0.3}  # fastreid's TEST.RERANK defaults
 METRIC = "cosine"  # fastreid's TEST.METRIC default
 PROGRESS_PERIOD = 60.0  # seconds between the plugin's progress lines in a worker's log
-SECTION_START = "<!-- evaluation-benchmark:start -->"
-SECTION_END = "<!-- evaluation-benchmark:end -->"
-GIB = 1024 ** 3
-
-
-# ------------------------------------------------------------------------------------ memory
-def _status_kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def _reset_peak():
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False where the kernel refuses."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-class Measurement:
-    """Wall time and peak memory of steps run in this process."""
-
-    def __init__(self):
-        self.process_peak = _status_kib("VmHWM") * 1024  # what the process reached before any step
-
-    def __call__(self, step):
-        """Run ``step()``; return (result, seconds, peak RSS the step added, in bytes)."""
-        import gc
-
-        gc.collect()
-        reset = _reset_peak()
-        before = _status_kib("VmRSS")
-        start = time.perf_counter()
-        result = step()
-        seconds = time.perf_counter() - start
-        peak = _status_kib("VmHWM")
-        self.process_peak = max(self.process_peak, peak * 1024)
-        return result, seconds, (peak - before) * 1024 if reset else float("nan")
+SECTION = Section("evaluation-benchmark")
+MODULE = "mdpr_plugin.benchmarks.evaluation"
+PROG = "python -m " + MODULE
 
 
 # ------------------------------------------------------------------------------------- cases
@@ -91,14 +45,6 @@ def dense_rerank_bytes(num_total):
     """fastreid's compute_jaccard_distance holds two (N x N) float32 matrices at once (V and V_qe,
     then V and the Jaccard matrix)."""
     return 2 * num_total * num_total * 4
-
-
-def _memory_total():
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def _digest(*arrays):
@@ -186,19 +132,6 @@ def run_case(case):
     }
 
 
-def _run_isolated(case, log):
-    """``run_case`` in a fresh interpreter with the thread variables set before any import."""
-    env = dict(os.environ, **{v: str(case["threads"]) for v in THREAD_VARIABLES})
-    command = [sys.executable, "-m", "mdpr_plugin.benchmarks.evaluation", "--worker", json.dumps(case)]
-    # the worker's progress lines go straight to this process's stderr; its result comes on stdout
-    proc = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        reason = "killed (out of memory?)" if proc.returncode in (-9, 137) else f"exit code {proc.returncode}"
-        log(f"  failed: {reason}")
-        return {**case, "failed": reason}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def plan(args):
     cases = []
     for name, shape in shapes(args.small).items():
@@ -213,29 +146,13 @@ def plan(args):
                             "threads": args.threads, "repeats": args.repeats, "budget": args.budget,
                             "seed": 0, "small": args.small, "num_total": num_total}
                     need = dense_rerank_bytes(num_total)
-                    if impl == "fastreid" and rerank and need > _memory_total():
+                    if impl == "fastreid" and rerank and need > memory_total():
                         case["not_run"] = need
                     cases.append(case)
     return cases
 
 
 # ------------------------------------------------------------------------------------ report
-def machine():
-    import faiss
-    import numpy
-    import torch
-
-    model = "unknown CPU"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": model, "cores": os.cpu_count(), "memory": _memory_total(),
-            "python": platform.python_version(),
-            "torch": torch.__version__, "faiss": faiss.__version__, "numpy": numpy.__version__}
-
-
 def _gb(value):
     return "n/a" if value is None or value != value else f"{value / GIB:.2f}"
 
@@ -255,7 +172,7 @@ def results_table(results):
         if "not_run" in r:
             n = f"{r['num_total']:,}"
             cells += [f"not run: needs {r['not_run'] / GIB:.1f} GiB (two {n} x {n} float32 matrices) "
-                      f"of {_memory_total() / GIB:.1f} GiB"] + [""] * 8
+                      f"of {memory_total() / GIB:.1f} GiB"] + [""] * 8
         elif "failed" in r:
             cells += [f"failed: {r['failed']}"] + [""] * 8
         else:
@@ -307,41 +224,36 @@ def _total(r):
     return r["median_first_s"] + r["median_rank_s"]
 
 
-def targets(results, small):
-    """The issue's targets, checked against this run's numbers."""
-    if small:
-        return ["- The targets concern the Duke and MSMT17 shapes: not evaluated with `--small`."]
-
-    def verdict(ok):
-        return "**met**" if ok else "**missed**"
-
-    lines = []
+def goals(results):
+    """The project's goals for its evaluation, against this run's numbers."""
+    found = []
     mine = _find(results, dataset="duke", dim=4608, rerank=True, impl="plugin")
     theirs = _find(results, dataset="duke", dim=4608, rerank=True, impl="fastreid")
     if mine:
-        lines.append(f"- Duke-size evaluation with re-ranking at 4608-d (re-ranking + ranking) under 60 s: "
-                     f"{_total(mine):.1f} s, {verdict(_total(mine) < 60)}.")
+        found.append(Goal("Duke-size evaluation with re-ranking at 4608-d (re-ranking + ranking) under 60 s",
+                          _total(mine), f"{_total(mine):.1f} s", _total(mine) < 60))
     if mine and theirs:
         ratio = _total(theirs) / _total(mine)
-        lines.append(f"- At least 2x faster than fastreid's CPU path on the same: {_total(theirs):.1f} s / "
-                     f"{_total(mine):.1f} s = {ratio:.1f}x, {verdict(ratio >= 2)}.")
+        found.append(Goal("Duke-size evaluation with re-ranking at 4608-d at least 2x faster than fastreid's CPU path",
+                          ratio,
+                          f"{_total(theirs):.1f} s / {_total(mine):.1f} s = {ratio:.1f}x", ratio >= 2))
     for r in results:
         if r["dataset"] == "msmt17" and r["rerank"] and r["impl"] == "plugin":
+            wanted = f"MSMT17-size evaluation with re-ranking within 24 GB, {r['dim']}-d"
             if "runs" in r:
                 peak = r["process_peak"]
-                lines.append(f"- MSMT17-size with re-ranking within 24 GB, {r['dim']}-d: completed, "
-                             f"whole-process peak RSS {peak / GIB:.1f} GiB on this "
-                             f"{_memory_total() / GIB:.1f} GiB machine, {verdict(peak < 24 * GIB)}.")
+                found.append(Goal(wanted, peak, f"completed, whole-process peak RSS {peak / GIB:.1f} GiB on this "
+                                                f"{memory_total() / GIB:.1f} GiB machine", peak < 24 * GIB))
             else:
-                lines.append(f"- MSMT17-size with re-ranking, {r['dim']}-d: "
-                             f"{r.get('failed', 'not run')}, **missed**.")
+                found.append(Goal(wanted, None, r.get("failed", "not run"), False))
     for r in results:
         if r["impl"] == "plugin" and not r["rerank"] and "runs" in r:
             ref = _find(results, dataset=r["dataset"], dim=r["dim"], rerank=False, impl="fastreid")
             same = bool(ref) and r["digest"] == ref["digest"]
-            lines.append(f"- Numbers identical to fastreid's without re-ranking, {r['shape']} {r['dim']}-d "
-                         f"(distance matrix, CMC, per-query AP and INP, bit for bit): {verdict(same)}.")
-    return lines
+            found.append(Goal(f"Numbers identical to fastreid's without re-ranking, {r['shape']} {r['dim']}-d "
+                              "(distance matrix, CMC, per-query AP and INP, bit for bit)", same,
+                              "identical" if same else ("fastreid not run" if not ref else "not identical"), same))
+    return found
 
 
 METHOD = (
@@ -362,23 +274,13 @@ COMPARISON = (
     "in the last digits.")
 
 
-def render(results, info, run):
-    """This benchmark's markdown section. ``run``: {"started", "finished", "load", "threads", "small"}."""
-    m, load = info, run["load"]
-    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(run["started"]))
-    minutes = (run["finished"] - run["started"]) / 60
-    command = "python -m mdpr_plugin.benchmarks.evaluation" + (" --small" if run["small"] else "")
-    return "\n".join([
-        SECTION_START,
-        "## Evaluation benchmark",
-        "",
-        f"Generated by `{command}` on {when} ({minutes:.1f} min).",
-        "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory'] / GIB:.1f} GiB memory; Python {m['python']}, "
-        f"torch {m['torch']}, faiss {m['faiss']}, numpy {m['numpy']}, fastreid 1.4.0; torch, faiss and "
-        f"BLAS limited to {run['threads']} threads. Load average (1 min) at start / end: "
-        f"{load[0]:.2f} / {load[1]:.2f} (other jobs shared this machine; times are wall-clock).",
-        "",
+def render(data):
+    """This benchmark's markdown section, from the data ``run_all`` returns."""
+    results, info, run = data["results"], data["machine"], data["run"]
+    software = [f"faiss {info['faiss']}", f"numpy {info['numpy']}", "fastreid 1.4.0"]
+    found = goals(results)
+    return SECTION.wrap([
+        *run_header("Evaluation benchmark", run, info, software, "torch, faiss and BLAS"),
         METHOD,
         "",
         results_table(results),
@@ -387,81 +289,61 @@ def render(results, info, run):
         "",
         comparisons(results),
         "",
-        "### Targets (issue 4)",
+        *(goals_lines(found) if found else
+          ["No goal of the project applies to the shapes this run measured."]),
         "",
-        *targets(results, run["small"]),
-        "",
-        SECTION_END,
     ])
 
 
 # -------------------------------------------------------------------------------------- main
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--small", action="store_true", help="a tiny shape (seconds), for CI")
-    parser.add_argument("--output", default="docs/benchmarks.md",
-                        help="markdown file whose section is (re)written")
-    parser.add_argument("--json", help="also write the raw results here (after every case)")
-    parser.add_argument("--from-json", help="do not run: rewrite the section from results saved with --json")
-    parser.add_argument("--dims", type=int, nargs="+", help="feature widths (default 4608 2048; --small: 64)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs at most")
-    parser.add_argument("--budget", type=float, default=90.0,
-                        help="no further timed run once this many seconds are spent")
-    parser.add_argument("--isolate", dest="isolate", action="store_true", default=None,
-                        help="a fresh process per case (default, except with --small)")
-    parser.add_argument("--no-isolate", dest="isolate", action="store_false")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.dims is None:
-        args.dims = [64] if args.small else [4608, 2048]
+    options = parser(PROG, __doc__, threads="2", repeats="3", budget=90.0)
+    options.add_argument("--dims", type=int, nargs="+", help="feature widths (default 4608 2048; --small: 64)")
+    args = options.parse_args(argv)
+    args.threads = args.threads or 2
+    args.repeats = args.repeats or 3
+    args.dims = args.dims or ([64] if args.small else [4608, 2048])
     if args.isolate is None:
         args.isolate = not args.small
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    if args.worker:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="    %(asctime)s %(message)s")
-        print(json.dumps(run_case(json.loads(args.worker))))
-        return None
-    limit_threads(args.threads)
-    if args.from_json:
-        with open(args.from_json) as f:
-            saved = json.load(f)
-        write_section(args.output, render(saved["results"], saved["machine"], saved["run"]), SECTION_START, SECTION_END)
-        log(f"wrote {args.output}")
-        return saved["results"]
+def _what(case):
+    return f"{case['shape']} {case['dim']}-d {_label(case['impl'])}, re-ranking {'on' if case['rerank'] else 'off'}"
 
-    info = machine()
-    run = {"started": time.time(), "load": [os.getloadavg()[0]], "threads": args.threads, "small": args.small}
-    results = []
-    for case in plan(args):
-        what = (f"{case['shape']} {case['dim']}-d {_label(case['impl'])}, "
-                f"re-ranking {'on' if case['rerank'] else 'off'}")
+
+def _summary(result):
+    if "not_run" in result:
+        return f"not run (needs {result['not_run'] / GIB:.1f} GiB)"
+    if "failed" in result:
+        return f"failed: {result['failed']}"
+    return (f"{result['median_first_s']:.2f} s + ranking {result['median_rank_s']:.2f} s, "
+            f"mAP {100 * result['mAP']:.2f}")
+
+
+def run_all(args):
+    """Every case of ``plan(args)``; the results with the machine and the run's record."""
+    def call(case):
         if "not_run" in case:
-            log(f"{what}: not run (needs {case['not_run'] / GIB:.1f} GiB)")
-            results.append(case)
-            continue
-        log(f"{what} ...")
-        result = _run_isolated(case, log) if args.isolate else run_case(case)
-        results.append(result)
-        if "runs" in result:
-            log(f"  {result['median_first_s']:.2f} s + ranking {result['median_rank_s']:.2f} s, "
-                f"mAP {100 * result['mAP']:.2f}")
-        if args.json:  # after every case, so that a long run's results survive an interruption
-            with open(args.json, "w") as f:
-                json.dump({"machine": info, "run": run, "results": results}, f, indent=1)
-    run.update(finished=time.time(), load=[run["load"][0], os.getloadavg()[0]])
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": info, "run": run, "results": results}, f, indent=1)
-    write_section(args.output, render(results, info, run), SECTION_START, SECTION_END)
-    log(f"wrote {args.output}")
-    return results
+            return case
+        return run_isolated(MODULE, case, args.threads) if args.isolate else run_case(case)
+
+    info = machine("faiss", "numpy")
+    command = PROG + (" --small" if args.small else "")
+    with recording_run(command=command, threads=args.threads, small=args.small) as run:
+        save = saver(args.json, machine=info, run=run)
+        results = run_cases(plan(args), call, _what, _summary, save)
+    save(results)
+    return {"machine": info, "run": run, "results": results}
+
+
+BENCHMARK = Benchmark(PROG, parse_args, run_case, run_all, render, SECTION, writes_docs=lambda args: True,
+                      worker_log_level=logging.INFO)
+
+
+def main(argv=None):
+    return BENCHMARK.main(argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,12 +1,12 @@
 """Model speed benchmark: MDPR's training step and inference, with fastreid's Baseline and MGN as references.
 
-    python -m mdpr_plugin.benchmarks.model --config-file configs/MDPR/market.yml            # CPU target
-    python -m mdpr_plugin.benchmarks.model --config-file configs/MDPR/market.yml --size 384x192 \\
-        --batch 64 MODEL.DEVICE cuda                                                         # GPU target
-    python -m mdpr_plugin.benchmarks.model --small                                           # seconds, for CI
+    mdpr-benchmark --config-file configs/MDPR/market.yml                 # the CPU setting of docs/benchmarks.md
+    mdpr-benchmark --config-file configs/MDPR/market.yml --size 384x192 \\
+        --batch 64 MODEL.DEVICE cuda                                      # a GPU setting
+    mdpr-benchmark --small                                                # minutes: tiny input, no compile
 
 Everything runs at the same input size and batch, in one run. The MDPR config is the config file with
-its ``KEY VALUE`` overrides on top of the issue's CPU target (ResNet-50-IBN, E=512, 751 classes; no
+its ``KEY VALUE`` overrides on top of the CPU setting (ResNet-50-IBN, E=512, 751 classes; no
 pretrained weights, which do not change the speed); Baseline and MGN use the same backbone, input,
 norm and loss settings under fastreid's own meta-architectures. For each model and mode
 (``model_modes.py``) it reports:
@@ -24,35 +24,45 @@ norm and loss settings under fastreid's own meta-architectures. For each model a
   their relative error against float32 eager (Frobenius norm of the difference over that of the
   float32 features) and mAP / Rank-1 (cosine). The model is untrained (fixed seed, no pretrained
   weights): the metrics only show whether a mode changes the ranking, not MDPR's accuracy.
+
+The section is printed on stdout (``--write-docs`` also writes it into ``--output``), progress on stderr;
+the exit status is 0 on success, 1 on bad input (one line on stderr: a missing config file, an unknown
+key), 2 on a malformed argument. ``--small`` checks that every path runs, in minutes: one thread, and
+without ``compile`` (and ``bf16`` on a CPU) unless ``--modes`` asks for them.
 """
 import argparse
-import json
 import logging
 import os
-import subprocess
-import sys
-import time
 
-from .evaluation import GIB
-from .report import THREAD_VARIABLES, OtherLoad, limit_threads, log, write_section
+from .harness import GIB, Benchmark, Goal, Section, goals_lines, log, machine, parser, recording_run, \
+    run_cases, run_header, run_isolated, saver
 
-SECTION_START = "<!-- model-benchmark:start -->"
-SECTION_END = "<!-- model-benchmark:end -->"
+SECTION = Section("model-benchmark")
+MODULE = "mdpr_plugin.benchmarks.model"
+PROG = "mdpr-benchmark"
 ARCHS = ("MDPR", "Baseline", "MGN")
-# The issue's CPU target; the user's KEY VALUE pairs come after these and override them.
-TARGET_OPTS = ["MODEL.BACKBONE.DEPTH", "50x", "MODEL.BACKBONE.WITH_IBN", "True",
-               "MODEL.BACKBONE.EMBEDDING_DIM", "512", "MODEL.HEADS.NUM_CLASSES", "751"]
+# The CPU setting of docs/benchmarks.md; the user's KEY VALUE pairs come after these and override them.
+CPU_OPTS = ["MODEL.BACKBONE.DEPTH", "50x", "MODEL.BACKBONE.WITH_IBN", "True",
+            "MODEL.BACKBONE.EMBEDDING_DIM", "512", "MODEL.HEADS.NUM_CLASSES", "751"]
 # --small: the smallest bottleneck ResNet (MGN needs bottlenecks), E=16, 4 classes.
 SMALL_OPTS = ["MODEL.BACKBONE.DEPTH", "50x", "MODEL.BACKBONE.WITH_IBN", "True",
               "MODEL.BACKBONE.EMBEDDING_DIM", "16", "MODEL.HEADS.NUM_CLASSES", "4"]
-TARGETS = {"inference_share": 0.75, "train_share": 0.50, "speedup": 1.5, "map_points": 0.5}
+# The project's speed goals: shares of the measured float32 ceiling, and a faster inference mode that
+# keeps the ranking.
+GOALS = {"infer_share": 0.75, "train_share": 0.50, "speedup": 1.5, "map_points": 0.5}
 
 
 # -------------------------------------------------------------------------------------- plan
 def default_modes(args):
+    """The device's modes. ``--small`` leaves out ``compile``, whose compilation takes minutes, and on a CPU
+    ``bf16``, which a CPU without bf16 units emulates (the small training step then measured 10x float32's)."""
     from .model_modes import CPU_MODES, GPU_MODES
 
-    return list(GPU_MODES if _wants_cuda(args) else CPU_MODES)
+    cuda = _wants_cuda(args)
+    slow = ()
+    if args.small:
+        slow = ("compile",) if cuda else ("compile", "bf16")
+    return [m for m in (GPU_MODES if cuda else CPU_MODES) if m not in slow]
 
 
 def _wants_cuda(args):
@@ -66,11 +76,12 @@ def _wants_cuda(args):
 
 
 def _opts(args):
-    return (SMALL_OPTS if args.small else TARGET_OPTS) + list(args.opts)
+    return (SMALL_OPTS if args.small else CPU_OPTS) + list(args.opts)
 
 
-def plan(args):
-    """The cases, MDPR's float32 eager first (the reference of every comparison)."""
+def plan(args, feature_dir):
+    """The cases, MDPR's float32 eager first (the reference of every comparison); MDPR's inference cases
+    keep their eval features in ``feature_dir``."""
     from .model_modes import INFERENCE_ONLY
 
     base = {"config_file": args.config_file, "opts": _opts(args),
@@ -83,24 +94,14 @@ def plan(args):
             for phase in ("train", "infer"):
                 if phase == "train" and mode in INFERENCE_ONLY:
                     continue
-                cases.append({**base, "arch": arch, "mode": mode, "phase": phase, "count_flops": mode == "fp32"})
+                case = {**base, "arch": arch, "mode": mode, "phase": phase, "count_flops": mode == "fp32"}
+                if arch == "MDPR" and phase == "infer":
+                    case["features_path"] = os.path.join(feature_dir, f"{mode}.npy")
+                cases.append(case)
     return cases
 
 
 # ------------------------------------------------------------------------------------ workers
-def _worker_env(threads):
-    return dict(os.environ, **{v: str(threads) for v in THREAD_VARIABLES})
-
-
-def _run_isolated(argument, threads):
-    command = [sys.executable, "-m", "mdpr_plugin.benchmarks.model", "--worker", json.dumps(argument)]
-    proc = subprocess.run(command, env=_worker_env(threads), stdout=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        reason = "killed (out of memory?)" if proc.returncode in (-9, 137) else f"exit code {proc.returncode}"
-        return {**argument, "failed": reason}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def run_worker(argument):
     """A case, or the ceiling measurement (``{"ceiling": ...}``), in this process."""
     import torch
@@ -120,37 +121,31 @@ def run_worker(argument):
         return {**argument, "unavailable": str(error)}
 
 
-def run_all(args, log):
+def run_all(args):
+    """The ceiling, then every case of ``plan``; the results with the machine and the run's record."""
     import numpy as np
 
     feature_dir = os.path.abspath(args.feature_dir or os.path.join("logs", "model-benchmark-features"))
     os.makedirs(feature_dir, exist_ok=True)
-    started = time.time()
-    other_load = OtherLoad(started)
-    run = {"started": started, "load": [os.getloadavg()[0]], "threads": args.threads, "small": args.small,
-           "command": _command(args), "repeats": args.repeats, "warmup": args.warmup, "budget": args.budget}
     device = "cuda" if _wants_cuda(args) else "cpu"
-    call = (lambda a: _run_isolated(a, args.threads)) if args.isolate else run_worker
-    log("measuring the machine's float32 ceiling ...")
-    ceiling = call({"ceiling": True, "device": device, "small": args.small, "threads": args.threads})
-    log("  " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in ceiling.items()))
-    results = []
-    for case in plan(args):
-        if case["arch"] == "MDPR" and case["phase"] == "infer":
-            case["features_path"] = os.path.join(feature_dir, f"{case['mode']}.npy")
-        log(f"{case['arch']} {case['mode']} {case['phase']} ...")
-        result = call(case)
-        results.append(result)
-        log("  " + _summary(result))
-    reference = os.path.join(feature_dir, "fp32.npy")
-    for r in results:
-        path = r.get("features_path")
-        if path and "mAP" in r and os.path.exists(reference) and os.path.exists(path):
-            ref, mine = np.load(reference), np.load(path)
-            r["feature_rel_error"] = float(np.linalg.norm(mine - ref) / np.linalg.norm(ref))
-    finished = time.time()
-    run.update(finished=finished, load=[run["load"][0], os.getloadavg()[0]], other_cpu_share=other_load.share(finished))
-    return {"machine": machine(), "run": run, "ceiling": ceiling, "results": results}
+    call = (lambda argument: run_isolated(MODULE, argument, args.threads)) if args.isolate else run_worker
+    info = machine("onnxruntime")
+    with recording_run(command=_command(args), threads=args.threads, small=args.small, repeats=args.repeats,
+                       warmup=args.warmup, budget=args.budget) as run:
+        log("measuring the machine's float32 ceiling ...")
+        ceiling = call({"ceiling": True, "device": device, "small": args.small, "threads": args.threads})
+        log("  " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in ceiling.items()))
+        save = saver(args.json, machine=info, run=run, ceiling=ceiling)
+        results = run_cases(plan(args, feature_dir), call, lambda c: f"{c['arch']} {c['mode']} {c['phase']}",
+                            _summary, save)
+        reference = os.path.join(feature_dir, "fp32.npy")
+        for r in results:
+            path = r.get("features_path")
+            if path and "mAP" in r and os.path.exists(reference) and os.path.exists(path):
+                ref, mine = np.load(reference), np.load(path)
+                r["feature_rel_error"] = float(np.linalg.norm(mine - ref) / np.linalg.norm(ref))
+    save(results)
+    return {"machine": info, "run": run, "ceiling": ceiling, "results": results}
 
 
 def _summary(r):
@@ -170,29 +165,6 @@ def _command(args):
 
 
 # ------------------------------------------------------------------------------------ report
-def machine():
-    import platform
-
-    import torch
-
-    info = {"cpu": "unknown CPU", "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as f:
-        info["memory"] = int(f.readline().split()[1]) * 1024
-    try:
-        import onnxruntime
-
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        info["onnxruntime"] = None
-    return info
-
-
 def _find(results, arch, mode, phase):
     for r in results:
         if (r["arch"], r["mode"], r["phase"]) == (arch, mode, phase) and "failed" not in r and "unavailable" not in r:
@@ -249,7 +221,8 @@ COLUMNS = [  # (header, row key, format)
     ("inference peak memory added (GiB)", "infer_memory", "M{:.3f}"),
     ("first call / export (s)", None, None),
     ("feature rel. error vs fp32", "feature_rel_error", "{:.1e}"),
-    ("mAP (%)", "mAP", "%{:.2f}"), ("Rank-1 (%)", "rank1", "%{:.2f}"), ("mAP change (points)", "map_change", "%{:+.2f}"),
+    ("mAP (%)", "mAP", "%{:.2f}"), ("Rank-1 (%)", "rank1", "%{:.2f}"),
+    ("mAP change (points)", "map_change", "%{:+.2f}"),
 ]
 
 
@@ -287,37 +260,32 @@ def table(data):
     return "\n".join(lines)
 
 
-def targets(data):
-    """The issue's targets against this run's MDPR numbers."""
+def goals(data):
+    """The project's speed goals against this run's MDPR numbers."""
     by_mode = {r["mode"]: r for r in rows(data) if r["arch"] == "MDPR"}
     fp32 = by_mode.get("fp32", {})
-
-    def verdict(ok):
-        return "**met**" if ok else "**missed**"
-
-    lines = []
-    if fp32.get("infer_share") is not None:
-        lines.append(f"- float32 inference at >= {TARGETS['inference_share']:.0%} of the ceiling: "
-                     f"{fp32['infer_share']:.0%}, {verdict(fp32['infer_share'] >= TARGETS['inference_share'])}.")
-    if fp32.get("train_share") is not None:
-        lines.append(f"- training step at >= {TARGETS['train_share']:.0%} of the ceiling: "
-                     f"{fp32['train_share']:.0%}, {verdict(fp32['train_share'] >= TARGETS['train_share'])}.")
+    found = []
+    for phase, key in (("Float32 inference", "infer_share"), ("Float32 training step", "train_share")):
+        if fp32.get(key) is not None:
+            found.append(Goal(f"{phase} at >= {100 * GOALS[key]:.0f} % of the measured float32 ceiling", fp32[key],
+                              f"{100 * fp32[key]:.0f} %", fp32[key] >= GOALS[key]))
     candidates = [r for r in by_mode.values() if r.get("infer_speedup") is not None and r["mode"] != "fp32"]
     if candidates:
         best = max(candidates, key=lambda r: r["infer_speedup"])
         change = best.get("map_change") or 0.0
-        ok = best["infer_speedup"] >= TARGETS["speedup"] and abs(100 * change) <= TARGETS["map_points"]
-        lines.append(f"- fastest inference mode >= {TARGETS['speedup']}x float32 eager with mAP within "
-                     f"{TARGETS['map_points']} points: {best['mode']}, {best['infer_speedup']:.2f}x, mAP change "
-                     f"{100 * change:+.2f} points, {verdict(ok)}.")
-    return lines
+        ok = best["infer_speedup"] >= GOALS["speedup"] and abs(100 * change) <= GOALS["map_points"]
+        found.append(Goal(f"An inference mode >= {GOALS['speedup']}x float32 eager with mAP within "
+                          f"{GOALS['map_points']} points", best["infer_speedup"],
+                          f"fastest {best['mode']}, {best['infer_speedup']:.2f}x, "
+                          f"mAP change {100 * change:+.2f} points", ok))
+    return found
 
 
 METHOD = (
     "Training step: forward + backward + Adam step on one fixed synthetic batch (B/4 identities of 4 "
     "images), median of the timed repeats (up to {repeats}, at least 2{limit}) "
-    "after an untimed warm-up ({warmup} calls, 1 for a mode whose first call is slow); the \"first call\" column is the "
-    "first warm-up call (with `compile`, the compilation) and, for ONNX Runtime, the export. Inference: "
+    "after an untimed warm-up ({warmup} calls, 1 for a mode whose first call is slow); the \"first call\" column is "
+    "the first warm-up call (with `compile`, the compilation) and, for ONNX Runtime, the export. Inference: "
     "eval mode, no_grad, the same batch. Each phase of each (model, mode) runs in a fresh process; "
     "\"peak memory added\" is the resident high-water during the phase minus the resident size before it "
     "(CPU) or the allocator's peak above the memory in use before it (CUDA). GFLOP/image: "
@@ -330,47 +298,13 @@ METHOD = (
     "and the ranking, not MDPR's accuracy.")
 
 
-def _busy_warning(run, cores):
-    # With more runnable threads than cores, OpenMP's threads wait for each other at every barrier:
-    # times then vary by several x from call to call and against the (short) ceiling measurement.
-    share = run.get("other_cpu_share")
-    if share is None:  # no /proc/stat: fall back on the load average at the start
-        busy, what = run["load"][0] > 0.5 * cores, "load average above half the core count at the start"
-    else:
-        busy, what = share > 0.1, f"other processes used {100 * share:.0f} % of the CPU time"
-    if not busy:
-        return []
-    return [f"**Other jobs shared the CPU during this run ({what}): the times, shares of the ceiling and "
-            "speed-ups below are not reliable; rerun on a quiet machine.**", ""]
-
-
-def _other_share_text(run):
-    share = run.get("other_cpu_share")
-    if share is None:
-        return "CPU time of other processes not measured"
-    return f"other processes used {100 * share:.1f} % of the machine's CPU time during the run"
-
-
 def render(data):
-    m, run, ceiling = data["machine"], data["run"], data["ceiling"]
-    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(run["started"]))
-    minutes = (run["finished"] - run["started"]) / 60
-    load = run["load"]
-    gpu = f"; GPU {m['gpu']}" if m.get("gpu") else ""
-    ort = f", onnxruntime {m['onnxruntime']}" if m.get("onnxruntime") else ""
+    """This benchmark's markdown section, from the data ``run_all`` returns."""
+    info, run, ceiling = data["machine"], data["run"], data["ceiling"]
+    software = [f"onnxruntime {info['onnxruntime']}"] if info.get("onnxruntime") else []
     mdpr = next((r for r in data["results"] if r["arch"] == "MDPR" and "parameters" in r), None)
-    return "\n".join([
-        SECTION_START,
-        "## Model speed benchmark",
-        "",
-        f"Generated by `{run['command']}` on {when} ({minutes:.1f} min).",
-        "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory'] / GIB:.1f} GiB memory{gpu}; Python "
-        f"{m['python']}, torch {m['torch']}{ort}; torch limited to {run['threads']} threads. Load average "
-        f"(1 min) at start / end: {load[0]:.2f} / {load[1]:.2f} (it counts the benchmark's own threads); "
-        f"{_other_share_text(run)} (times are wall-clock).",
-        "",
-        *_busy_warning(run, m["cores"]),
+    return SECTION.wrap([
+        *run_header("Model speed benchmark", run, info, software, "torch"),
         f"Input {'x'.join(map(str, (mdpr or data['results'][0])['size']))}, batch {data['results'][0]['batch']}"
         + (f"; MDPR has {mdpr['parameters'] / 1e6:.1f} M parameters." if mdpr else "."),
         "",
@@ -385,11 +319,8 @@ def render(data):
         "",
         table(data),
         "",
-        "### Targets (issue 7)",
+        *goals_lines(goals(data)),
         "",
-        *targets(data),
-        "",
-        SECTION_END,
     ])
 
 
@@ -403,36 +334,29 @@ def _size(text):
 
 
 def parse_args(argv=None):
+    """The arguments, defaults filled in (under ``--worker`` and ``--from-json`` none are needed)."""
     from .model_modes import MODES
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default="configs/MDPR/market.yml", metavar="FILE")
-    parser.add_argument("--size", type=_size, help="input HxW (default 128x64; --small 96x32)")
-    parser.add_argument("--batch", type=int, help="images per batch (default 16; --small 4)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--modes", nargs="+", choices=MODES,
-                        help="MDPR's modes (default: the device's; fp32 always runs)")
-    parser.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS))
-    parser.add_argument("--warmup", type=int, help="untimed calls (default 3; --small 1)")
-    parser.add_argument("--repeats", type=int, help="timed calls, median reported (default 7; --small 2)")
-    parser.add_argument("--budget", type=float, default=60.0,
-                        help="seconds of timed calls after which a case stops repeating (at least 2 calls)")
-    parser.add_argument("--small", action="store_true", help="tiny input, few repeats: seconds, for tests")
-    parser.add_argument("--isolate", dest="isolate", action="store_true", default=None,
-                        help="a fresh process per case (default, except with --small)")
-    parser.add_argument("--no-isolate", dest="isolate", action="store_false")
-    parser.add_argument("--write-docs", action="store_true", help="(re)write this benchmark's section of --output")
-    parser.add_argument("--output", default="docs/benchmarks.md")
-    parser.add_argument("--json", help="also write the raw results here")
-    parser.add_argument("--from-json", help="do not run: render results saved with --json")
-    parser.add_argument("--feature-dir", help="where the modes' eval features are kept "
-                                              "(default logs/model-benchmark-features)")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
-    args = parser.parse_args(argv)
-    if args.worker:
+    options = parser(PROG, __doc__, threads="2; --small 1", repeats="7; --small 2", budget=60.0)
+    options.add_argument("--config-file", default="configs/MDPR/market.yml", metavar="FILE")
+    options.add_argument("--size", type=_size, help="input HxW (default 128x64; --small 96x32)")
+    options.add_argument("--batch", type=int, help="images per batch (default 16; --small 4)")
+    options.add_argument("--modes", nargs="+", choices=MODES,
+                         help="MDPR's modes (default: the device's; --small: not compile, nor bf16 on a CPU; "
+                              "fp32 always runs)")
+    options.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS))
+    options.add_argument("--warmup", type=int, help="untimed calls (default 3; --small 1)")
+    options.add_argument("--write-docs", action="store_true", help="(re)write this benchmark's section of --output")
+    options.add_argument("--feature-dir", help="where the modes' eval features are kept "
+                                               "(default logs/model-benchmark-features)")
+    options.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
+    args = options.parse_args(argv)
+    if args.worker or args.from_json:
         return args
+    # --small checks that every path runs: one thread, because two OpenMP threads that share two cores with
+    # another job wait for each other at every barrier (MDPR's small training step beside one busy process:
+    # 2.6 s with two threads, 1.3 s with one; on a quiet machine 0.9 and 1.4 s)
+    args.threads = args.threads or (1 if args.small else 2)
     args.size = args.size or ((96, 32) if args.small else (128, 64))  # MGN cuts its map in 3 rows
     args.batch = args.batch or (4 if args.small else 16)
     args.warmup = args.warmup or (1 if args.small else 3)
@@ -443,28 +367,14 @@ def parse_args(argv=None):
     return args
 
 
+BENCHMARK = Benchmark(PROG, parse_args, run_worker, run_all, render, SECTION,
+                      writes_docs=lambda args: args.write_docs, worker_log_level=logging.WARNING)
+
+
 def main(argv=None):
-    args = parse_args(argv)
-    if args.worker:
-        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-        print(json.dumps(run_worker(json.loads(args.worker))))
-        return None
-    limit_threads(args.threads)
-    if args.from_json:
-        with open(args.from_json) as f:
-            data = json.load(f)
-    else:
-        data = run_all(args, log)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(data, f, indent=1)
-    section = render(data)
-    print(section)
-    if args.write_docs:
-        write_section(args.output, section, SECTION_START, SECTION_END)
-        log(f"wrote {args.output}")
-    return data
+    """The ``mdpr-benchmark`` console script: 0 on success (see the module's docstring)."""
+    return BENCHMARK.main(argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

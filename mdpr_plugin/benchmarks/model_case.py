@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from .evaluation import Measurement
+from .harness import Measurement
 from .model_modes import INFERENCE_ONLY, OnnxRuntimeModel, autocast, check_mode, grad_scaler, prepare, \
     prepare_input
 
@@ -22,13 +22,9 @@ IDS_PER_BATCH = 4  # synthetic batches: B / 4 identities of 4 images, so the tri
 def build_config(case):
     """The config of ``case["arch"]``: the MDPR config file, its overrides, and for fastreid's Baseline /
     MGN the same backbone, input, norm and loss settings under their own meta-architecture."""
-    from fastreid.config import get_cfg
+    from ..config import build_config as build_mdpr_config
 
-    from ..config import add_mdpr_config, merge_config
-
-    cfg = get_cfg()
-    add_mdpr_config(cfg)
-    merge_config(cfg, case["config_file"], case["opts"])
+    cfg = build_mdpr_config(case["config_file"], case["opts"])
     cfg.MODEL.BACKBONE.PRETRAIN = False  # speed does not depend on the weights; no file to find
     h, w = case["size"]
     cfg.INPUT.SIZE_TRAIN = cfg.INPUT.SIZE_TEST = [h, w]

@@ -13,6 +13,8 @@ import contextlib
 
 import torch
 
+from ..errors import MDPRError
+
 MODES = ("fp32", "channels_last", "bf16", "fp16", "compile", "onnxruntime")
 LOSSY = ("bf16", "fp16", "onnxruntime")  # modes whose numbers may differ from fp32 beyond rounding
 CPU_MODES = ("fp32", "channels_last", "bf16", "onnxruntime", "compile")
@@ -20,7 +22,7 @@ GPU_MODES = ("fp32", "channels_last", "fp16", "bf16", "compile", "onnxruntime")
 INFERENCE_ONLY = ("onnxruntime",)
 
 
-class ModeUnavailable(RuntimeError):
+class ModeUnavailable(MDPRError, RuntimeError):
     """The mode cannot run here (e.g. float16 on a CPU, ONNX Runtime missing); the reason is the message."""
 
 

@@ -13,6 +13,7 @@ import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+from ..errors import InputError, MissingFileError
 from .images import BAD_IMAGE_FIX, BadImageError, inspect_image
 
 logger = logging.getLogger(__name__)
@@ -21,15 +22,15 @@ BAD_IMAGE_POLICIES = ("error", "skip")
 IDENTITY_SAMPLERS = ("NaiveIdentitySampler", "BalancedIdentitySampler")
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(MissingFileError):
     """A dataset folder (or one of its sub-folders) is missing."""
 
 
-class DatasetLayoutError(ValueError):
+class DatasetLayoutError(InputError):
     """A dataset folder that exists but does not hold what its dataset class reads."""
 
 
-class DataConfigError(ValueError):
+class DataConfigError(InputError):
     """A DATALOADER value the data cannot be loaded with."""
 
 

@@ -10,8 +10,10 @@ import numpy as np
 from fastreid.utils.file_io import PathManager
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import InputError
 
-class BadImageError(ValueError):
+
+class BadImageError(InputError):
     """An image file that cannot be read (truncated, empty, not an image)."""
 
     def __init__(self, message, path=None, reason=None):

@@ -38,11 +38,15 @@ def sample_seed(seed, position):
     return int(np.random.SeedSequence((seed, position)).generate_state(1)[0])
 
 
-def seed_all(seed):
-    """Seed python's, numpy's and torch's CPU generators (not CUDA's: see SeededDataset)."""
+def seed_all(seed, cuda=False):
+    """Seed python's, numpy's and torch's CPU generators, and with ``cuda`` every GPU's (the data pipeline
+    leaves those alone: see SeededDataset)."""
     random.seed(seed)
     np.random.seed(seed % (1 << 32))
-    torch.default_generator.manual_seed(seed)
+    if cuda:
+        torch.manual_seed(seed)
+    else:
+        torch.default_generator.manual_seed(seed)
 
 
 @contextlib.contextmanager

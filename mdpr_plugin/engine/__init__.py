@@ -1,6 +1,7 @@
 """Training: the trainer, its loop and hooks, the checkpointer, launching over processes."""
-from .checkpoint import MDPRCheckpointer, load_checkpoint_file
+from .checkpointer import MDPRCheckpointer, check_weights_file, load_checkpoint_file
 from .trainer import Trainer, build_model, setup_config
 from ..serialization import CheckpointError
 
-__all__ = ["CheckpointError", "MDPRCheckpointer", "load_checkpoint_file", "Trainer", "build_model", "setup_config"]
+__all__ = ["CheckpointError", "MDPRCheckpointer", "check_weights_file", "load_checkpoint_file", "Trainer",
+           "build_model", "setup_config"]

@@ -46,14 +46,10 @@ def backend_for(device_type):
 def training_device_type(config_file, opts):
     """"cuda" or "cpu": where MODEL.DEVICE of this config trains on this machine (CPU when it names CUDA
     and there is none). Reads the config before any process starts, so a mistyped key fails once."""
-    from fastreid.config import get_cfg
-
+    from ..config import build_config
     from ..devices import resolve_device
-    from ..config import add_mdpr_config, merge_config
 
-    cfg = add_mdpr_config(get_cfg())
-    merge_config(cfg, config_file, opts)
-    return resolve_device(cfg.MODEL.DEVICE).type
+    return resolve_device(build_config(config_file, opts).MODEL.DEVICE).type
 
 
 def _free_port():

@@ -20,17 +20,18 @@ import time
 import torch
 from fastreid.engine import hooks
 from fastreid.engine.train_loop import SimpleTrainer
-from fastreid.utils.params import ContiguousParams
 from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+from ..errors import MDPRError
 
 logger = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(MDPRError, FloatingPointError):
     """A loss term became NaN or infinite (a FloatingPointError, as fastreid's own check raises)."""
 
 
-class NonFiniteWeightsError(FloatingPointError):
+class NonFiniteWeightsError(MDPRError, FloatingPointError):
     """The model holds NaN or infinite values where a checkpoint was to be written."""
 
 
@@ -76,8 +77,6 @@ class AMPTrainer(SimpleTrainer):
         self._write_metrics(loss_dict, data_time)
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
-        if isinstance(self.param_wrapper, ContiguousParams):
-            self.param_wrapper.assert_buffer_is_valid()
 
 
 class CheckedTrainer(SimpleTrainer):

@@ -12,14 +12,12 @@ checkpointed; ``--resume`` continues the stream where the checkpoint was written
 generators are re-seeded from (seed, iteration, rank) before every step.
 """
 import logging
-import random
 from collections import OrderedDict
 
 import numpy as np
 import torch
 import fastreid.modeling
 import fastreid.solver
-from fastreid.config import get_cfg
 from fastreid.engine import DefaultTrainer, default_setup, hooks
 from fastreid.engine.train_loop import HookBase, TrainerBase
 from fastreid.evaluation import print_csv_format
@@ -27,12 +25,12 @@ from fastreid.utils import comm
 from fastreid.utils.env import seed_all_rng
 from fastreid.utils.logger import setup_logger
 
-from ..config import add_mdpr_config, merge_config
+from ..config import build_config
 from ..data import test_loader, test_loader_parts, train_loader, train_loader_parts
-from ..data.samplers import ResumableSampler, SeededDataset
+from ..data.samplers import ResumableSampler, SeededDataset, seed_all
 from ..devices import on_available_device, resolve_device
 from ..evaluation import ReidEvaluator, inference_on_dataset
-from .checkpoint import MDPRCheckpointer
+from .checkpointer import MDPRCheckpointer
 from .distributed import broadcast_buffers, check_batch_sizes, distributed_data_parallel, setup_worker_logging
 from .train_loop import CheckedAMPTrainer, CheckedTrainer, EvalHook, PeriodicCheckpointer
 
@@ -48,9 +46,7 @@ def build_model(cfg):
 def setup_config(args):
     """fastreid defaults + the MDPR keys + the YAML file + ``KEY VALUE`` overrides, then fastreid's setup
     (on rank 0; other processes write no files) and the seed."""
-    cfg = get_cfg()
-    add_mdpr_config(cfg)
-    merge_config(cfg, args.config_file, args.opts)
+    cfg = build_config(args.config_file, args.opts)
     cfg.freeze()
     rank, world_size = comm.get_rank(), comm.get_world_size()
     check_batch_sizes(cfg, world_size)
@@ -68,7 +64,7 @@ def setup_config(args):
     # default_setup seeds at random; a set SEED makes the initialisation reproducible (+ rank, so that
     # processes differ where they should; DDP copies rank 0's initial weights to all)
     if cfg.SEED >= 0:
-        seed_all_rng(cfg.SEED + rank)
+        seed_all(cfg.SEED + rank, cuda=True)
     elif rank > 0:
         seed_all_rng()  # what default_setup does on rank 0
     return cfg
@@ -82,9 +78,7 @@ class _SeedEachIteration(HookBase):
     def before_step(self):
         sequence = np.random.SeedSequence((self.trainer.train_sampler.seed, self.trainer.iter, comm.get_rank()))
         seed = int(sequence.generate_state(1)[0])
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
+        seed_all(seed, cuda=True)
 
 
 class Trainer(DefaultTrainer):

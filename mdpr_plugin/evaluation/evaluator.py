@@ -23,6 +23,7 @@ from sklearn import metrics
 from fastreid.evaluation import ReidEvaluator as FastreidReidEvaluator
 from fastreid.utils import comm
 
+from ..errors import InputError
 from .cython_ranking import ensure_fast_ranking
 from .distance import check_metric, pairwise_distance
 from .query_expansion import aqe
@@ -32,7 +33,7 @@ from .rerank import rerank_distance
 logger = logging.getLogger(__name__)
 
 
-class EmptyEvaluationSetError(ValueError):
+class EmptyEvaluationSetError(InputError):
     """Evaluation with no query or no gallery image."""
 
 

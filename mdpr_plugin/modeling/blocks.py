@@ -1,4 +1,4 @@
-"""MDPR's small building blocks (spec section 2).
+"""MDPR's small building blocks.
 
 Every conv / BN here starts from fastreid's ``weights_init_kaiming``. ``norm`` is a fastreid norm name
 (``get_norm``): MDPR passes ``MODEL.BACKBONE.NORM`` so that e.g. SyncBN covers these blocks too.
@@ -93,17 +93,3 @@ class FusionBlock(nn.Sequential):
         )
         self.apply(weights_init_kaiming)
 
-
-class Predictor(nn.Sequential):
-    """SimSiam predictor for mutual distillation: Linear (no bias) -> BN1d -> ReLU -> Linear.
-
-    Left at PyTorch's default initialisation (the spec's kaiming rule covers the conv blocks only).
-    """
-
-    def __init__(self, dim):
-        super().__init__(
-            nn.Linear(dim, dim, bias=False),
-            nn.BatchNorm1d(dim),
-            nn.ReLU(inplace=True),
-            nn.Linear(dim, dim),
-        )

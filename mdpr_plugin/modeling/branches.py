@@ -1,7 +1,8 @@
-"""MDPR's two content branches, their fusion and the mutual distillation (spec sections 3 and 5).
+"""MDPR's two content branches and their fusion, each with the heads it feeds.
 
 The branches take the maps of their own (layer3, layer4) copy, which live in the model's ``backbone``
-module so that ``MODEL.FREEZE_LAYERS: [backbone]`` covers them.
+module so that ``MODEL.FREEZE_LAYERS: [backbone]`` covers them. ``head_specs`` is static so that the
+model can build the heads from it before the branches, in the order that fixes their initial weights.
 """
 from dataclasses import dataclass
 from typing import List, Optional
@@ -9,8 +10,8 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from .blocks import BAP, AttentionMaker, Embedding, FusionBlock, Guide, Predictor, softmax_attn
-from .losses import mutual_distillation_loss
+from .blocks import BAP, AttentionMaker, Embedding, FusionBlock, Guide, softmax_attn
+from .heads import HeadSpec
 
 
 class HardContentBranch(nn.Module):
@@ -22,6 +23,12 @@ class HardContentBranch(nn.Module):
         self.global_embedding = Embedding(in_channels, embedding_dim, norm)
         self.part_embeddings = nn.ModuleList(
             Embedding(in_channels, embedding_dim, norm) for _ in range(num_parts))
+
+    @staticmethod
+    def head_specs(embedding_dim, num_parts):
+        """The heads this branch feeds, in loss-key order: the global map and each stripe."""
+        return [HeadSpec("hard_global", embedding_dim)] + [
+            HeadSpec(f"hard_part_{i}", embedding_dim) for i in range(num_parts)]
 
     def forward(self, x4):
         """x4: layer4 map (B x F x H x W) -> (B x E x H x W, [B x E x H/P x W] * P)."""
@@ -47,9 +54,16 @@ class SoftBranchOutput:
     pooled4: Optional[List[torch.Tensor]] = None  # M x (B x E x 1 x 1)
     pooled3: Optional[List[torch.Tensor]] = None
 
+    def head_inputs(self):
+        """Head name -> what it reads (``SoftContentBranch.head_specs``); the BAP heads only when BAP was computed."""
+        inputs = {"attn_feature4": self.feature4, "attn_feature3": self.feature3}
+        if self.bap4 is not None:
+            inputs.update(attn_bap4=self.bap4, attn_bap3=self.bap3)
+        return inputs
+
 
 class SoftContentBranch(nn.Module):
-    """Attention (foreground vs background) at two granularities, layer4 and layer3."""
+    """Attention (foreground vs background) at two granularities, layer4 and layer3, each pooled by BAP too."""
 
     def __init__(self, layer3_channels, layer4_channels, embedding_dim, num_attn, guided=True, norm="BN"):
         super().__init__()
@@ -63,6 +77,17 @@ class SoftContentBranch(nn.Module):
         self.bap4 = BAP(layer4_channels, num_attn, embedding_dim, norm)
         self.bap3 = BAP(layer3_channels, num_attn, embedding_dim, norm)
 
+    @staticmethod
+    def head_specs(embedding_dim, num_attn):
+        """The heads this branch feeds, in loss-key order. The BAP vectors (M*E wide, already pooled) get
+        heads trained with cross-entropy only and left out of the eval feature, so that BAP runs in
+        training only; fastreid logs the layer4 BAP head's accuracy."""
+        e, bap = embedding_dim, num_attn * embedding_dim
+        return [HeadSpec("attn_feature4", e),
+                HeadSpec("attn_bap4", bap, "Identity", with_triplet=False, in_eval_feature=False, logs_accuracy=True),
+                HeadSpec("attn_feature3", e),
+                HeadSpec("attn_bap3", bap, "Identity", with_triplet=False, in_eval_feature=False)]
+
     def attention(self, x3, x4, include_background=False):
         """Softmaxed attention (B x M x H x W) of layer4 and layer3; with ``include_background`` all
         M+1 channels (B x (M+1) x H x W), the background last, as the visualisation draws them."""
@@ -74,7 +99,7 @@ class SoftContentBranch(nn.Module):
         return softmax_attn(raw4), softmax_attn(raw3)
 
     def forward(self, x3, x4, with_attention=True, with_bap=True):
-        """x3, x4: this branch's layer3 / layer4 maps. BAP is only needed by the training losses."""
+        """x3, x4: this branch's layer3 / layer4 maps. BAP is only needed by the training-only BAP heads."""
         x3e = self.layer3_embedding(x3)
         out = SoftBranchOutput(feature4=self.feature4_embedding(x4), feature3=self.feature3_embedding(x3e))
         if with_attention or with_bap:
@@ -96,20 +121,14 @@ class Fusion(nn.Module):
         self.attn = FusionBlock(2 * e, 2 * e, norm)
         self.output = FusionBlock(4 * e, 4 * e, norm)
 
+    @staticmethod
+    def head_specs(embedding_dim):
+        """The one head the fused map feeds."""
+        return [HeadSpec("fusion", 4 * embedding_dim)]
+
     def forward(self, hard_global, hard_parts, feature4, feature3):
         merged_parts = self.merge_parts(torch.cat(hard_parts, dim=2))  # stripes stacked back along height
         part = self.part(torch.cat([merged_parts, hard_global], dim=1))
         attn = self.attn(torch.cat([feature4, feature3], dim=1))
         return self.output(torch.cat([part, attn], dim=1))
 
-
-class MutualDistillation(nn.Module):
-    """Each branch predicts the other's (stop-gradient) embedding; see ``mutual_distillation_loss``."""
-
-    def __init__(self, embedding_dim):
-        super().__init__()
-        self.predictor1 = Predictor(embedding_dim)  # hard -> soft
-        self.predictor2 = Predictor(embedding_dim)  # soft -> hard
-
-    def forward(self, z_hard, z_soft):
-        return mutual_distillation_loss(self.predictor1(z_hard), self.predictor2(z_soft), z_hard, z_soft)

@@ -1,6 +1,25 @@
-"""The embedding head MDPR uses for each of its features."""
+"""The embedding head MDPR uses for each of its features, and the declaration a branch makes of each head it feeds."""
+from dataclasses import dataclass
+from typing import Optional
+
 from fastreid.modeling.heads import REID_HEADS_REGISTRY
 from fastreid.modeling.heads.embedding_head import EmbeddingHead
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """One head a branch feeds: its name (the loss keys' ``<head>``), input width, pooling and training policy.
+
+    ``pool_type`` None keeps ``MODEL.HEADS.POOL_LAYER``. A head with ``with_triplet`` False is trained
+    with cross-entropy only; one with ``in_eval_feature`` False is training-only. fastreid logs the
+    accuracy of the head with ``logs_accuracy`` (of the first head when none has it).
+    """
+    name: str
+    width: int
+    pool_type: Optional[str] = None
+    with_triplet: bool = True
+    in_eval_feature: bool = True
+    logs_accuracy: bool = False
 
 
 @REID_HEADS_REGISTRY.register()

@@ -1,4 +1,5 @@
-"""MDPR's own loss terms (spec section 5). Identity losses come from fastreid.
+"""MDPR's attention diversity and sparsity losses. Identity losses come from fastreid, the mutual
+distillation loss from distillation.py.
 
 All of them stay on the input's device and never read values back to the host, so a training step
 pays no host-device synchronisation for them and runs on a CPU as well.
@@ -22,12 +23,3 @@ def attention_sparsity_loss(attention, scale):
     """``scale * sum(attention) / B``: keeps the foreground maps small (attention: B x M x H x W)."""
     return attention.sum() * (scale / attention.shape[0])
 
-
-def mutual_distillation_loss(p1, p2, z1, z2):
-    """SimSiam-style symmetric distillation with stop-gradient on the targets.
-
-    ``p1 = P1(z1)`` predicts ``z2`` and ``p2 = P2(z2)`` predicts ``z1`` (all B x E). Returns
-    ``-0.5 * (mean cos(p1, sg(z2)) + mean cos(p2, sg(z1)))``, which lies in [-1, 1].
-    """
-    return -0.5 * (F.cosine_similarity(p1, z2.detach(), dim=1).mean()
-                   + F.cosine_similarity(p2, z1.detach(), dim=1).mean())

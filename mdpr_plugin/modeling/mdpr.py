@@ -10,14 +10,12 @@ from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from fastreid.utils import events
 
 from .backbone import build_split_backbone
-from .branches import Fusion, HardContentBranch, MutualDistillation, SoftContentBranch
+from .branches import Fusion, HardContentBranch, SoftContentBranch
+from .distillation import MutualDistillation
 from .heads import MDPRHead
 from .losses import attention_diversity_loss, attention_sparsity_loss
 
 logger = logging.getLogger(__name__)
-
-# Heads that read BAP vectors: trained with cross-entropy only and left out of the eval feature.
-BAP_HEADS = ("attn_bap4", "attn_bap3")
 
 
 @META_ARCH_REGISTRY.register()
@@ -30,12 +28,13 @@ class MDPR(nn.Module):
     - eval: the B x ``eval_feature_dim`` feature, the BNNeck outputs of the heads in
       ``eval_feature_names`` concatenated. With ``OUTPUT_ALL`` the soft branch's attention maps of the
       batch are also kept on ``self.last_attention_maps`` (see ``attention_maps``).
-    Every head is trained with cross-entropy and (except the BAP heads) triplet loss, as the paper
-    does; ``MODEL.LOSSES.NAME`` is not consulted, their CE / TRI settings are.
+    Each branch declares the heads it feeds (``head_specs``): every head is trained with cross-entropy
+    and, unless its HeadSpec says otherwise (the soft branch's BAP heads), triplet loss, as the paper does;
+    ``MODEL.LOSSES.NAME`` is not consulted, their CE / TRI settings are.
     """
 
     @configurable
-    def __init__(self, *, backbone, hard_branch, soft_branch, fusion, distillation, heads,
+    def __init__(self, *, backbone, hard_branch, soft_branch, fusion, distillation, heads, head_specs,
                  pixel_mean, pixel_std, loss_kwargs, output_all=False):
         """Modules are built by ``from_config``; a disabled part is None."""
         super().__init__()
@@ -45,6 +44,7 @@ class MDPR(nn.Module):
         self.fusion = fusion
         self.distillation = distillation
         self.heads = heads  # nn.ModuleDict: head name -> MDPRHead, in loss-key order
+        self.head_specs = {spec.name: spec for spec in head_specs}  # head name -> HeadSpec (its loss policy)
         self.loss_kwargs = loss_kwargs
         self.output_all = output_all
         self.last_attention_maps = None
@@ -72,23 +72,22 @@ class MDPR(nn.Module):
         backbone = build_split_backbone(cfg, with_hard, with_soft)
         c3, c4 = backbone.layer3_channels, backbone.layer4_channels
 
-        heads = nn.ModuleDict()
+        # Modules draw their initial weights from the seed in the order they are built (heads, fusion, then the
+        # branches and distillation below): keep it, so that a seed keeps giving the same model.
+        heads, head_specs = nn.ModuleDict(), []
 
-        def add_head(name, width=e, pool_type=None):  # pool_type None: MODEL.HEADS.POOL_LAYER
-            heads[name] = MDPRHead(cfg, feat_dim=width, pool_type=pool_type)
+        def add_heads(specs):
+            for spec in specs:
+                heads[spec.name] = MDPRHead(cfg, feat_dim=spec.width, pool_type=spec.pool_type)
+            head_specs.extend(specs)
 
         if with_hard:
-            add_head("hard_global")
-            for i in range(p):
-                add_head(f"hard_part_{i}")
+            add_heads(HardContentBranch.head_specs(e, p))
         if with_soft:
-            add_head("attn_feature4")
-            add_head("attn_bap4", m * e, "Identity")
-            add_head("attn_feature3")
-            add_head("attn_bap3", m * e, "Identity")
+            add_heads(SoftContentBranch.head_specs(e, m))
         fusion = Fusion(e, norm) if cfg.FUSION_ENABLE and both else None
         if fusion is not None:
-            add_head("fusion", 4 * e)
+            add_heads(Fusion.head_specs(e))
 
         losses = cfg.MODEL.LOSSES
         return {
@@ -98,6 +97,7 @@ class MDPR(nn.Module):
             "fusion": fusion,
             "distillation": MutualDistillation(e) if cfg.DISTILLATION_ENABLE and both else None,
             "heads": heads,
+            "head_specs": head_specs,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "loss_kwargs": {
@@ -116,8 +116,8 @@ class MDPR(nn.Module):
 
     @property
     def eval_feature_names(self):
-        """Heads whose BNNeck outputs make up the eval feature, in order (BAP heads are training-only)."""
-        return [name for name in self.heads if name not in BAP_HEADS]
+        """Heads whose BNNeck outputs make up the eval feature, in order (training-only heads left out)."""
+        return [name for name in self.heads if self.head_specs[name].in_eval_feature]
 
     @property
     def eval_feature_dim(self):
@@ -135,19 +135,18 @@ class MDPR(nn.Module):
             maps["hard_global"], hard_parts = self.hard_branch(hard4)
             maps.update((f"hard_part_{i}", part) for i, part in enumerate(hard_parts))
 
-        # Soft content branch: attention on its own layer3 / layer4 maps. BAP only feeds training losses.
+        # Soft content branch: attention on its own layer3 / layer4 maps. BAP only feeds training-only heads.
         soft = None
         if self.soft_branch is not None:
             soft = self.soft_branch(*self.backbone.soft(shared),
                                     with_attention=self.output_all, with_bap=self.training)
-            maps["attn_feature4"], maps["attn_feature3"] = soft.feature4, soft.feature3
-            if self.training:
-                maps["attn_bap4"], maps["attn_bap3"] = soft.bap4, soft.bap3
+            maps.update(soft.head_inputs())
 
         # Fusion of both branches' maps.
         if self.fusion is not None:
             maps["fusion"] = self.fusion(maps["hard_global"], hard_parts, soft.feature4, soft.feature3)
 
+        # Heads: at eval, the eval feature; in training, every head's outputs for the losses.
         if not self.training:
             if self.output_all and soft is not None:
                 self.last_attention_maps = {"attention4": soft.attention4, "attention3": soft.attention3}
@@ -177,13 +176,15 @@ class MDPR(nn.Module):
         """Loss dict from the heads' training outputs and the soft branch's attention / BAP results."""
         ce, tri, diversity = (self.loss_kwargs[k] for k in ("ce", "tri", "diversity"))
         loss_dict = {}
+        # Identity losses: cross-entropy for every head, triplet where its HeadSpec asks for it.
         for name, out in outputs.items():
             loss_dict[f"loss_{name}_cls"] = cross_entropy_loss(
                 out["cls_outputs"], targets, ce["eps"], ce["alpha"]) * ce["scale"]
-            if name not in BAP_HEADS:
+            if self.head_specs[name].with_triplet:
                 loss_dict[f"loss_{name}_triplet"] = triplet_loss(
                     out["features"], targets, tri["margin"], tri["norm_feat"], tri["hard_mining"]) * tri["scale"]
 
+        # Diversity and sparsity of the soft branch's attention.
         if soft is not None and diversity["enabled"]:
             for scale, pooled, attention in (("4", soft.pooled4, soft.attention4),
                                              ("3", soft.pooled3, soft.attention3)):
@@ -191,13 +192,13 @@ class MDPR(nn.Module):
                 loss_dict[f"loss_diversity_loss_reg_{scale}"] = attention_sparsity_loss(
                     attention, diversity["sparsity_scale"])
 
+        # Mutual distillation between the branches' heads.
         if self.distillation is not None:
-            loss_dict["loss_mutual_distillation"] = self.distillation(
-                outputs["hard_global"]["features"], outputs["attn_feature4"]["features"])
+            loss_dict["loss_mutual_distillation"] = self.distillation(outputs)
 
         # fastreid's log_accuracy needs the trainer's EventStorage; outside the trainer there is nothing to log to.
         if events._CURRENT_STORAGE_STACK:
-            accuracy_head = "attn_bap4" if "attn_bap4" in outputs else "hard_global"
+            accuracy_head = next((name for name in outputs if self.head_specs[name].logs_accuracy), next(iter(outputs)))
             log_accuracy(outputs[accuracy_head]["pred_class_logits"].detach(), targets)
         return loss_dict
 

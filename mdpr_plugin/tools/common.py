@@ -1,6 +1,5 @@
 """What every tool shares: train_net.py's config handling, the eval model, images as at test time."""
 import argparse
-import contextlib
 import importlib
 import logging
 import os
@@ -8,18 +7,16 @@ import sys
 import warnings
 
 import torch
-from fastreid.config import get_cfg
-from fastreid.data.transforms import build_transforms
-from PIL import Image
 
-from ..config import add_mdpr_config, merge_config
-from ..devices import resolve_device
-from ..engine import MDPRCheckpointer, build_model
+from ..config import build_config
+from ..data import build_transforms, read_image
+from ..engine import MDPRCheckpointer, build_model, check_weights_file
+from ..errors import MDPRError, MissingFileError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-class MissingExtraError(ImportError):
+class MissingExtraError(MDPRError, ImportError):
     """An optional dependency is not installed; the message names the setup.py extra to install."""
 
 
@@ -44,9 +41,7 @@ def tool_parser(description):
 
 def setup_tool_config(args):
     """The config train_net.py would build, for inference: the backbone weights come from MODEL.WEIGHTS."""
-    cfg = get_cfg()
-    add_mdpr_config(cfg)
-    merge_config(cfg, args.config_file, args.opts)
+    cfg = build_config(args.config_file, args.opts)
     cfg.MODEL.BACKBONE.PRETRAIN = False
     cfg.freeze()
     return cfg
@@ -54,30 +49,22 @@ def setup_tool_config(args):
 
 def load_eval_model(cfg):
     """The model in eval mode on ``MODEL.DEVICE`` (or the CPU fallback), weights from ``MODEL.WEIGHTS``."""
-    if not cfg.MODEL.WEIGHTS:
-        raise ValueError("MODEL.WEIGHTS is empty: pass the trained checkpoint, "
-                         "e.g. MODEL.WEIGHTS logs/demo/mdpr/model_final.pth")
-    if not os.path.isfile(cfg.MODEL.WEIGHTS):
-        raise FileNotFoundError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} does not exist")
+    check_weights_file(cfg.MODEL.WEIGHTS)  # before building the model
     model = build_model(cfg)
     MDPRCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     return model.eval()
 
 
-def model_device(cfg):
-    return resolve_device(cfg.MODEL.DEVICE)
-
-
 def list_images(folder):
     """Every jpg/jpeg/png under ``folder`` (recursive), sorted."""
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"image folder {folder} does not exist")
+        raise MissingFileError(f"image folder {folder} does not exist")
     paths = sorted(
         os.path.join(root, name)
         for root, _, names in os.walk(folder)
         for name in names if name.lower().endswith(IMAGE_SUFFIXES))
     if not paths:
-        raise FileNotFoundError(f"no .jpg/.jpeg/.png images under {folder}")
+        raise MissingFileError(f"no .jpg/.jpeg/.png images under {folder}")
     return paths
 
 
@@ -88,7 +75,7 @@ def eval_transform(cfg):
 
 def load_images(paths, transform):
     """A B x 3 x H x W float batch of 0-255 RGB values, each image resized as at test time."""
-    return torch.stack([transform(Image.open(path).convert("RGB")) for path in paths])
+    return torch.stack([transform(read_image(path)) for path in paths])
 
 
 def setup_tool_logging(level=logging.INFO):
@@ -100,15 +87,3 @@ def setup_tool_logging(level=logging.INFO):
         logging.getLogger(name).setLevel(level)
     # fastreid's ToTensor (data/transforms/functional.py) warns on every image; harmless
     warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
-
-
-@contextlib.contextmanager
-def exit_on_bad_input(prog):
-    """Turn the errors bad input raises (missing file, wrong key, missing extra) into one line and
-    exit status 1, instead of a traceback that buries the message."""
-    try:
-        yield
-    except (OSError, ValueError, KeyError, MissingExtraError) as error:
-        # KeyError's str() adds quotes around the message
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        sys.exit(f"{prog}: error: {message}")

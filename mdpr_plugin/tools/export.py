@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import InputError, MissingFileError, reporting_errors
 from ..data.datasets import BUNDLED_ROOT
-from .common import (exit_on_bad_input, list_images, load_eval_model, load_images, require, setup_tool_config,
+from .common import (list_images, load_eval_model, load_images, require, setup_tool_config,
                      setup_tool_logging, eval_transform, tool_parser)
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def onnx_session(path, threads=None, cuda=False):
     ``threads`` intra-op threads (None: ONNX Runtime's default), and a clear message if it is not there."""
     ort = require("onnxruntime", "onnx")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"ONNX model {path} does not exist; make it with mdpr-export")
+        raise MissingFileError(f"ONNX model {path} does not exist; make it with mdpr-export")
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
@@ -103,7 +104,7 @@ def check_onnx(path, model, images):
         reference = model.eval()(images.clone().to(next(model.parameters()).device)).float().cpu().numpy()
     output = session.run([OUTPUT_NAME], {INPUT_NAME: images.cpu().numpy()})[0]
     if output.shape != reference.shape:
-        raise ValueError(f"{path}: ONNX output shape {output.shape} differs from PyTorch's {reference.shape}")
+        raise InputError(f"{path}: ONNX output shape {output.shape} differs from PyTorch's {reference.shape}")
     max_abs = float(np.abs(output - reference).max())
     return {"max_abs_diff": max_abs, "max_rel_diff": max_abs / max(float(np.abs(reference).max()), 1e-12),
             "batch": len(images), "feature_dim": int(reference.shape[1])}
@@ -125,9 +126,9 @@ def parse_args(argv=None):
 def main(argv=None):
     setup_tool_logging()
     args = parse_args(argv)
-    with exit_on_bad_input("mdpr-export"):
+    with reporting_errors("mdpr-export"):
         if args.check_batch < 1:
-            raise ValueError(f"--check-batch must be at least 1, got {args.check_batch}")
+            raise InputError(f"--check-batch must be at least 1, got {args.check_batch}")
         cfg = setup_tool_config(args)
         model = load_eval_model(cfg).cpu()  # exported on the CPU: the graph is device-neutral
         height, width = cfg.INPUT.SIZE_TEST

@@ -21,11 +21,11 @@ import zipfile
 
 import numpy as np
 import torch
-from PIL import Image
 
+from ..errors import InputError, MissingFileError, reporting_errors
 from ..evaluation.progress import Progress
-from .common import (exit_on_bad_input, list_images, load_eval_model, require, setup_tool_config, setup_tool_logging,
-                     eval_transform, tool_parser)
+from .common import (eval_transform, list_images, load_eval_model, load_images, require, setup_tool_config,
+                     setup_tool_logging, tool_parser)
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +61,11 @@ class OnnxEncoder:
         self.input_name, self.output_name = INPUT_NAME, OUTPUT_NAME
         inputs = {i.name: i.shape for i in self.session.get_inputs()}
         if INPUT_NAME not in inputs:
-            raise ValueError(f"{path} has no input named '{INPUT_NAME}' (it has {sorted(inputs)}); "
+            raise InputError(f"{path} has no input named '{INPUT_NAME}' (it has {sorted(inputs)}); "
                              "export the model with mdpr-export")
         graph_size = list(inputs[INPUT_NAME][2:])
         if graph_size != list(size):
-            raise ValueError(f"{path} takes {graph_size[0]}x{graph_size[1]} images but INPUT.SIZE_TEST is "
+            raise InputError(f"{path} takes {graph_size[0]}x{graph_size[1]} images but INPUT.SIZE_TEST is "
                              f"{size[0]}x{size[1]}; pass the config the model was exported with")
 
     def __call__(self, images):
@@ -75,33 +75,25 @@ class OnnxEncoder:
 def build_encoder(cfg, backend, onnx_path=None):
     """The encoder for ``backend``: ``"torch"`` (MODEL.WEIGHTS) or ``"onnx"`` (``onnx_path``)."""
     if backend not in BACKENDS:
-        raise ValueError(f"--backend must be one of {BACKENDS}, got {backend!r}")
+        raise InputError(f"--backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "onnx":
         if not onnx_path:
-            raise ValueError("--backend onnx needs --onnx FILE (a model written by mdpr-export)")
+            raise InputError("--backend onnx needs --onnx FILE (a model written by mdpr-export)")
         require("onnxruntime", "onnx")
         return OnnxEncoder(onnx_path, cfg.INPUT.SIZE_TEST)
     return TorchEncoder(cfg)
 
 
 # ---------------------------------------------------------------------------------------- extraction
-def read_image(path, transform):
-    try:
-        with Image.open(path) as image:
-            return transform(image.convert("RGB"))
-    except OSError as error:  # PIL's UnidentifiedImageError is an OSError
-        raise ValueError(f"cannot read image {path} ({error}); remove or replace it") from None
-
-
 def extract_features(paths, encode, transform, batch_size=64, progress_period=5.0):
     """N x D float32 features of the images at ``paths``, each row L2-normalised."""
     if batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     features = None
     progress = Progress(f"extracting features ({getattr(encode, 'name', 'model')})", len(paths), logger,
                         progress_period)
     for start in range(0, len(paths), batch_size):
-        batch = torch.stack([read_image(path, transform) for path in paths[start:start + batch_size]])
+        batch = load_images(paths[start:start + batch_size], transform)
         out = np.asarray(encode(batch), dtype=np.float32)
         if features is None:  # the width is known once the model has run
             features = np.empty((len(paths), out.shape[1]), dtype=np.float32)
@@ -152,21 +144,21 @@ def load_features(path):
     """An .npz written by mdpr-extract as a dict: ``features`` (N x D float32), ``paths`` (list of str),
     ``root`` and the metadata present; a clear error for anything else."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"features file {path} does not exist; make it with mdpr-extract")
+        raise MissingFileError(f"features file {path} does not exist; make it with mdpr-extract")
     try:
         with np.load(path, allow_pickle=False) as data:
             record = {key: data[key] for key in data.files}
     except (zipfile.BadZipFile, ValueError, OSError) as error:
-        raise ValueError(f"{path} is not an .npz of features written by mdpr-extract ({error})") from None
+        raise InputError(f"{path} is not an .npz of features written by mdpr-extract ({error})") from None
     missing = [key for key in REQUIRED_KEYS if key not in record]
     if missing:
-        raise ValueError(f"{path} has no {' or '.join(repr(k) for k in missing)} array (it has "
+        raise InputError(f"{path} has no {' or '.join(repr(k) for k in missing)} array (it has "
                          f"{sorted(record)}); make it with mdpr-extract")
     features, paths = record["features"], record["paths"]
     if features.ndim != 2 or len(features) == 0:
-        raise ValueError(f"{path}: 'features' must be a non-empty N x D array, got shape {features.shape}")
+        raise InputError(f"{path}: 'features' must be a non-empty N x D array, got shape {features.shape}")
     if len(paths) != len(features):
-        raise ValueError(f"{path}: {len(paths)} paths for {len(features)} feature rows")
+        raise InputError(f"{path}: {len(paths)} paths for {len(features)} feature rows")
     record["features"] = features.astype(np.float32, copy=False)
     record["paths"] = [str(p) for p in paths]
     for key, value in record.items():  # 0-d arrays back to Python scalars
@@ -200,10 +192,10 @@ def parse_args(argv=None):
 def main(argv=None):
     setup_tool_logging()
     args = parse_args(argv)
-    with exit_on_bad_input("mdpr-extract"):
+    with reporting_errors("mdpr-extract"):
         cfg = setup_tool_config(args)
         if args.batch_size < 1:
-            raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+            raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
         paths = list_images(args.input)  # an empty folder fails before the model is loaded
         encoder = build_encoder(cfg, backend_of(args), args.onnx)
         record = extract_folder(cfg, args.input, encoder, args.batch_size, args.config_file, paths)

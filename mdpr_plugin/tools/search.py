@@ -28,8 +28,9 @@ import time
 import numpy as np
 import torch
 
+from ..errors import InputError, MissingFileError, reporting_errors
 from ..evaluation import rerank_distance
-from .common import exit_on_bad_input, setup_tool_config, setup_tool_logging
+from .common import setup_tool_config, setup_tool_logging
 from .extract import add_backend_arguments, backend_of, build_encoder, extract_folder, load_features
 
 logger = logging.getLogger(__name__)
@@ -60,9 +61,9 @@ def build_index(features, nlist=None, nprobe=8):
         index = faiss.IndexFlatL2(dim)
     else:
         if nlist < 1 or nprobe < 1:
-            raise ValueError(f"--ivf and --nprobe must be at least 1, got {nlist} and {nprobe}")
+            raise InputError(f"--ivf and --nprobe must be at least 1, got {nlist} and {nprobe}")
         if count < nlist:
-            raise ValueError(f"--ivf {nlist} needs at least {nlist} gallery features to train its lists, "
+            raise InputError(f"--ivf {nlist} needs at least {nlist} gallery features to train its lists, "
                              f"got {count}; use fewer lists or the exact index (no --ivf)")
         if count < MIN_POINTS_PER_LIST * nlist:
             logger.warning("%d features for %d lists: fewer than %d per list, the lists will be poor; "
@@ -121,21 +122,21 @@ def load_index(path):
     """``(index, meta)`` as ``save_index`` wrote them."""
     for file in (path, sidecar(path)):
         if not os.path.isfile(file):
-            raise FileNotFoundError(f"{file} does not exist; make the index with `mdpr-search index`")
+            raise MissingFileError(f"{file} does not exist; make the index with `mdpr-search index`")
     with open(sidecar(path)) as f:
         try:
             meta = json.load(f)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{sidecar(path)} is not valid JSON ({error}); rebuild the index") from None
+            raise InputError(f"{sidecar(path)} is not valid JSON ({error}); rebuild the index") from None
     if "paths" not in meta:
-        raise ValueError(f"{sidecar(path)} has no 'paths'; rebuild the index with `mdpr-search index`")
+        raise InputError(f"{sidecar(path)} has no 'paths'; rebuild the index with `mdpr-search index`")
     try:
         index = _faiss().read_index(path)
     except RuntimeError as error:
-        raise ValueError(f"{path} is not a faiss index ({str(error).splitlines()[0]}); "
+        raise InputError(f"{path} is not a faiss index ({str(error).splitlines()[0]}); "
                          "rebuild it with `mdpr-search index`") from None
     if index.ntotal != len(meta["paths"]):
-        raise ValueError(f"{path} holds {index.ntotal} vectors but {sidecar(path)} lists {len(meta['paths'])} "
+        raise InputError(f"{path} holds {index.ntotal} vectors but {sidecar(path)} lists {len(meta['paths'])} "
                          "paths; rebuild the index")
     return index, meta
 
@@ -152,7 +153,7 @@ def rerank_search(index, queries, topk, k1=20, k2=6, lambda_value=0.3):
     """Top-k by k-reciprocal re-ranked distance over the queries and every gallery vector."""
     gallery = gallery_vectors(index)
     if k1 >= len(queries) + len(gallery):
-        raise ValueError(f"--k1 {k1} needs more than {k1} query + gallery images, got "
+        raise InputError(f"--k1 {k1} needs more than {k1} query + gallery images, got "
                          f"{len(queries) + len(gallery)}; lower --k1")
     dist = rerank_distance(torch.from_numpy(normalize(queries)), torch.from_numpy(gallery), "cosine",
                            k1=k1, k2=k2, lambda_value=lambda_value)
@@ -197,29 +198,29 @@ def command_index(args):
 def query_record(args, dim):
     """Query features from --features or, with --images, extracted now with the config's model."""
     if (args.features is None) == (args.images is None):
-        raise ValueError("give exactly one of --features FILE.npz and --images FOLDER")
+        raise InputError("give exactly one of --features FILE.npz and --images FOLDER")
     if args.features is not None:
         record = load_features(args.features)
     else:
         if args.config_file is None:
-            raise ValueError("--images needs --config-file (and MODEL.WEIGHTS or --onnx) to extract features")
+            raise InputError("--images needs --config-file (and MODEL.WEIGHTS or --onnx) to extract features")
         cfg = setup_tool_config(args)
         record = extract_folder(cfg, args.images, build_encoder(cfg, backend_of(args), args.onnx),
                                 args.batch_size, args.config_file)
     if record["features"].shape[1] != dim:
-        raise ValueError(f"query features are {record['features'].shape[1]}-d but the index holds {dim}-d "
+        raise InputError(f"query features are {record['features'].shape[1]}-d but the index holds {dim}-d "
                          "features: extract both with the same model")
     return record
 
 
 def command_query(args):
     if args.topk < 1:
-        raise ValueError(f"--topk must be at least 1, got {args.topk}")
+        raise InputError(f"--topk must be at least 1, got {args.topk}")
     index, meta = load_index(args.index)
     if args.nprobe is not None:
         ivf = _faiss().try_extract_index_ivf(index)
         if ivf is None:
-            raise ValueError(f"--nprobe applies to IVF indexes; {args.index} is exact")
+            raise InputError(f"--nprobe applies to IVF indexes; {args.index} is exact")
         ivf.nprobe = args.nprobe
     record = query_record(args, index.d)
     if args.rerank:
@@ -280,7 +281,7 @@ def parse_args(argv=None):
 def main(argv=None):
     setup_tool_logging()
     args = parse_args(argv)
-    with exit_on_bad_input("mdpr-search"):
+    with reporting_errors("mdpr-search"):
         if args.command == "index":
             command_index(args)
         else:

@@ -2,7 +2,7 @@
 relative), so that speed never changes results.
 
 The diversity loss is one batched matrix product over the M attention features; the straightforward
-version is written out here as the spec states it, pair by pair, and swapped into a copy of the same
+version is written out here as the formula reads, pair by pair, and swapped into a copy of the same
 model. (BAP stays a loop over the M maps: a stacked-convolution version was measured no faster and no
 smaller at M = 2 — ResNet-50, 256x128, batch 16, 2 CPU threads: 17.0-18.4 s vs 18.4 s per step, peak
 RSS within 1 % — so the simpler form was kept; see docs/benchmarks.md.)

@@ -1,29 +1,43 @@
-"""The evaluation benchmark's --small mode runs and writes its table into its own section."""
+"""The evaluation benchmark's --small mode runs and writes its table into its own section; its goals are
+judged from the numbers."""
+import contextlib
+import io
+import json
+
+import pytest
+
 from mdpr_plugin.benchmarks import evaluation as benchmark
+from mdpr_plugin.benchmarks.harness import GIB
 
 
 def test_small_benchmark_writes_its_section(tmp_path):
-    output = tmp_path / "benchmarks.md"
+    output, saved = tmp_path / "benchmarks.md", tmp_path / "results.json"
     output.write_text("# Benchmarks\n\n## Model speed\n\nkept as is\n")
-    results = benchmark.main(["--small", "--output", str(output), "--repeats", "1"])
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        status = benchmark.main(["--small", "--output", str(output), "--repeats", "1", "--json", str(saved)])
     text = output.read_text()
+    assert status == 0 and stdout.getvalue().strip() in text  # printed and written
     assert "## Model speed\n\nkept as is" in text  # someone else's section is left alone
     assert "## Evaluation benchmark" in text and "| small | 64 | plugin | yes |" in text
+    results = json.loads(saved.read_text())["results"]
     assert all("runs" in r for r in results) and len(results) == 4
     # without re-ranking the plugin's distance and metrics are fastreid's, bit for bit
     assert "| small | 64 | no | " in text and "| yes | yes | 0.0000 |" in text
-    saved = tmp_path / "results.json"
-    benchmark.main(["--small", "--output", str(output), "--repeats", "1", "--json", str(saved)])
+    assert [(g.value, g.met) for g in benchmark.goals(results)] == [(True, True)]
+    with contextlib.redirect_stdout(io.StringIO()):
+        benchmark.main(["--output", str(output), "--from-json", str(saved)])  # re-rendered from saved results
     assert output.read_text().count("## Evaluation benchmark") == 1  # replaced, not appended
     output.write_text("# Benchmarks\n")
-    benchmark.main(["--output", str(output), "--from-json", str(saved)])  # re-rendered from saved results
+    with contextlib.redirect_stdout(io.StringIO()):
+        benchmark.main(["--output", str(output), "--from-json", str(saved)])
     assert "| small | 64 | plugin | yes |" in output.read_text()
 
 
 def test_fastreid_dense_rerank_need_is_computed(monkeypatch):
     # two (N x N) float32 matrices at MSMT17 size (N = 11,659 + 82,161)
     assert benchmark.dense_rerank_bytes(93820) == 2 * 93820 ** 2 * 4
-    monkeypatch.setattr(benchmark, "_memory_total", lambda: 24 * 1024 ** 3)
+    monkeypatch.setattr(benchmark, "memory_total", lambda: 24 * GIB)
     planned = benchmark.plan(benchmark.parse_args([]))
     assert not any("not_run" in c for c in planned if c["dataset"] == "duke")  # 3.2 GB: it runs
     msmt_fastreid_rerank = [c for c in planned
@@ -39,7 +53,8 @@ def fake_result(dataset, shape, dim, impl, rerank, seconds, digest="a"):
             "digest": {"distance": digest, "metrics": digest}}
 
 
-def test_full_report_states_targets(tmp_path):
+def test_goals_are_judged_from_the_numbers(monkeypatch):
+    monkeypatch.setattr(benchmark, "memory_total", lambda: 24 * GIB)
     results = [
         fake_result("duke", "DukeMTMC-reID", 4608, "plugin", False, 8.0),
         fake_result("duke", "DukeMTMC-reID", 4608, "fastreid", False, 9.0),
@@ -51,11 +66,12 @@ def test_full_report_states_targets(tmp_path):
         {"dataset": "msmt17", "shape": "MSMT17", "dim": 2048, "impl": "plugin", "rerank": True,
          "num_total": 93820, "failed": "killed (out of memory?)"},
     ]
-    run = {"started": 0.0, "finished": 60.0, "load": [1.0, 1.0], "threads": 2, "small": False}
-    text = benchmark.render(results, benchmark.machine(), run)
-    assert "under 60 s: 40.0 s, **met**" in text
-    assert "= 4.0x, **met**" in text
-    assert "4608-d: completed, whole-process peak RSS 9.0 GiB" in text
-    assert "2048-d: killed (out of memory?), **missed**" in text
-    assert "not run: needs 65.6 GiB" in text
-    assert "DukeMTMC-reID 4608-d (distance matrix, CMC, per-query AP and INP, bit for bit): **met**" in text
+    goals = benchmark.goals(results)
+    # re-ranking + ranking: 39 + 1 s against fastreid's 159 + 1 s; MSMT17: the process peak, then a failure;
+    # without re-ranking: the same digests as fastreid's
+    assert [g.value for g in goals] == [40.0, pytest.approx(160.0 / 40.0), 9 * GIB, None, True]
+    assert [g.met for g in goals] == [True, True, True, False, True]
+    run = {"started": 0.0, "finished": 60.0, "load": [1.0, 1.0], "threads": 2, "small": False,
+           "command": benchmark.PROG, "other_cpu_share": 0.0}
+    text = benchmark.render({"results": results, "machine": benchmark.machine("faiss", "numpy"), "run": run})
+    assert "not run: needs 65.6 GiB" in text and "| MSMT17 | 4608 | yes | 901.00 | not run |" in text

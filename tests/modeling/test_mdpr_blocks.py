@@ -1,9 +1,9 @@
-"""MDPR's building blocks (spec section 2)."""
+"""MDPR's building blocks."""
 import torch
 from torch import nn
 
 from fastreid.layers.pooling import GeneralizedMeanPoolingP
-from mdpr_plugin.modeling import BAP, AttentionMaker, Embedding, FusionBlock, Guide, Predictor, softmax_attn
+from mdpr_plugin.modeling import BAP, AttentionMaker, Embedding, FusionBlock, Guide, softmax_attn
 from modeling.mdpr_testutils import batch, build, small_cfg
 
 
@@ -52,13 +52,10 @@ def test_bap_pools_each_attention_weighted_map_with_its_own_embedding_and_a_shar
     assert cat.shape == (2, 8, 1, 1) and torch.equal(cat, torch.cat(pooled, 1))
 
 
-def test_fusion_block_and_predictor_layouts():
+def test_fusion_block_layout():
     block = FusionBlock(4, 6)
     assert [type(m).__name__ for m in block] == ["Conv2d", "Conv2d", "BatchNorm", "ReLU"]
     assert [(c.kernel_size, c.bias) for c in convs(block)] == [((1, 1), None), ((3, 3), None)]
-    predictor = Predictor(5)
-    assert [type(m).__name__ for m in predictor] == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
-    assert predictor[0].bias is None and predictor[3].bias is not None
 
 
 def test_guide_reads_layer4_attention_before_the_softmax():

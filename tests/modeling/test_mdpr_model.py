@@ -1,9 +1,12 @@
 """The MDPR meta-architecture: shapes, loss keys, eval widths and gradients per ablation, plus forward details."""
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
 
 from fastreid.utils.events import EventStorage
+from mdpr_plugin.modeling import Fusion, HardContentBranch, SoftContentBranch, mdpr
 from modeling.mdpr_testutils import E, batch, build, small_cfg
 
 HARD = {"loss_hard_global_cls", "loss_hard_global_triplet",
@@ -115,6 +118,36 @@ def test_eval_feature_is_the_heads_bnneck_outputs_in_order():
     assert torch.equal(feature, expected)
 
 
+def test_bap_heads_are_declared_cross_entropy_only_and_training_only():
+    specs = {spec.name: spec for spec in SoftContentBranch.head_specs(E, 3)}
+    assert list(specs) == ["attn_feature4", "attn_bap4", "attn_feature3", "attn_bap3"]
+    for spec in (specs["attn_bap4"], specs["attn_bap3"]):
+        assert (spec.width, spec.pool_type) == (3 * E, "Identity")
+        assert not spec.with_triplet and not spec.in_eval_feature
+    assert all(specs[name].with_triplet and specs[name].in_eval_feature for name in ("attn_feature4", "attn_feature3"))
+
+    model = build(small_cfg())
+    declared = HardContentBranch.head_specs(E, 2) + SoftContentBranch.head_specs(E, 2) + Fusion.head_specs(E)
+    assert list(model.head_specs.values()) == declared and list(model.heads) == [spec.name for spec in declared]
+    assert type(model.heads["attn_bap4"].pool_layer).__name__ == "Identity"
+    assert model.heads["attn_bap4"].bottleneck[0].num_features == 2 * E
+    losses = model(batch())
+    assert {"loss_attn_bap4_cls", "loss_attn_bap3_cls"} <= set(losses)
+    assert [key for key in losses if key.startswith("loss_attn_bap") and key.endswith("_triplet")] == []
+    assert {"attn_bap4", "attn_bap3"}.isdisjoint(model.eval_feature_names)
+    assert model.eval_feature_dim == sum(spec.width for spec in declared if spec.in_eval_feature) == 9 * E
+
+
+def test_the_model_reads_the_declared_policy_rather_than_head_names(monkeypatch):
+    declared = SoftContentBranch.head_specs
+    monkeypatch.setattr(SoftContentBranch, "head_specs", staticmethod(lambda e, m: [
+        dataclasses.replace(spec, with_triplet=True, in_eval_feature=True) for spec in declared(e, m)]))
+    model = build(small_cfg())
+    assert {"loss_attn_bap4_triplet", "loss_attn_bap3_triplet"} <= set(model(batch()))
+    assert model.eval_feature_names[3:7] == ["attn_feature4", "attn_bap4", "attn_feature3", "attn_bap3"]
+    assert model.eval_feature_dim == 9 * E + 2 * (2 * E)
+
+
 def test_eval_computes_neither_bap_nor_attention_unless_output_all():
     model = build(small_cfg()).eval()
     rec = Recorder(model, ["soft_branch.bap4", "soft_branch.bap3", "soft_branch.attention4",
@@ -224,8 +257,18 @@ def test_training_losses_never_read_values_back_to_the_host(monkeypatch):
     assert model.soft_branch.bap4.pool.p.grad is not None
 
 
-def test_accuracy_is_logged_from_the_bap4_head_inside_the_trainers_storage():
-    model = build(small_cfg())
+@pytest.mark.parametrize("overrides,head", [([], "attn_bap4"), (["SOFT_BRANCH_ENABLE", False], "hard_global")])
+def test_accuracy_is_logged_from_the_declared_head_inside_the_trainers_storage(monkeypatch, overrides, head):
+    model = build(small_cfg(*overrides))
+    logged, logits = [], {}
+    monkeypatch.setattr(mdpr, "log_accuracy", lambda pred, targets: logged.append(pred))
+    model.heads[head].register_forward_hook(lambda module, inputs, out: logits.update(out))
+    model(batch())
+    assert logged == []  # outside the trainer's storage there is nothing to log to
+    with EventStorage():
+        model(batch())
+    assert len(logged) == 1 and torch.equal(logged[0], logits["pred_class_logits"])
+    monkeypatch.undo()
     with EventStorage() as storage:
         model(batch())
         assert "cls_accuracy" in storage.latest()

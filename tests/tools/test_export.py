@@ -93,7 +93,7 @@ def test_missing_onnxscript_stops_the_export(monkeypatch, demo_model, tmp_path):
 
 
 def test_missing_weights_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match=r"mdpr-export: error: MODEL.WEIGHTS .*nothing\.pth does not exist"):
+    with pytest.raises(SystemExit, match=r"mdpr-export: error: Checkpoint .*nothing\.pth not found"):
         export.main(["--config-file", MDPR_DEMO_CONFIG, "--output", str(tmp_path / "m.onnx"),
                      "MODEL.WEIGHTS", str(tmp_path / "nothing.pth")])
     with pytest.raises(SystemExit, match=r"MODEL.WEIGHTS is empty"):

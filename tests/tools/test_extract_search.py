@@ -153,14 +153,14 @@ def test_empty_folder(tmp_path):
 
 
 def test_missing_weights(image_folder, tmp_path):
-    with pytest.raises(SystemExit, match=r"MODEL.WEIGHTS .*missing\.pth does not exist"):
+    with pytest.raises(SystemExit, match=r"Checkpoint .*missing\.pth not found .*Check MODEL.WEIGHTS"):
         extract.main(["--config-file", MDPR_DEMO_CONFIG, "--input", image_folder, "--output", str(tmp_path / "f.npz"),
                       "MODEL.WEIGHTS", str(tmp_path / "missing.pth")])
 
 
 def test_unreadable_image_is_named(tmp_path, demo_cfg_with_weights):
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(ValueError, match=r"cannot read image .*broken\.jpg"):
+    with pytest.raises(ValueError, match=r"broken\.jpg could not be read as an image"):
         extract.extract_features([str(tmp_path / "broken.jpg")], lambda batch: batch,
                                  extract.eval_transform(demo_cfg_with_weights))
 
@@ -195,3 +195,42 @@ def test_query_mistakes(gallery_npz, tmp_path):
         search.main(["index", "--features", gallery_npz, "--output", index, "--ivf", "64"])
     with pytest.raises(SystemExit, match=r"missing\.index does not exist.*mdpr-search index"):
         search.main(["query", "--index", str(tmp_path / "missing.index"), "--features", gallery_npz])
+
+
+def test_extract_gives_the_features_eval_only_computes_for_every_kind_of_image(demo_cfg_with_weights, tmp_path,
+                                                                            monkeypatch):
+    """The same reader and resizing in mdpr-extract as in train_net.py --eval-only: an EXIF-rotated JPEG, a
+    palette PNG and a 16-bit grey PNG (both under .jpg names, as a dataset folder may hold them) too."""
+    import fastreid.data.build as data_build
+    import torch
+
+    from mdpr_plugin.engine import Trainer
+
+    market = tmp_path / "Market-1501-v15.09.15"
+    shutil.copytree(BUNDLED_IMAGES, market)
+    query = sorted((market / "query").glob("*.jpg"))
+    rgb = Image.open(query[0]).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    rgb.transpose(Image.Transpose.ROTATE_90).save(query[0], format="JPEG", exif=exif.tobytes())
+    Image.open(query[1]).convert("RGB").quantize(64).save(query[1], format="PNG")
+    grey16 = (np.asarray(Image.open(query[2]).convert("L")).astype(np.uint16) * 257)
+    Image.fromarray(grey16).save(query[2], format="PNG")
+    assert [Image.open(p).mode for p in query[:3]] == ["RGB", "P", "I;16"]
+
+    monkeypatch.setattr(data_build, "_root", str(tmp_path))
+    cfg = demo_cfg_with_weights.clone()
+    cfg.defrost()
+    cfg.DATASETS.TESTS = ("Market1501",)
+    model = extract.load_eval_model(cfg)
+    loader, _ = Trainer.build_test_loader(cfg, "Market1501")  # what --eval-only evaluates on
+    evaluated = {}
+    with torch.no_grad():
+        for batch in loader:
+            features = torch.nn.functional.normalize(model(batch), dim=1)
+            evaluated.update(zip(batch["img_paths"], features.numpy()))
+
+    paths = [str(p) for p in query]
+    extracted = extract.extract_features(paths, extract.TorchEncoder(cfg), extract.eval_transform(cfg))
+    difference = np.abs(extracted - np.stack([evaluated[p] for p in paths])).max()
+    assert difference < 1e-6, difference

@@ -300,7 +300,7 @@ def test_attention_refuses_models_without_a_soft_branch(demo_weights, tmp_path, 
 @pytest.mark.parametrize("arguments, message", [
     (["attention", "--input", "no/such/folder", "MODEL.WEIGHTS", "{weights}"], "--input no/such/folder"),
     (["attention", "--input", QUERY], "MODEL.WEIGHTS is empty"),
-    (["ranking", "MODEL.WEIGHTS", "missing.pth"], "MODEL.WEIGHTS missing.pth does not exist"),
+    (["ranking", "MODEL.WEIGHTS", "missing.pth"], "Checkpoint missing.pth not found"),
     (["ranking", "MODEL.WEIGTHS", "x"], "Did you mean MODEL.WEIGHTS"),
 ])
 def test_bad_input_names_the_problem(demo_weights, tmp_path, arguments, message):

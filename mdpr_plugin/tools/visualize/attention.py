@@ -10,6 +10,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from ...errors import InputError, MissingFileError
 from ...engine import Trainer
 from ..common import list_images, load_eval_model, load_images, eval_transform
 from . import drawing
@@ -23,11 +24,11 @@ PARTITION_TOLERANCE = 1e-4
 def check_model_config(cfg, config_file):
     """Refuse a config whose model has no soft content branch, before loading any weights."""
     if cfg.MODEL.META_ARCHITECTURE != "MDPR":
-        raise ValueError(
+        raise InputError(
             f"MODEL.META_ARCHITECTURE is {cfg.MODEL.META_ARCHITECTURE} ({config_file}): attention maps "
             "come from MDPR's soft content branch; use an MDPR config (META_ARCHITECTURE MDPR)")
     if not cfg.SOFT_BRANCH_ENABLE:
-        raise ValueError(
+        raise InputError(
             f"SOFT_BRANCH_ENABLE is False ({config_file} or the command line): this MDPR has no soft "
             "content branch, so it has no attention maps; use a model trained with SOFT_BRANCH_ENABLE True")
 
@@ -38,7 +39,7 @@ def check_partition(foreground, background, where):
     excess = (total - 1).max().item()
     off = (total + background - 1).abs().max().item()
     if excess > PARTITION_TOLERANCE or off > PARTITION_TOLERANCE:
-        raise ValueError(f"{where}: foreground maps sum up to {1 + excess:.6f} and foreground + background "
+        raise InputError(f"{where}: foreground maps sum up to {1 + excess:.6f} and foreground + background "
                          f"is off 1 by {off:.2e}; the model's attention is not a softmax over M+1 maps")
 
 
@@ -123,7 +124,7 @@ def input_images(inputs):
         elif os.path.isfile(item):
             pairs.append((item, _unique(os.path.splitext(os.path.basename(item))[0], used)))
         else:
-            raise FileNotFoundError(f"--input {item} is neither an image file nor a folder")
+            raise MissingFileError(f"--input {item} is neither an image file nor a folder")
     return pairs
 
 
@@ -138,7 +139,7 @@ def input_batches(cfg, pairs):
 def test_set_batches(cfg):
     """Batches of DATASETS.TESTS[0]'s query then gallery images, named query/<name> and gallery/<name>."""
     if not cfg.DATASETS.TESTS:
-        raise ValueError("--test-set needs DATASETS.TESTS: name the test set, e.g. DATASETS.TESTS "
+        raise InputError("--test-set needs DATASETS.TESTS: name the test set, e.g. DATASETS.TESTS "
                          "'(\"MiniMarket1501\",)'")
     loader, num_query = Trainer.build_test_loader(cfg, cfg.DATASETS.TESTS[0])
     index = 0
@@ -156,7 +157,7 @@ def run(cfg, config_file, output_dir, inputs=None, test_set=False, scale=1):
     at ``scale`` times INPUT.SIZE_TEST."""
     check_model_config(cfg, config_file)
     if bool(inputs) == bool(test_set):
-        raise ValueError("give either --input FOLDER_OR_IMAGES or --test-set")
+        raise InputError("give either --input FOLDER_OR_IMAGES or --test-set")
     # list the inputs now, so that a wrong path stops the command before the model is loaded
     batches = test_set_batches(cfg) if test_set else input_batches(cfg, input_images(inputs))
     model = load_eval_model(cfg)

@@ -2,7 +2,8 @@
 import argparse
 import sys
 
-from ..common import exit_on_bad_input, setup_tool_config, setup_tool_logging, tool_parser
+from ...errors import reporting_errors
+from ..common import setup_tool_config, setup_tool_logging, tool_parser
 from . import attention, ranking
 
 PROG = "mdpr-visualize"
@@ -85,6 +86,6 @@ def main(argv=None):
         print(f"{PROG}: unknown command {argv[0]!r}\n{USAGE}", file=sys.stderr)
         return 2
     setup_tool_logging()
-    with exit_on_bad_input(f"{PROG} {argv[0]}"):
+    with reporting_errors(f"{PROG} {argv[0]}"):
         run_command(argv[0], argv[1:])
     return 0

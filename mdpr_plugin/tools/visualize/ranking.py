@@ -12,6 +12,7 @@ from typing import List
 
 import numpy as np
 
+from ...errors import InputError
 from ...engine import Trainer
 from ...evaluation import ReidEvaluator, evaluate_rank, inference_on_dataset
 from ...evaluation.rank import query_validity
@@ -56,7 +57,7 @@ def average_precisions(dist, q_pids, g_pids, q_camids, g_camids):
     the gallery only under the query's own camera (or not at all): fastreid skips those."""
     valid, _ = query_validity(q_pids, g_pids, q_camids, g_camids)
     if not valid.any():
-        raise ValueError("no query has a gallery image of its identity from another camera: "
+        raise InputError("no query has a gallery image of its identity from another camera: "
                          "the test set cannot be ranked (check DATASETS.TESTS)")
     _, all_ap, _ = evaluate_rank(dist, q_pids, g_pids, q_camids, g_camids)
     ap = np.full(len(q_pids), np.nan)
@@ -70,7 +71,7 @@ def order_queries(ap, order):
     if order == "query":
         return index
     if order not in ORDERS:
-        raise ValueError(f"unknown order {order!r}; choose one of {', '.join(ORDERS)}")
+        raise InputError(f"unknown order {order!r}; choose one of {', '.join(ORDERS)}")
     key = ap if order == "ap-ascending" else -ap
     return np.lexsort((index, key))  # numpy sorts NaN last
 
@@ -188,7 +189,7 @@ def run(cfg, output_dir, topk=10, order="ap-ascending", num_queries=None, scale=
     """Write one PNG per query (the first ``num_queries`` in ``order``) and summary.csv; return the lists.
     Images are drawn at ``scale`` times INPUT.SIZE_TEST."""
     if not cfg.DATASETS.TESTS:
-        raise ValueError("DATASETS.TESTS is empty: name the test set to rank, e.g. DATASETS.TESTS "
+        raise InputError("DATASETS.TESTS is empty: name the test set to rank, e.g. DATASETS.TESTS "
                          "'(\"MiniMarket1501\",)'")
     model = load_eval_model(cfg)
     results, dist, pids, camids, paths, nq = evaluate_test_set(cfg, model)

@@ -1,4 +1,4 @@
-"""The authors' checkpoint key layout (spec section 9) converts to this model's and back."""
+"""The authors' checkpoint key layout (``mdpr_plugin.modeling.authors_layout``) converts to this model's and back."""
 import re
 
 import torch
@@ -7,7 +7,7 @@ from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from mdpr_plugin.modeling import convert_authors_state_dict, is_authors_layout, to_authors_state_dict
 from modeling.mdpr_testutils import batch, build, small_cfg
 
-# Every key of the authors' layout starts like one of these (spec section 9).
+# Every key of the authors' layout starts like one of these.
 AUTHORS_KEY = re.compile(
     r"^(generate\.backbone\.[0145]\."
     r"|generate\.backbone_(part|attn)\.[01]\."
@@ -45,7 +45,7 @@ def test_authors_layout_loads_with_no_missing_or_unexpected_keys_and_same_featur
     assert torch.equal(eval_features(target, images), eval_features(source, images))
 
 
-def test_spec_key_examples_map_where_expected():
+def test_example_keys_of_each_kind_map_where_expected():
     authors_keys = [
         "generate.backbone.0.weight", "generate.backbone.5.3.conv1.weight",
         "generate.backbone_part.1.2.bn3.running_mean", "generate.backbone_attn.0.0.downsample.0.weight",

@@ -1,4 +1,4 @@
-"""Key mapping between the authors' released MDPR checkpoints and this model (spec section 9).
+"""Key mapping between the authors' released MDPR checkpoints and this model.
 
 Pure functions on state dicts; the checkpoint loader decides when to call them. Keys that no rule
 covers pass through unchanged, so the loader's missing / unexpected report still shows them.

@@ -17,14 +17,24 @@ import os
 import torch
 from fastreid.utils.checkpoint import Checkpointer
 
-from ..modeling.checkpoint import convert_authors_state_dict, is_authors_layout
+from ..modeling.authors_layout import convert_authors_state_dict, is_authors_layout
 from ..serialization import CheckpointError, safe_load
+
+
+def check_weights_file(path):
+    """Refuse a ``MODEL.WEIGHTS`` (or ``last_checkpoint``) entry that names no file, with the one message for it."""
+    if not path:
+        raise CheckpointError("MODEL.WEIGHTS is empty: pass the trained checkpoint, e.g. MODEL.WEIGHTS "
+                              "logs/demo/mdpr/model_final.pth.")
+    if "://" not in path and not os.path.isfile(path):
+        raise CheckpointError(
+            f"Checkpoint {path} not found (absolute: {os.path.abspath(path)}). Check MODEL.WEIGHTS, or with "
+            "--resume the file named in OUTPUT_DIR/last_checkpoint.")
 
 
 def load_checkpoint_file(path):
     """Read a checkpoint as a dict ``{"model": state_dict, ...}``; a bare state dict is wrapped."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"Checkpoint {path} not found. Check MODEL.WEIGHTS (or --resume's OUTPUT_DIR).")
+    check_weights_file(path)
     checkpoint = safe_load(path)
     if not isinstance(checkpoint, dict):
         raise CheckpointError(
@@ -67,10 +77,8 @@ class MDPRCheckpointer(Checkpointer):
     """
 
     def load(self, path, checkpointables=None):
-        if path and "://" not in path and not os.path.isfile(path):
-            raise CheckpointError(
-                f"Checkpoint {path} not found (absolute: {os.path.abspath(path)}). Check MODEL.WEIGHTS, or with "
-                "--resume the file named in OUTPUT_DIR/last_checkpoint.")
+        if path:  # an empty MODEL.WEIGHTS means training from scratch
+            check_weights_file(path)
         return super().load(path, checkpointables)
 
     def _load_file(self, f):

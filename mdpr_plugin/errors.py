@@ -1,0 +1,45 @@
+"""The plugin's user-facing errors, and how train_net.py and the tools report them.
+
+Every error the plugin raises for bad input (a file, a config key or value, the data) derives from
+:class:`MDPRError` and already names what is wrong and the fix; a Python traceback under it only buries
+the message. train_net.py and the tools catch this one type: the message is printed alone and the
+process exits with status 1. Any other exception keeps its traceback: it is a bug to report, not an input
+to fix.
+"""
+import contextlib
+
+
+class MDPRError(Exception):
+    """Bad input, described by the message: what is wrong, where, and the fix."""
+
+
+class InputError(MDPRError, ValueError):
+    """A value given on the command line, in a config or in a file that cannot be used."""
+
+
+class MissingFileError(MDPRError, FileNotFoundError):
+    """A file or folder the user named that does not exist."""
+
+
+def _message(error):
+    # KeyError's str() quotes its argument
+    return error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+
+
+@contextlib.contextmanager
+def reporting_errors(prog=None):
+    """Turn an :class:`MDPRError` into ``SystemExit(message)``: Python prints the message on stderr and exits
+    with status 1. ``<prog>: error: <message>`` for a tool (argparse's form), ``ERROR: <message>`` without
+    ``prog``."""
+    try:
+        yield
+    except MDPRError as error:
+        prefix = f"{prog}: error:" if prog else "ERROR:"
+        raise SystemExit(f"{prefix} {_message(error)}") from None
+
+
+def run_reporting_errors(function, *args):
+    """``function(*args)`` under :func:`reporting_errors`; a module-level function, so that it can be the
+    entry point of spawned processes (train_net.py's ``launch``)."""
+    with reporting_errors():
+        return function(*args)
