@@ -57,6 +57,10 @@ def add_mdpr_config(cfg):
     _add(cfg.MODEL, "COMPILE", False)
     _add(cfg.MODEL, "CHANNELS_LAST", False)
 
+    # MODEL.WEIGHTS must fit the model (every key but the classifiers' present, of the same shape); True
+    # allows a partial load, e.g. fine-tuning from another model's weights.
+    _add(cfg.MODEL, "ALLOW_PARTIAL_WEIGHTS", False)
+
     # Unreadable (truncated, empty, non-image) files, found when the data set is built: "error" stops
     # naming them, "skip" leaves them out with a warning giving their number (mdpr_plugin/data/checks.py).
     _add(cfg.DATALOADER, "BAD_IMAGES", "error")
