@@ -10,7 +10,9 @@ mdpr_plugin/engine/launch.py.
 """
 import mdpr_plugin  # noqa: F401  (registers MDPR; adds the import names fastreid lacks on torch 2)
 from fastreid.engine import default_argument_parser
-from mdpr_plugin.engine import MDPRCheckpointer, Trainer, setup_config
+from fastreid.utils import comm
+from mdpr_plugin.engine import Trainer, build_eval_model, setup_config
+from mdpr_plugin.engine.output_dir import release_output_dir, write_config
 from mdpr_plugin.errors import run_reporting_errors
 from mdpr_plugin.engine.launch import launch, training_device_type
 
@@ -19,15 +21,17 @@ def main(args):
     cfg = setup_config(args)
 
     if args.eval_only:
-        cfg.defrost()
-        cfg.MODEL.BACKBONE.PRETRAIN = False  # the weights come from MODEL.WEIGHTS
-        model = Trainer.build_model(cfg)
-        MDPRCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        # the weights must fit the model; NUM_CLASSES from the checkpoint when not given
+        model, cfg = build_eval_model(cfg, build=Trainer.build_model)
         return Trainer.test(cfg, model)
 
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    trainer = Trainer(cfg)  # checks the training and test sets
+    trainer.resume_or_load(resume=args.resume)  # checks the weights
+    if comm.is_main_process():
+        write_config(cfg)  # only now: a run that failed its checks leaves the folder's config.yaml as it was
+    results = trainer.train()
+    release_output_dir(cfg.OUTPUT_DIR)
+    return results
 
 
 def launch_main(args):

@@ -6,8 +6,10 @@ authors' YAML files put them; keeping them there lets those files load unchanged
 import difflib
 import os
 
+import yaml
 from fastreid.config import CfgNode as CN
 from fastreid.config import get_cfg
+from fastreid.config.config import BASE_KEY
 
 from .errors import InputError, MDPRError, MissingFileError
 
@@ -88,18 +90,82 @@ def _all_keys(node, prefix=""):
 
 
 def build_config(config_file, opts=()):
-    """fastreid's defaults + MDPR's keys + ``config_file`` + ``KEY VALUE`` ``opts`` (not frozen): the one way
-    train_net.py, the tools, the benchmarks and the tests build a config."""
-    return merge_config(add_mdpr_config(get_cfg()), config_file, list(opts))
+    """fastreid's defaults + MDPR's keys + ``config_file`` + ``KEY VALUE`` ``opts`` (not frozen), checked: the one
+    way train_net.py, the tools, the benchmarks and the tests build a config."""
+    return check_config(merge_config(add_mdpr_config(get_cfg()), config_file, list(opts)))
+
+
+# ------------------------------------------------------------------------------------------ files
+def _read_config_file(path):
+    """One YAML file's mapping, read with ``yaml.safe_load`` as fastreid reads it (tags that would run Python
+    are refused), or an :class:`InputError` naming the file and, where yaml gives it, the line."""
+    if path.endswith(".py"):
+        raise InputError(f"Config file {path} is a Python file: configs are YAML files of KEY: value mappings, "
+                         "like configs/MDPR/demo.yml.")
+    try:
+        with open(path, "rb") as f:  # bytes: yaml detects the encoding and names a bad byte's position
+            data = yaml.safe_load(f)
+    except OSError as error:
+        raise InputError(f"Config file {path} could not be read: {error.strerror}.") from None
+    except yaml.YAMLError as error:
+        where = [f"{text} at line {mark.line + 1}, column {mark.column + 1}"
+                 for text, mark in ((getattr(error, "context", None), getattr(error, "context_mark", None)),
+                                    (getattr(error, "problem", None), getattr(error, "problem_mark", None)))
+                 if text and mark]
+        raise InputError(f"Config file {path} could not be read as YAML: {'; '.join(where) or error}. "
+                         "Fix the file there.") from None
+    if not isinstance(data, dict):
+        holds = "is empty" if data is None else f"holds a {type(data).__name__}"
+        raise InputError(f"Config file {path} {holds}, not a mapping of KEY: value. A config is a YAML file "
+                         "like configs/MDPR/demo.yml.")
+    return data
+
+
+def load_config_file(path, _referrers=()):
+    """fastreid's ``CfgNode.load_yaml_with_base``: the file's keys over those of its ``_BASE_`` file (a path
+    relative to the file naming it), recursively; each error names the files involved."""
+    data = _read_config_file(path)
+    if BASE_KEY not in data:
+        return data
+    base, referrers = data.pop(BASE_KEY), _referrers + (path,)
+    if not isinstance(base, str):
+        raise InputError(f"Config file {path}: {BASE_KEY} must be one file path, got {base!r}.")
+    resolved = os.path.join(os.path.dirname(path), os.path.expanduser(base))  # as fastreid resolves it
+    seen = [os.path.realpath(p) for p in referrers]
+    if os.path.realpath(resolved) in seen:
+        cycle = referrers[seen.index(os.path.realpath(resolved)):] + (resolved,)
+        raise InputError(f"Config files include each other through {BASE_KEY} in a cycle: {' -> '.join(cycle)}. "
+                         f"Remove the {BASE_KEY} that leads back.")
+    if not os.path.isfile(resolved):
+        raise MissingFileError(
+            f"Config file {path} names {BASE_KEY}: {base}, which is not found ({resolved}). Fix the path in {path}: "
+            f"a {BASE_KEY} is relative to the file that names it.")
+    merged = load_config_file(resolved, referrers)
+    _merge_into(data, merged, path, resolved)
+    return merged
+
+
+def _merge_into(values, base_values, path, base_path, prefix=""):
+    # fastreid's merge_a_into_b: mappings merge key by key, anything else replaces the base's value
+    for key, value in values.items():
+        if isinstance(value, dict) and key in base_values:
+            if not isinstance(base_values[key], dict):
+                raise InputError(f"{prefix}{key} is a mapping in {path} but a single value in its {BASE_KEY} "
+                                 f"{base_path}. Make them the same kind.")
+            _merge_into(value, base_values[key], path, base_path, f"{prefix}{key}.")
+        else:
+            base_values[key] = value
 
 
 def merge_config(cfg, config_file, opts):
-    """``cfg.merge_from_file(config_file)`` then ``cfg.merge_from_list(opts)``, with errors that name the file
-    or key: an unknown key names where it came from and the closest valid keys (yacs says only
-    "Non-existent (config) key"); a missing file and a value of the wrong type are :class:`MDPRError` s."""
+    """``config_file`` (with its ``_BASE_`` files) then the ``KEY VALUE`` ``opts`` merged into ``cfg``, with errors
+    that name the file or key: an unknown key names where it came from and the closest valid keys (yacs says
+    only "Non-existent (config) key"); a missing or unreadable file, a ``_BASE_`` cycle and a value of the
+    wrong type are :class:`MDPRError` s."""
     if not os.path.isfile(config_file):
         raise MissingFileError(f"Config file {config_file} not found (absolute: {os.path.abspath(config_file)}).")
-    for source, merge in ((config_file, lambda: cfg.merge_from_file(config_file)),
+    values = load_config_file(config_file)
+    for source, merge in ((config_file, lambda: cfg.merge_from_other_cfg(type(cfg)(values))),
                           ("the command line", lambda: cfg.merge_from_list(opts))):
         try:
             merge()
@@ -115,4 +181,43 @@ def merge_config(cfg, config_file, opts):
             if not str(error).startswith("Type mismatch"):
                 raise
             raise InputError(f"{error} (in {source}). Give a value of the key's type.") from None
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------- values
+# Values no run can use: key -> (smallest allowed, what the key is). fastreid would fail on them late,
+# after start-up, with an error about something else (a convolution, NUM_INSTANCE, a division).
+_MINIMUMS = {
+    "SOLVER.IMS_PER_BATCH": (1, "training images per batch, over all processes"),
+    "TEST.IMS_PER_BATCH": (1, "test images per batch, over all processes"),
+    "DATALOADER.NUM_INSTANCE": (1, "images of each identity in a training batch"),
+    "DATALOADER.NUM_WORKERS": (0, "loader processes; 0 loads in the main process"),
+    "SOLVER.MAX_EPOCH": (1, "epochs to train"),
+}
+_SIZES = ("INPUT.SIZE_TRAIN", "INPUT.SIZE_TEST")
+
+
+def _value(cfg, key):
+    for part in key.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_config(cfg):
+    """Refuse values no run can use, naming the key, the value and what is allowed; returns ``cfg``."""
+    for key, (minimum, meaning) in _MINIMUMS.items():
+        value = _value(cfg, key)  # an int: yacs refuses values of another type than the default's
+        if value < minimum:
+            raise InputError(f"{key} {value!r} is not allowed: it must be an integer >= {minimum} ({meaning}). "
+                             "Fix it in the config file or the command line.")
+    for key in _SIZES:
+        value = _value(cfg, key)
+        if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_int(v) and v > 0 for v in value)):
+            raise InputError(f"{key} {value!r} is not allowed: it "
+                             "must be [height, width], two integers >= 1 (to keep images at their size, give "
+                             "that size). Fix it in the config file or the command line.")
     return cfg

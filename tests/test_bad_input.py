@@ -21,7 +21,7 @@ from mdpr_plugin.data import BUNDLED_ROOT
 from mdpr_plugin.data.checks import DatasetLayoutError, DatasetNotFoundError, SamplingError
 from mdpr_plugin.data.images import BadImageError
 from mdpr_plugin.engine import Trainer
-from mdpr_plugin.errors import MDPRError, run_reporting_errors
+from mdpr_plugin.errors import InputError, MDPRError, MissingFileError, run_reporting_errors
 from mdpr_plugin.engine.train_loop import NonFiniteLossError, NonFiniteWeightsError
 from mdpr_plugin.evaluation import ReidEvaluator
 from mdpr_plugin.evaluation.evaluator import EmptyEvaluationSetError
@@ -60,9 +60,81 @@ def test_train_net_reports_an_unknown_key_without_a_deep_traceback(earlier_run):
     returncode, output = run_script("train_net.py", "--config-file", os.path.join(REPO, "configs/MDPR/demo.yml"),
                                     "MODEL.BACKBONE.DEPHT", "50x", "OUTPUT_DIR", earlier_run.path)
     assert returncode != 0
-    assert "ERROR: Unknown config key MODEL.BACKBONE.DEPHT in the command line. Did you mean MODEL.BACKBONE.DEPTH?" in output
+    assert ("ERROR: Unknown config key MODEL.BACKBONE.DEPHT in the command line. Did you mean MODEL.BACKBONE.DEPTH?"
+            in output)
     assert "Traceback" not in output
     assert earlier_run.unchanged()
+
+
+DEMO_CONFIG = os.path.join(REPO, "configs/MDPR/demo.yml")
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"a.yml": "_BASE_: b.yml\n", "b.yml": "SEED: 1\n_BASE_: a.yml\n"},
+     r"Config files include each other through _BASE_ in a cycle: {d}/a\.yml -> {d}/b\.yml -> {d}/a\.yml\. "
+     r"Remove the _BASE_ that leads back\."),
+    ({"a.yml": "_BASE_: a.yml\n"}, r"in a cycle: {d}/a\.yml -> {d}/a\.yml\."),
+    ({"a.yml": "_BASE_: ../configs/base.yml\n"},
+     r"Config file {d}/a\.yml names _BASE_: \.\./configs/base\.yml, which is not found "
+     r"\({d}/\.\./configs/base\.yml\)\. Fix the path in {d}/a\.yml: a _BASE_ is relative to the file that "
+     r"names it\."),
+    ({"a.py": "from fastreid.config import get_cfg\ncfg = get_cfg()\n"},
+     r"Config file {d}/a\.py is a Python file: configs are YAML files of KEY: value mappings"),
+    ({"a.yml": "_BASE_: b.yml\n", "b.yml": "SOLVER:\n  STEPS: [4, 8\n"},
+     r"Config file {d}/b\.yml could not be read as YAML: while parsing a flow sequence at line 2, column 10; "
+     r"expected ',' or '\]', but got '<stream end>' at line 3, column 1\. Fix the file there\."),
+    ({"a.yml": "- SOLVER.BASE_LR\n- 0.1\n"},
+     r"Config file {d}/a\.yml holds a list, not a mapping of KEY: value\. A config is a YAML file like"),
+    ({"a.yml": "_BASE_: b.yml\n", "b.yml": ""}, r"Config file {d}/b\.yml is empty, not a mapping of KEY: value\."),
+    ({"a.yml": "SEED: !!python/object/apply:os.getpid []\n"},
+     r"Config file {d}/a\.yml could not be read as YAML: could not determine a constructor for the tag "
+     r"'tag:yaml\.org,2002:python/object/apply:os\.getpid' at line 1, column 7\."),
+], ids=["_BASE_ cycle", "_BASE_ itself", "_BASE_ missing", "python file", "syntax error in a base", "a list",
+        "an empty base", "python tag"])
+def test_a_config_file_that_cannot_be_read_is_named_with_the_fix(tmp_path, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(MDPRError, match=message.format(d=re.escape(str(tmp_path)))):
+        build_config(str(tmp_path / next(iter(files))))
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("INPUT.SIZE_TRAIN", "[0, 0]", r"INPUT\.SIZE_TRAIN \[0, 0\] is not allowed: it must be \[height, width\], "
+                                   r"two integers >= 1 \(to keep images at their size, give that size\)\. Fix it in"),
+    ("INPUT.SIZE_TEST", "[256]", r"INPUT\.SIZE_TEST \[256\] is not allowed: it must be \[height, width\]"),
+    ("INPUT.SIZE_TEST", "[256, 128.0]", r"INPUT\.SIZE_TEST \[256, 128\.0\] is not allowed"),
+    ("SOLVER.IMS_PER_BATCH", "-4", r"SOLVER\.IMS_PER_BATCH -4 is not allowed: it must be an integer >= 1 "
+                                   r"\(training images per batch, over all processes\)\. Fix it in the config file"),
+    ("TEST.IMS_PER_BATCH", "0", r"TEST\.IMS_PER_BATCH 0 is not allowed: it must be an integer >= 1"),
+    ("DATALOADER.NUM_INSTANCE", "0", r"DATALOADER\.NUM_INSTANCE 0 is not allowed: it must be an integer >= 1"),
+    ("DATALOADER.NUM_WORKERS", "-1", r"DATALOADER\.NUM_WORKERS -1 is not allowed: it must be an integer >= 0"),
+    ("SOLVER.MAX_EPOCH", "0", r"SOLVER\.MAX_EPOCH 0 is not allowed: it must be an integer >= 1 \(epochs to train\)"),
+])
+def test_a_config_value_no_run_can_use_is_refused_naming_the_key(key, value, message):
+    with pytest.raises(InputError, match=message):
+        build_config(DEMO_CONFIG, [key, value])
+
+
+def test_the_smallest_allowed_config_values_pass():
+    cfg = build_config(DEMO_CONFIG, ["INPUT.SIZE_TRAIN", "[1, 1]", "INPUT.SIZE_TEST", "[1, 1]",
+                                     "SOLVER.IMS_PER_BATCH", "1", "TEST.IMS_PER_BATCH", "1", "DATALOADER.NUM_INSTANCE",
+                                     "1", "DATALOADER.NUM_WORKERS", "0", "SOLVER.MAX_EPOCH", "1"])
+    assert (cfg.INPUT.SIZE_TRAIN, cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_WORKERS) == ([1, 1], 1, 0)
+
+
+@pytest.mark.parametrize("files, overrides, message", [
+    ({"a.yml": "_BASE_: b.yml\n", "b.yml": "_BASE_: a.yml\n"}, [], "ERROR: Config files include each other"),
+    ({"a.yml": f"_BASE_: {DEMO_CONFIG}\n"}, ["SOLVER.IMS_PER_BATCH", "-4"],
+     "ERROR: SOLVER.IMS_PER_BATCH -4 is not allowed: it must be an integer >= 1"),
+], ids=["config file", "config value"])
+def test_train_net_reports_a_bad_config_before_writing_anything(tmp_path, earlier_run, files, overrides, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    returncode, output = run_script("train_net.py", "--config-file", str(tmp_path / "a.yml"), *overrides,
+                                    "OUTPUT_DIR", earlier_run.path)
+    assert returncode == 1 and message in output, output[-3000:]
+    assert "Traceback" not in output
+    assert sorted(os.listdir(earlier_run.path)) == ["last_checkpoint", "model_0007.pth"]  # not even a log
 
 
 # ------------------------------------------------------------------------------------------------
@@ -174,6 +246,48 @@ def test_unparsable_file_names_are_named(market, market_cfg, name):
                                                  rf"{name} in .*bounding_box_train\. Market1501 expects .* e\.g\. "
                                                  r"0002_c1s1_000451_03\.jpg.*Rename or move"):
         Trainer.build_train_loader(market_cfg)
+
+
+# a dataset folder whose path fastreid reads as a file name ------------------------------------------
+def test_a_dataset_folder_whose_path_reads_as_an_id_and_camera_is_refused(tmp_path, monkeypatch, demo_cfg,
+                                                                          earlier_run):
+    root = tmp_path / "0001_c1" / "datasets"
+    shutil.copytree(BUNDLED, root / "Market-1501-v15.09.15")
+    monkeypatch.setattr(data_build, "_root", str(root))
+    demo_cfg.merge_from_list(["DATASETS.NAMES", ("Market1501",), "DATASETS.TESTS", ("Market1501",),
+                              "OUTPUT_DIR", earlier_run.path])
+    message = (rf"Market1501: the dataset folder {re.escape(str(root))}/? has '0001_c1' in its path, and fastreid's "
+               r"Market1501 reads the person id and camera from the whole image path, not the file name: every "
+               r"image would get those of '0001_c1'\. Move or rename the folder so that its path has no such text")
+    with pytest.raises(DatasetLayoutError, match=message):
+        Trainer(demo_cfg)
+    with pytest.raises(DatasetLayoutError, match=message):
+        Trainer.build_test_loader(demo_cfg, "Market1501")
+    assert earlier_run.unchanged()
+
+
+@pytest.mark.parametrize("name, folder", [("DukeMTMC", "0001_c1"), ("VeRi", "0001_c001"), ("cuhkSYSU", "p1_s1")])
+def test_every_fastreid_class_that_parses_whole_paths_is_checked(tmp_path, monkeypatch, demo_cfg, name, folder):
+    monkeypatch.setattr(data_build, "_root", str(tmp_path / folder))
+    demo_cfg.DATASETS.NAMES = (name,)
+    with pytest.raises(DatasetLayoutError, match=rf"{name}: the dataset folder .*/{folder}/[\w-]+ has '{folder}' in"):
+        Trainer.build_train_loader(demo_cfg)
+
+
+def test_the_bundled_dataset_reads_ids_from_file_names_under_any_folder(tmp_path, monkeypatch, demo_cfg):
+    import mdpr_plugin.data.datasets as datasets
+
+    monkeypatch.setattr(datasets, "BUNDLED_ROOT", shutil.copytree(BUNDLED_ROOT, tmp_path / "0001_c1" / "mini"))
+    train = Trainer.build_train_loader(demo_cfg).dataset.img_items
+    test, num_query = Trainer.build_test_loader(demo_cfg, "MiniMarket1501")
+    query = test.dataset.img_items[:num_query]
+    assert train[0][0].startswith(str(tmp_path / "0001_c1")) and len({pid for _, pid, _ in train}) == 16
+    for path, pid, camid in train:  # 0002_c1s1_000451_03.jpg: person 2, camera 0
+        name = os.path.basename(path)
+        assert (pid, camid) == (f"minimarket_{int(name[:4])}", f"minimarket_{int(name[6]) - 1}")
+    for path, pid, camid in query:
+        name = os.path.basename(path)
+        assert (pid, camid) == (int(name[:4]), int(name[6]) - 1)
 
 
 # (g) an empty query or gallery set ----------------------------------------------------------------

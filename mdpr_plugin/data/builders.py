@@ -18,7 +18,8 @@ from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.samplers import InferenceSampler
 from fastreid.utils import comm
 
-from .checks import check_identity_sampling, check_images, check_not_empty, explained_dataset_errors
+from .checks import (check_folder_not_read_as_ids, check_identity_sampling, check_images, check_not_empty,
+                     explained_dataset_errors)
 from .datasets import RGBCommDataset
 from .loader import DeviceDataLoader
 from .transforms import build_transforms
@@ -45,13 +46,15 @@ def _load_dataset(name, **kwargs):
 
 def train_loader_parts(cfg, **kwargs):
     """fastreid's ``_train_loader_from_config(cfg, **kwargs)`` with the plugin's transforms and the training
-    set checked (not empty, every image readable, enough identities for the sampler).
+    set checked (ids not read from its folder, not empty, every image readable, enough identities for the sampler).
 
     fastreid's function is called twice: first for the training set alone (a sampler is passed so that
     it builds none: fastreid's samplers assert on an empty set), then, with the checked set, for the
     sampler, which then indexes exactly the images that will be read.
     """
     transforms = build_transforms(cfg, is_train=True)
+    for name in cfg.DATASETS.NAMES:
+        check_folder_not_read_as_ids(name, data_build._root)
     with explained_dataset_errors():
         train_set = data_build._train_loader_from_config(cfg, transforms=transforms, sampler=_BUILT_LATER,
                                                          **kwargs)["train_set"]
@@ -69,7 +72,8 @@ def train_loader_parts(cfg, **kwargs):
 
 def test_loader_parts(cfg, dataset_name, **kwargs):
     """fastreid's ``_test_loader_from_config`` with the plugin's transforms, the query and gallery sets
-    checked (neither empty, every image readable)."""
+    checked (ids not read from their folder, neither empty, every image readable)."""
+    check_folder_not_read_as_ids(dataset_name, data_build._root)
     with explained_dataset_errors():
         parts = data_build._test_loader_from_config(cfg, dataset_name=dataset_name,
                                                     transforms=build_transforms(cfg, is_train=False), **kwargs)

@@ -9,6 +9,7 @@ config key and the fix.
 import contextlib
 import logging
 import os
+import re
 import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -137,6 +138,32 @@ def explained_dataset_errors():
         raise DatasetLayoutError(
             f"{name}: cannot parse the file name {frame['img_path']} in {frame.get('dir_path')}. {name} expects "
             f"{expected_layout(dataset)}. Rename or move the files that do not fit.") from error
+
+
+def check_folder_not_read_as_ids(name, root):
+    """Refuse a dataset folder whose path fastreid's own class would read as every image's person id and camera.
+
+    Some of fastreid's classes take the id and camera from the first match of their pattern in the whole image
+    path, ``<root>/<dataset_dir>/<fixed split names>/<file>``: a match in ``<root>/<dataset_dir>`` is then what
+    every image gets. Checked before the set is built, which would pass as one identity or fail on an id.
+    """
+    from fastreid.data.datasets import DATASET_REGISTRY, DukeMTMC, Market1501, VeRi, cuhkSYSU
+
+    dataset = DATASET_REGISTRY.get(name)
+    whole_path_patterns = {Market1501: r"[-\d]+_c\d", DukeMTMC: r"[-\d]+_c\d", VeRi: r"\d+_c\d\d\d",
+                           cuhkSYSU: r"p[-\d]+_s\d"}  # as in their process_dir
+    for fastreid_class, pattern in whole_path_patterns.items():
+        # a subclass with its own folders or its own parsing is not concerned
+        if (dataset.__init__, dataset.process_dir) != (fastreid_class.__init__, fastreid_class.process_dir):
+            continue
+        folder = os.path.join(root, dataset.dataset_dir)
+        found = re.findall(pattern, folder)
+        if found:
+            raise DatasetLayoutError(
+                f"{name}: the dataset folder {folder} has {' and '.join(map(repr, found))} in its path, and fastreid's "
+                f"{fastreid_class.__name__} reads the person id and camera from the whole image path, not the file "
+                f"name: every image would get those of {found[0]!r}. Move or rename the folder so that its path has "
+                "no such text (and set FASTREID_DATASETS to the new place).")
 
 
 # ------------------------------------------------------------------------------------------ images

@@ -1,6 +1,8 @@
 """Datasets: the bundled images (registered in fastreid's DATASET_REGISTRY) and the image set the plugin's
 loaders read from."""
+import glob
 import os
+import re
 
 from fastreid.data.common import CommDataset
 from fastreid.data.datasets import DATASET_REGISTRY
@@ -24,6 +26,21 @@ class MiniMarket1501(Market1501):
 
     def __init__(self, root=None, **kwargs):
         super().__init__(root=BUNDLED_ROOT, **kwargs)
+
+    def process_dir(self, dir_path, is_train=True):
+        """Market1501's, reading the person id and camera from the file name alone: fastreid's searches the
+        whole path, so an installation under a folder such as ``0001_c1`` would make every image one person."""
+        data = []
+        for img_path in glob.glob(os.path.join(dir_path, "*.jpg")):
+            pid, camid = map(int, re.search(r"([-\d]+)_c(\d)", os.path.basename(img_path)).groups())
+            if pid == -1:
+                continue  # junk images
+            assert 0 <= pid <= 1501 and 1 <= camid <= 6
+            camid -= 1  # from 0
+            if is_train:
+                pid, camid = f"{self.dataset_name}_{pid}", f"{self.dataset_name}_{camid}"
+            data.append((img_path, pid, camid))
+        return data
 
 
 class RGBCommDataset(CommDataset):

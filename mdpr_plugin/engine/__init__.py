@@ -1,7 +1,8 @@
 """Training: the trainer, its loop and hooks, the checkpointer, launching over processes."""
 from .checkpointer import MDPRCheckpointer, check_weights_file, load_checkpoint_file
 from .trainer import Trainer, build_model, setup_config
+from .eval_model import build_eval_model
 from ..serialization import CheckpointError
 
 __all__ = ["CheckpointError", "MDPRCheckpointer", "check_weights_file", "load_checkpoint_file", "Trainer",
-           "build_model", "setup_config"]
+           "build_eval_model", "build_model", "setup_config"]

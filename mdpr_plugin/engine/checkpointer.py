@@ -1,4 +1,5 @@
-"""The plugin's checkpointer: fastreid's ``Checkpointer`` that reads safely and writes atomically.
+"""The plugin's checkpointer: fastreid's ``Checkpointer`` that reads safely, loads only weights that fit
+the model and writes atomically.
 
 - Reading: fastreid loads with a bare ``torch.load`` (utils/checkpoint.py:216), which unpickles arbitrary
   objects, and on torch >= 2.6 (``weights_only=True`` by default) fails on fastreid's own best-model
@@ -7,18 +8,31 @@
   authors' key layout when it is in that layout.
 - A missing file: fastreid asserts (``Checkpoint x not found!``, utils/checkpoint.py:119), naming neither
   the config key nor the folder it was looked for from.
+- Weights that do not fit: fastreid loads what matches, drops keys of another shape and leaves missing ones
+  at their random initialisation, with warnings (utils/checkpoint.py:236-246); evaluating another model's
+  weights then prints numbers of a random model. Here the checkpoint must fit the model: every key but
+  the classifiers' (which depend on the training set's identities) present and of the same shape, unless
+  ``allow_partial`` (``MODEL.ALLOW_PARTIAL_WEIGHTS``) asks for a partial load, e.g. for fine-tuning.
 - Writing: fastreid writes checkpoints and ``last_checkpoint`` in place (utils/checkpoint.py:93,202): a
   process killed while saving leaves a truncated file where the previous good one was. Here each is
   written to a temporary file in the same folder and renamed over the old one.
 """
 import contextlib
+import logging
 import os
 
+import numpy as np
 import torch
+from fastreid.modeling.heads.embedding_head import EmbeddingHead
+from fastreid.modeling.meta_arch.build import META_ARCH_REGISTRY
 from fastreid.utils.checkpoint import Checkpointer
 
 from ..modeling.authors_layout import convert_authors_state_dict, is_authors_layout
 from ..serialization import CheckpointError, safe_load
+
+logger = logging.getLogger(__name__)
+
+MISMATCHES_NAMED = 3  # of each kind (missing, other shape, unexpected) in the error message
 
 
 def check_weights_file(path):
@@ -55,6 +69,80 @@ def load_checkpoint_file(path):
     return checkpoint
 
 
+def classifier_keys(model):
+    """State-dict keys of the classifier weights (``weight`` of each fastreid ``EmbeddingHead``, MDPR's
+    heads included): their shape is the number of training identities, not part of the model."""
+    return {f"{name}.weight" if name else "weight"
+            for name, module in model.named_modules() if isinstance(module, EmbeddingHead)}
+
+
+def without_module_prefix(state_dict):
+    """The keys of ``state_dict`` as fastreid matches them: without the ``module.`` of a (Distributed)
+    DataParallel model when every key has it."""
+    if state_dict and all(key.startswith("module.") for key in state_dict):
+        return {key[len("module."):]: value for key, value in state_dict.items()}
+    return state_dict
+
+
+def _model_name(model):
+    name = type(model).__name__
+    if META_ARCH_REGISTRY.get(name) is type(model):
+        return f"{name} (MODEL.META_ARCHITECTURE {name})"
+    return name
+
+
+def _first(items, describe=str):
+    named = ", ".join(describe(item) for item in items[:MISMATCHES_NAMED])
+    return named + (f" and {len(items) - MISMATCHES_NAMED} more" if len(items) > MISMATCHES_NAMED else "")
+
+
+def check_weights_fit(model, state_dict, source, allow_partial=False):
+    """Refuse ``state_dict`` unless it fits ``model``: some key matches and, unless ``allow_partial``,
+    every key of the model but the classifiers' is present with the same shape.
+
+    ``source`` (the file) is named in the error. Checked before anything is loaded, so a refused
+    checkpoint leaves the model as it was. Returns the number of keys that fit (classifiers aside).
+    """
+    state_dict = without_module_prefix(state_dict)
+    not_arrays = [key for key, value in state_dict.items() if not isinstance(value, (torch.Tensor, np.ndarray))]
+    if not_arrays:
+        raise CheckpointError(f"{source}: the model weights hold values that are not tensors ({_first(not_arrays)}, "
+                              f"a {type(state_dict[not_arrays[0]]).__name__}); re-save the model's state_dict.")
+    expected = model.state_dict()
+    classifiers = classifier_keys(model)
+    compared = [key for key in expected if key not in classifiers]
+    missing = [key for key in compared if key not in state_dict]
+    shapes = {key: (tuple(state_dict[key].shape), tuple(expected[key].shape)) for key in compared if key in state_dict}
+    other_shape = [(key, *pair) for key, pair in shapes.items() if pair[0] != pair[1]]
+    unexpected = [key for key in state_dict if key not in expected]
+    fitting = len(compared) - len(missing) - len(other_shape)
+    if not compared or (not missing and not other_shape):
+        return fitting
+
+    found = []
+    if missing:
+        found.append(f"Missing: {_first(missing)}.")
+    if other_shape:
+        found.append("Of another shape: " + _first(other_shape, lambda m: f"{m[0]} [file {m[1]}, model {m[2]}]") + ".")
+    if unexpected:
+        found.append(f"Unexpected: {_first(unexpected)}.")
+    summary = (f"{source} does not fit the model {_model_name(model)}: {fitting} of the model's {len(compared)} "
+               f"weights (classifiers aside) are in it with their shape. {' '.join(found)}")
+    if fitting == 0:
+        raise CheckpointError(
+            f"{summary} It holds another model's weights: pass the config it was trained with "
+            "(MODEL.META_ARCHITECTURE, MODEL.BACKBONE.*), or give backbone-only weights as "
+            "MODEL.BACKBONE.PRETRAIN_PATH; MODEL.ALLOW_PARTIAL_WEIGHTS True cannot help, nothing would be loaded.")
+    if not allow_partial:
+        raise CheckpointError(
+            f"{summary} Pass the config the checkpoint was trained with (MODEL.BACKBONE.DEPTH, "
+            "MODEL.BACKBONE.EMBEDDING_DIM, the MDPR switches, ...), or set MODEL.ALLOW_PARTIAL_WEIGHTS True "
+            "to load only the matching weights on purpose (fine-tuning).")
+    logger.warning("%s MODEL.ALLOW_PARTIAL_WEIGHTS is True: loading the %d matching weights; the others keep "
+                   "their initial values.", summary, fitting)
+    return fitting
+
+
 @contextlib.contextmanager
 def atomic_open(path, mode="wb"):
     """Open a temporary file next to ``path``; it replaces ``path`` only once fully written."""
@@ -71,18 +159,39 @@ def atomic_open(path, mode="wb"):
 
 
 class MDPRCheckpointer(Checkpointer):
-    """fastreid's ``Checkpointer`` with safe reading (and the authors' layout) and atomic writing.
+    """fastreid's ``Checkpointer`` with safe reading (and the authors' layout), weights that must fit the
+    model (:func:`check_weights_fit`; ``allow_partial`` is ``MODEL.ALLOW_PARTIAL_WEIGHTS``) and atomic
+    writing.
 
     Works for any fastreid model, not only MDPR; its state-dict keys are fastreid's own.
     """
 
+    def __init__(self, model, save_dir="", *, save_to_disk=True, allow_partial=False, **checkpointables):
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.allow_partial = allow_partial
+        self._source = None  # the file being loaded, named by the fit check
+
     def load(self, path, checkpointables=None):
         if path:  # an empty MODEL.WEIGHTS means training from scratch
             check_weights_file(path)
+        self._source = path
         return super().load(path, checkpointables)
+
+    def load_model_weights(self, checkpoint, source):
+        """The model's part of :meth:`load` for a checkpoint already read with :func:`load_checkpoint_file`
+        (so that a caller that needed its contents first does not read the file twice)."""
+        self._source = source
+        self.logger.info("Loading checkpoint from %s", source)
+        remaining = dict(checkpoint)  # _load_model pops the model's entry
+        self._log_incompatible_keys(self._load_model(remaining))
+        return remaining
 
     def _load_file(self, f):
         return load_checkpoint_file(f)
+
+    def _load_model(self, checkpoint):
+        check_weights_fit(self.model, checkpoint["model"], self._source, self.allow_partial)
+        return super()._load_model(checkpoint)
 
     def save(self, name, **kwargs):
         if not self.save_dir or not self.save_to_disk:

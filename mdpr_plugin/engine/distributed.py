@@ -25,6 +25,8 @@ from fastreid.utils.logger import setup_logger
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..errors import InputError
+
 logger = logging.getLogger(__name__)
 
 
@@ -86,20 +88,20 @@ def check_batch_sizes(cfg, world_size):
     total = cfg.SOLVER.IMS_PER_BATCH
     if total % world_size:
         suggestion = total // world_size * world_size or world_size
-        raise ValueError(
+        raise InputError(
             f"SOLVER.IMS_PER_BATCH {total} is the total over {world_size} processes and must be divisible by "
             f"it (fastreid would drop the remainder). Use e.g. SOLVER.IMS_PER_BATCH {suggestion}.")
     per_process = total // world_size
     if cfg.DATALOADER.SAMPLER_TRAIN in ("NaiveIdentitySampler", "BalancedIdentitySampler") \
             and per_process % cfg.DATALOADER.NUM_INSTANCE:
         # the identity samplers would never complete a batch: the loader hangs
-        raise ValueError(
+        raise InputError(
             f"SOLVER.IMS_PER_BATCH {total} over {world_size} processes gives {per_process} images per process, "
             f"not a multiple of DATALOADER.NUM_INSTANCE {cfg.DATALOADER.NUM_INSTANCE}: "
             f"{cfg.DATALOADER.SAMPLER_TRAIN} needs whole identities per process. Change SOLVER.IMS_PER_BATCH "
             f"to a multiple of {world_size * cfg.DATALOADER.NUM_INSTANCE}.")
     if cfg.TEST.IMS_PER_BATCH < world_size:
-        raise ValueError(f"TEST.IMS_PER_BATCH {cfg.TEST.IMS_PER_BATCH} is the total over {world_size} processes; "
+        raise InputError(f"TEST.IMS_PER_BATCH {cfg.TEST.IMS_PER_BATCH} is the total over {world_size} processes; "
                          f"it must be at least {world_size}.")
 
 

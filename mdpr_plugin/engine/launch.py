@@ -27,7 +27,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from fastreid.utils import comm
 
+from ..errors import InputError, MDPRError
+
 logger = logging.getLogger(__name__)
+
+
+class ProcessFailedError(MDPRError, RuntimeError):
+    """One of the processes ``launch`` started ended with an error, which it reported itself."""
+
 
 _TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 # gloo / NCCL collectives wait this long for a peer before failing (torch's default is 30 min for
@@ -81,7 +88,7 @@ def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist
             _leave()
 
     if num_gpus_per_machine < 1 or num_machines < 1:
-        raise ValueError(f"--num-gpus ({num_gpus_per_machine}) and --num-machines ({num_machines}) must be >= 1.")
+        raise InputError(f"--num-gpus ({num_gpus_per_machine}) and --num-machines ({num_machines}) must be >= 1.")
     world_size = num_machines * num_gpus_per_machine
     if world_size == 1:
         return main_func(*args)
@@ -89,7 +96,7 @@ def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist
     if device_type == "cuda":
         available = torch.cuda.device_count()
         if num_gpus_per_machine > available:
-            raise ValueError(
+            raise InputError(
                 f"--num-gpus {num_gpus_per_machine} but this machine has {available} visible GPU(s) "
                 f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). Pass --num-gpus "
                 f"{available} or fewer (SOLVER.IMS_PER_BATCH is the total over all processes).")
@@ -101,14 +108,23 @@ def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist
 
     if dist_url == "auto":
         if num_machines != 1:
-            raise ValueError("--dist-url auto picks a local port and works on one machine only; pass "
+            raise InputError("--dist-url auto picks a local port and works on one machine only; pass "
                              "--dist-url tcp://<address of machine 0>:<port> on every machine.")
         dist_url = f"tcp://127.0.0.1:{_free_port()}"
     if num_machines > 1 and dist_url.startswith("file://"):
         logger.warning("file:// is not a reliable init_method in multi-machine jobs. Prefer tcp://")
 
-    mp.spawn(_spawned_worker, nprocs=num_gpus_per_machine, daemon=False,
-             args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, device_type))
+    try:
+        mp.spawn(_spawned_worker, nprocs=num_gpus_per_machine, daemon=False,
+                 args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, device_type))
+    except mp.ProcessExitedException as error:
+        # A process that stopped on bad input has printed its message and exited with status 1 (the others
+        # were then stopped): say which one, without a traceback of the spawning machinery. A process that
+        # raised (a bug) comes as ProcessRaisedException, with its traceback, and is not caught.
+        how = f"was killed by {error.signal_name}" if error.signal_name else f"exited with status {error.exit_code}"
+        raise ProcessFailedError(
+            f"Training process {error.error_index} of {num_gpus_per_machine} on this machine {how}; its own "
+            "message, if it printed one, is above.") from None
 
 
 def _spawned_worker(local_rank, main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args,

@@ -10,15 +10,19 @@
   after a completed epoch).
 - :class:`EvalHook`: fastreid's, but no evaluation after a run stopped by an error in its last epoch
   (fastreid's guard, engine/hooks.py:382, misses that case and evaluates the failed model).
-- :class:`PeriodicCheckpointer`: fastreid's, refusing to save weights that hold NaN or infinite values (a
-  step can leave them behind a finite loss, which is computed before the step).
+- :class:`PeriodicCheckpointer` / :class:`BestCheckpointer`: fastreid's hook split in two, so that the epoch's
+  checkpoint is written before its evaluation and ``model_best`` after it; no weights that hold NaN or
+  infinite values are saved (a step can leave them behind a finite loss, which is computed before the step).
+- :class:`MetricPrinter`: fastreid's progress printer, without its division by zero in short runs.
 """
 import logging
 import math
+import os
 import time
 
 import torch
 from fastreid.engine import hooks
+from fastreid.utils.events import CommonMetricPrinter, get_event_storage
 from fastreid.engine.train_loop import SimpleTrainer
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
@@ -35,9 +39,9 @@ class NonFiniteWeightsError(MDPRError, FloatingPointError):
     """The model holds NaN or infinite values where a checkpoint was to be written."""
 
 
-_FIXES = ("Usual fixes: lower SOLVER.BASE_LR, raise SOLVER.WARMUP_ITERS, set SOLVER.CLIP_GRADIENTS.ENABLED True, "
-          "or disable AMP (SOLVER.AMP.ENABLED False); then restart, or continue from the last checkpoint with "
-          "--resume.")
+_FIXES = ("Usual fixes: lower SOLVER.BASE_LR, set SOLVER.CLIP_GRADIENTS.ENABLED True, or disable AMP "
+          "(SOLVER.AMP.ENABLED False), then continue from the last checkpoint with --resume (which takes them from "
+          "the config), or restart; a longer warm-up (SOLVER.WARMUP_ITERS) needs a restart.")
 
 
 def _model_device(model):
@@ -126,19 +130,54 @@ def non_finite_tensors(model):
 
 
 class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
-    """fastreid's ``PeriodicCheckpointer`` hook, refusing to save a model with non-finite weights.
+    """fastreid's ``PeriodicCheckpointer`` hook writing ``model_<epoch>`` / ``model_final`` only, and refusing
+    to save a model with non-finite weights. The plugin's trainer runs it before the epoch's evaluation, so
+    that an evaluation that fails never costs the checkpoint; :class:`BestCheckpointer` runs after it.
 
-    Checked only at the epochs that save (once per SOLVER.CHECKPOINT_PERIOD): one pass over the weights
-    per checkpoint.
+    The weights are checked only at the epochs that save (once per SOLVER.CHECKPOINT_PERIOD).
     """
+
+    def _saves_at(self, epoch):
+        return (epoch + 1) % self.period == 0 or epoch >= self.max_epoch - 1
+
+    def _latest_metric(self):
+        latest = self.trainer.storage.latest()
+        return latest[self.metric_name][0] if self.metric_name in latest else -1
 
     def after_epoch(self):
         epoch = self.trainer.epoch
-        if (epoch + 1) % self.period == 0 or epoch >= self.max_epoch - 1:
-            bad = non_finite_tensors(self.checkpointer.model)
-            if bad:
-                raise NonFiniteWeightsError(
-                    f"Not saving the checkpoint of epoch {epoch} (after {self.trainer.iter} iterations): {len(bad)} "
-                    f"weight tensors hold NaN or infinite values ({', '.join(bad[:3])}"
-                    f"{', ...' if len(bad) > 3 else ''}); the checkpoints in OUTPUT_DIR are from before. {_FIXES}")
-        super().after_epoch()
+        if not self._saves_at(epoch):
+            return
+        bad = non_finite_tensors(self.checkpointer.model)
+        if bad:
+            raise NonFiniteWeightsError(
+                f"Not saving the checkpoint of epoch {epoch} (after {self.trainer.iter} iterations): {len(bad)} "
+                f"weight tensors hold NaN or infinite values ({', '.join(bad[:3])}"
+                f"{', ...' if len(bad) > 3 else ''}); the checkpoints in OUTPUT_DIR are from before. {_FIXES}")
+        name = "model_final" if epoch >= self.max_epoch - 1 else f"model_{epoch:04d}"
+        self.checkpointer.save(name, epoch=epoch, metric=self._latest_metric())
+
+
+class BestCheckpointer(PeriodicCheckpointer):
+    """``model_best``: at the epochs that save, after the epoch's evaluation, when its metric is the best seen
+    by this process (as fastreid's hook chooses it). ``last_checkpoint`` keeps naming the epoch's checkpoint."""
+
+    def after_epoch(self):
+        epoch, metric = self.trainer.epoch, self._latest_metric()
+        if not self._saves_at(epoch) or metric <= self.best_metric:
+            return
+        last = self.checkpointer.get_checkpoint_file()
+        self.checkpointer.save("model_best", epoch=epoch, metric=metric)
+        self.best_metric = metric
+        if last:
+            self.checkpointer.tag_last_checkpoint(os.path.basename(last))
+
+
+class MetricPrinter(CommonMetricPrinter):
+    """fastreid's progress printer, writing at most once per iteration: a second write at the same iteration
+    (a run of three or fewer iterations ends that way) divides by zero in fastreid's ETA estimate."""
+
+    def write(self):
+        if self._last_write is not None and self._last_write[0] == get_event_storage().iter:
+            return
+        super().write()

@@ -12,27 +12,36 @@ checkpointed; ``--resume`` continues the stream where the checkpoint was written
 generators are re-seeded from (seed, iteration, rank) before every step.
 """
 import logging
+import math
+import os
 from collections import OrderedDict
 
 import numpy as np
 import torch
 import fastreid.modeling
 import fastreid.solver
-from fastreid.engine import DefaultTrainer, default_setup, hooks
+from fastreid.engine import DefaultTrainer, hooks
 from fastreid.engine.train_loop import HookBase, TrainerBase
 from fastreid.evaluation import print_csv_format
 from fastreid.utils import comm
+from fastreid.utils.collect_env import collect_env_info
 from fastreid.utils.env import seed_all_rng
+from fastreid.utils.events import JSONWriter, TensorboardXWriter
 from fastreid.utils.logger import setup_logger
 
 from ..config import build_config
 from ..data import test_loader, test_loader_parts, train_loader, train_loader_parts
 from ..data.samplers import ResumableSampler, SeededDataset, seed_all
 from ..devices import on_available_device, resolve_device
+from ..errors import InputError
 from ..evaluation import ReidEvaluator, inference_on_dataset
+from ..evaluation.evaluator import EmptyEvaluationSetError
+from ..evaluation.rank import query_validity
 from .checkpointer import MDPRCheckpointer
+from .output_dir import lock_output_dir, remove_partial_checkpoints
 from .distributed import broadcast_buffers, check_batch_sizes, distributed_data_parallel, setup_worker_logging
-from .train_loop import CheckedAMPTrainer, CheckedTrainer, EvalHook, PeriodicCheckpointer
+from .train_loop import (BestCheckpointer, CheckedAMPTrainer, CheckedTrainer, EvalHook, MetricPrinter,
+                         PeriodicCheckpointer)
 
 logger = logging.getLogger(__name__)
 
@@ -44,30 +53,83 @@ def build_model(cfg):
 
 
 def setup_config(args):
-    """fastreid defaults + the MDPR keys + the YAML file + ``KEY VALUE`` overrides, then fastreid's setup
-    (on rank 0; other processes write no files) and the seed."""
+    """fastreid defaults + the MDPR keys + the YAML file + ``KEY VALUE`` overrides, then the setup of
+    fastreid's ``default_setup`` (logging, the seed) on rank 0; other processes write no files.
+
+    A training run first takes OUTPUT_DIR's lock and removes checkpoint files an interrupted run left half
+    written. Unlike ``default_setup``, config.yaml is not written here: train_net.py writes it once the
+    run's checks have passed (:func:`mdpr_plugin.engine.output_dir.write_config`).
+    """
     cfg = build_config(args.config_file, args.opts)
     cfg.freeze()
     rank, world_size = comm.get_rank(), comm.get_world_size()
     check_batch_sizes(cfg, world_size)
     if rank == 0:
-        default_setup(cfg, args)
-        # default_setup configures fastreid's logger only; the plugin's progress lines need their own
-        setup_logger(cfg.OUTPUT_DIR, distributed_rank=0, name="mdpr_plugin")
+        if not args.eval_only:
+            lock_output_dir(cfg.OUTPUT_DIR)
+        _log_setup(cfg, args)
+        if not args.eval_only:
+            remove_partial_checkpoints(cfg.OUTPUT_DIR)
     else:
         setup_worker_logging(cfg, rank)
-        if not args.eval_only:
-            torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK  # as default_setup does
+    if not args.eval_only:
+        torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK  # as default_setup does
     if world_size > 1:
         logger.info("%d processes (%s): SOLVER.IMS_PER_BATCH %d = %d images per process.", world_size,
                     torch.distributed.get_backend(), cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.IMS_PER_BATCH // world_size)
-    # default_setup seeds at random; a set SEED makes the initialisation reproducible (+ rank, so that
-    # processes differ where they should; DDP copies rank 0's initial weights to all)
+    # a set SEED makes the initialisation reproducible (+ rank, so that processes differ where they should;
+    # DDP copies rank 0's initial weights to all); without one, fastreid's random seed, as default_setup
     if cfg.SEED >= 0:
         seed_all(cfg.SEED + rank, cuda=True)
-    elif rank > 0:
-        seed_all_rng()  # what default_setup does on rank 0
+    else:
+        seed_all_rng()
     return cfg
+
+
+def _log_setup(cfg, args):
+    """What fastreid's ``default_setup`` logs, into OUTPUT_DIR/log.txt; the plugin's lines go there too."""
+    if cfg.OUTPUT_DIR:
+        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    fastreid_logger = setup_logger(cfg.OUTPUT_DIR, distributed_rank=0)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=0, name="mdpr_plugin")
+    fastreid_logger.info("Rank of current process: 0. World size: %d", comm.get_world_size())
+    fastreid_logger.info("Environment info:\n%s", collect_env_info())
+    fastreid_logger.info("Command line arguments: %s", args)
+    with open(args.config_file) as f:
+        fastreid_logger.info("Contents of args.config_file=%s:\n%s", args.config_file, f.read())
+    fastreid_logger.info("Running with full config:\n%s", cfg)
+
+
+# a scheduler's state that records how far it got, not what the schedule is (base_lrs: see resume_or_load)
+_PROGRESS = {"last_epoch", "_step_count", "_last_lr", "_is_initial", "_get_lr_called_within_step", "verbose",
+             "base_lrs"}
+
+
+def _rounded(values):
+    return sorted({float(f"{v:.4g}") for v in values})
+
+
+def check_test_sets(cfg):
+    """Build every ``DATASETS.TESTS`` set as the evaluation will (present, not empty, every image readable) and
+    check that its queries can be ranked: an error when no query has a gallery image of its person from
+    another camera, a warning with the count when some have none (fastreid's metrics leave those out)."""
+    for name in cfg.DATASETS.TESTS:
+        parts = test_loader_parts(cfg, name)
+        test_set, num_query = parts["test_set"], parts["num_query"]
+        if not hasattr(test_set, "img_items"):
+            continue  # a data set class of the user's own
+        query, gallery = test_set.img_items[:num_query], test_set.img_items[num_query:]
+        q_pids, q_cams = (np.asarray([item[k] for item in query]) for k in (1, 2))
+        g_pids, g_cams = (np.asarray([item[k] for item in gallery]) for k in (1, 2))
+        valid, _ = query_validity(q_pids, g_pids, q_cams, g_cams)
+        if not valid.any():
+            raise EmptyEvaluationSetError(
+                f"{name}: none of its {num_query} queries has a gallery image of the same person from another "
+                f"camera ({len(g_pids)} gallery images), so nothing can be evaluated. Check that the query and "
+                "gallery folders belong together (same person ids), or set DATASETS.TESTS to another test set.")
+        if not valid.all():
+            logger.warning("%s: %d of %d queries have no gallery image of their person from another camera; the "
+                           "metrics leave them out.", name, int((~valid).sum()), num_query)
 
 
 class _SeedEachIteration(HookBase):
@@ -94,6 +156,7 @@ class Trainer(DefaultTrainer):
             setup_logger()
 
         data_loader = self.build_train_loader(cfg)
+        check_test_sets(cfg)  # before the first iteration, not at the first evaluation hours later
         cfg = self.auto_scale_hyperparams(cfg, data_loader.dataset.num_classes)
         model = self.build_model(cfg)
         optimizer, param_wrapper = self.build_optimizer(cfg, model)
@@ -105,7 +168,8 @@ class Trainer(DefaultTrainer):
         self.iters_per_epoch = len(data_loader.dataset) // cfg.SOLVER.IMS_PER_BATCH
         self.scheduler = self.build_lr_scheduler(cfg, optimizer, self.iters_per_epoch)
         self.checkpointer = MDPRCheckpointer(model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(),
-                                             optimizer=optimizer, **self.scheduler)
+                                             allow_partial=cfg.MODEL.ALLOW_PARTIAL_WEIGHTS, optimizer=optimizer,
+                                             **self.scheduler)
         self.start_epoch = 0
         self.max_epoch = cfg.SOLVER.MAX_EPOCH
         self.max_iter = self.max_epoch * self.iters_per_epoch
@@ -124,14 +188,20 @@ class Trainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     def resume_or_load(self, resume=True):
+        """fastreid's, then: the learning rates of this config (a resumed run takes SOLVER.BASE_LR and the LR
+        factors from the config, not from the checkpoint), a schedule the config would change refused, and the
+        training data stream continued where the checkpoint was written."""
         seed = self.train_sampler.seed
+        configured = {name: scheduler.state_dict() for name, scheduler in self.scheduler.items()}
         super().resume_or_load(resume=resume)
+        if resume and self.start_epoch > 0:
+            self._follow_configured_schedule(configured)
         start_iter = self.start_epoch * self.iters_per_epoch
         if comm.get_world_size() > 1:
             # each process reads OUTPUT_DIR itself; machines that do not share it would diverge silently
             epochs = comm.all_gather(self.start_epoch)
             if len(set(epochs)) > 1:
-                raise RuntimeError(
+                raise InputError(
                     f"The processes resumed from different checkpoints in OUTPUT_DIR {self.cfg.OUTPUT_DIR} (start "
                     f"epoch by rank: {epochs}). Every machine must see the same OUTPUT_DIR (shared storage), or "
                     "have a copy of its last_checkpoint and the checkpoint file it names.")
@@ -152,17 +222,80 @@ class Trainer(DefaultTrainer):
                            "checkpointed: the resumed run starts with an empty pool, so it is not identical to "
                            "an uninterrupted one (everything else is).")
 
+    def _follow_configured_schedule(self, configured):
+        """After loading a checkpoint's schedulers and optimizer: refuse a schedule this config changes, and
+        put the config's learning rates in place of the checkpoint's (scaling the current ones alike)."""
+        changed = []
+        for name, scheduler in self.scheduler.items():
+            loaded = scheduler.state_dict()
+            for key in sorted(set(loaded) | set(configured[name])):
+                if key not in _PROGRESS and loaded.get(key) != configured[name].get(key):
+                    changed.append(f"{name}.{key} {loaded.get(key)} in the checkpoint, {configured[name].get(key)} "
+                                   "in this config")
+        if changed:
+            raise InputError(
+                f"--resume continues the learning-rate schedule of the run in OUTPUT_DIR {self.cfg.OUTPUT_DIR}, but "
+                f"this config changes it: {'; '.join(changed)} (set by SOLVER.SCHED, SOLVER.MAX_EPOCH, "
+                "SOLVER.STEPS, SOLVER.GAMMA, SOLVER.ETA_MIN_LR, SOLVER.DELAY_EPOCHS and SOLVER.WARMUP_*). Set those "
+                "keys back to the run's values (its config.yaml has them), or start a new run from the checkpoint: "
+                "MODEL.WEIGHTS <checkpoint> in another OUTPUT_DIR, without --resume.")
+        loaded_lrs = self.scheduler["lr_sched"].base_lrs
+        configured_lrs = configured["lr_sched"]["base_lrs"]
+        if list(loaded_lrs) == list(configured_lrs):
+            return
+        for scheduler in self.scheduler.values():
+            scheduler.base_lrs = list(configured_lrs)
+        for group, new, old in zip(self.optimizer.param_groups, configured_lrs, loaded_lrs):
+            group["lr"] *= new / old
+            group["initial_lr"] = new
+        logger.info("Learning rates from this config, not the checkpoint's: SOLVER.BASE_LR and the LR factors give "
+                    "%s (the checkpoint had %s); the schedule continues from there.", _rounded(configured_lrs),
+                    _rounded(loaded_lrs))
+
+    def train(self):
+        """fastreid's training; a resumed run with nothing left to train says so and makes sure model_final is
+        there (a kill while it was written leaves the checkpoint before it)."""
+        if self.start_epoch < self.max_epoch:
+            return super().train()
+        final = os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")
+        logger.info("OUTPUT_DIR %s holds a finished run (its checkpoint ends epoch %d of SOLVER.MAX_EPOCH %d): "
+                    "nothing left to train.", self.cfg.OUTPUT_DIR, self.start_epoch - 1, self.max_epoch)
+        if comm.is_main_process() and not os.path.isfile(final):
+            self.checkpointer.save("model_final", epoch=self.start_epoch - 1)
+        return {}
+
     def build_hooks(self):
-        """fastreid's hooks, with the plugin's :class:`EvalHook` and :class:`PeriodicCheckpointer`, after a
-        hook that re-seeds every step."""
-        built = [_SeedEachIteration()]
+        """fastreid's hooks with the plugin's subclasses, ordered so that an evaluation never costs a
+        checkpoint: the epoch's checkpoint is written before its evaluation, and model_best after it, from
+        that evaluation's metric. First, a hook that re-seeds every step."""
+        before, evaluation, after = [_SeedEachIteration()], [], []
         for hook in super().build_hooks():
             if type(hook) is hooks.EvalHook:
-                hook = EvalHook(hook._period, hook._func)
+                evaluation.append(EvalHook(hook._period, hook._func))
             elif type(hook) is hooks.PeriodicCheckpointer:
-                hook = PeriodicCheckpointer(hook.checkpointer, hook.period)
-            built.append(hook)
-        return built
+                before.append(PeriodicCheckpointer(hook.checkpointer, hook.period))
+                after.append(BestCheckpointer(hook.checkpointer, hook.period))
+            else:
+                (after if evaluation else before).append(hook)
+        return before + evaluation + after
+
+    def build_writers(self):
+        """fastreid's writers, with a progress printer that survives runs of three or fewer iterations."""
+        return [MetricPrinter(self.max_iter), JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
+                TensorboardXWriter(self.cfg.OUTPUT_DIR)]
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer, iters_per_epoch):
+        """fastreid's schedulers; a cosine schedule left with no epoch after the warm-up is refused (fastreid
+        divides by zero at the end of training)."""
+        warmup_epochs = max(math.ceil(cfg.SOLVER.WARMUP_ITERS / iters_per_epoch), cfg.SOLVER.DELAY_EPOCHS)
+        if cfg.SOLVER.SCHED == "CosineAnnealingLR" and cfg.SOLVER.MAX_EPOCH - warmup_epochs < 1:
+            raise InputError(
+                f"SOLVER.SCHED CosineAnnealingLR anneals over SOLVER.MAX_EPOCH minus the warm-up epochs, and none "
+                f"are left: SOLVER.MAX_EPOCH {cfg.SOLVER.MAX_EPOCH}, SOLVER.WARMUP_ITERS {cfg.SOLVER.WARMUP_ITERS} "
+                f"({iters_per_epoch} iterations per epoch), SOLVER.DELAY_EPOCHS {cfg.SOLVER.DELAY_EPOCHS}. Raise "
+                "SOLVER.MAX_EPOCH or lower SOLVER.WARMUP_ITERS / SOLVER.DELAY_EPOCHS.")
+        return super().build_lr_scheduler(cfg, optimizer, iters_per_epoch)
 
     @classmethod
     def build_model(cls, cfg):

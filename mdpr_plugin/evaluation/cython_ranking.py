@@ -46,11 +46,12 @@ def ensure_fast_ranking():
     try:
         folder = build_fast_ranking()
     except (OSError, subprocess.CalledProcessError, RuntimeError) as error:
-        details = error.stderr.decode(errors="replace").strip().splitlines()[-1:] if getattr(error, "stderr", None) else []
+        stderr = getattr(error, "stderr", None) or b""
+        reason = (stderr.decode(errors="replace").strip().splitlines() or [str(error)])[-1]
         logger.warning(
             "fastreid's fast (Cython) ranking module is not built and could not be built here (%s); using the "
             "pure-Python ranking, which gives the same numbers more slowly. Build it with "
-            "`python -m mdpr_plugin.evaluation.cython_ranking` (needs Cython and a C compiler).", " ".join(details) or error)
+            "`python -m mdpr_plugin.evaluation.cython_ranking` (needs Cython and a C compiler).", reason)
         return False
     logger.info("Built fastreid's Cython ranking module in %s.", folder)
     return True

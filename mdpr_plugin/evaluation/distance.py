@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
 from .progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ METRICS = ("cosine", "euclidean")
 
 def check_metric(metric):
     if metric not in METRICS:
-        raise ValueError(f"TEST.METRIC must be one of {METRICS}, got {metric!r}")
+        raise InputError(f"TEST.METRIC must be one of {METRICS}, got {metric!r}")
 
 
 def prepare_features(features, metric):

@@ -26,6 +26,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
 from .distance import check_metric, pairwise_distance
 from .knn import faiss_knn, gemm_knn, resolve_backend
 from .progress import Progress
@@ -217,7 +218,7 @@ def rerank_distance(query, gallery, metric="cosine", k1=20, k2=6, lambda_value=0
     else:
         features[:num_query], features[num_query:] = query, gallery
     if k1 >= len(features):
-        raise ValueError(f"TEST.RERANK.K1={k1} needs more than {k1} query + gallery images")
+        raise InputError(f"TEST.RERANK.K1={k1} needs more than {k1} query + gallery images")
 
     backend = resolve_backend(knn)
     logger.info("Re-ranking %d queries x %d gallery (k1=%d, k2=%d, lambda=%.2f, k-NN: %s)",

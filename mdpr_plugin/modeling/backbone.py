@@ -18,6 +18,7 @@ from fastreid.modeling.backbones.resnet import ResNet
 from fastreid.modeling.backbones.resnext import ResNeXt
 from fastreid.utils.checkpoint import get_missing_parameters_message
 
+from ..errors import InputError, MissingFileError
 from ..serialization import safe_load
 
 logger = logging.getLogger(__name__)
@@ -104,14 +105,14 @@ def build_split_backbone(cfg, with_hard=True, with_soft=True):
 def _check_last_stride(cfg):
     stride = cfg.MODEL.BACKBONE.LAST_STRIDE
     if stride != 1:
-        raise ValueError(
+        raise InputError(
             f"MDPR needs MODEL.BACKBONE.LAST_STRIDE 1 (got {stride}): its branches concatenate layer3 and "
             "layer4 maps, which must have the same size. Set MODEL.BACKBONE.LAST_STRIDE 1.")
 
 
 def _check_pretrain_file(path):
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"MODEL.BACKBONE.PRETRAIN_PATH {path!r} does not exist (resolved to {os.path.abspath(path)!r}). "
             "Put the pretrained weights there, point MODEL.BACKBONE.PRETRAIN_PATH at them, or train "
             "without them with `MODEL.BACKBONE.PRETRAIN False`.")
@@ -121,7 +122,7 @@ def _stem_pool_name(backbone, name):
     for cls, pool in _STEM_POOL.items():
         if isinstance(backbone, cls):
             return pool
-    raise ValueError(
+    raise InputError(
         f"MDPR cannot split the backbone built by MODEL.BACKBONE.NAME={name!r} ({type(backbone).__name__}): "
         "it needs a ResNet-like backbone with conv1, bn1, layer1..layer4. Supported: "
         f"{', '.join(SUPPORTED_BUILDERS)} (any DEPTH, with IBN / SE / non-local where they offer them).")
@@ -151,7 +152,7 @@ def _probe_widths(trunk, layer3, layer4):
     for m, mode in zip(modules, modes):
         m.train(mode)
     if x3.shape[-2:] != x4.shape[-2:]:
-        raise ValueError(
+        raise InputError(
             f"layer4 changes the map size ({tuple(x3.shape[-2:])} -> {tuple(x4.shape[-2:])}) although "
             "MODEL.BACKBONE.LAST_STRIDE is 1; MDPR needs layer3 and layer4 maps of the same size.")
     return x3.shape[1], x4.shape[1]
@@ -166,7 +167,7 @@ def load_pretrained_weights(backbone, path):
     """
     state = safe_load(path)
     if not isinstance(state, dict):
-        raise TypeError(f"{path!r} holds a {type(state).__name__}, not a state dict")
+        raise InputError(f"{path!r} holds a {type(state).__name__}, not a state dict")
     for wrapper in ("model", "state_dict"):
         if isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -186,7 +187,7 @@ def load_pretrained_weights(backbone, path):
     for _, name, value in sorted(candidates, key=lambda c: c[0]):
         matched.setdefault(name, value)
     if not matched:
-        raise RuntimeError(
+        raise InputError(
             f"no tensor in {path!r} matches the backbone (file keys look like {list(state)[:3]}, the "
             f"backbone's like {list(own)[:3]}); check MODEL.BACKBONE.NAME / DEPTH / WITH_IBN / PRETRAIN_PATH.")
     backbone.load_state_dict(matched, strict=False)

@@ -10,6 +10,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
+from ..errors import InputError
 from .blocks import BAP, AttentionMaker, Embedding, FusionBlock, Guide, softmax_attn
 from .heads import HeadSpec
 
@@ -35,7 +36,7 @@ class HardContentBranch(nn.Module):
         stripes = torch.chunk(x4, self.num_parts, dim=2)
         # torch.chunk returns fewer pieces when H is too small; fail here rather than in zip below.
         if len(stripes) != self.num_parts:
-            raise ValueError(
+            raise InputError(
                 f"the layer4 map is {x4.shape[2]} rows high and cannot be cut into PART_NUM="
                 f"{self.num_parts} stripes; use a taller input or a smaller PART_NUM")
         parts = [embed(stripe) for embed, stripe in zip(self.part_embeddings, stripes)]

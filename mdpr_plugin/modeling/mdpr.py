@@ -9,6 +9,7 @@ from fastreid.modeling.losses import cross_entropy_loss, log_accuracy, triplet_l
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from fastreid.utils import events
 
+from ..errors import InputError
 from .backbone import build_split_backbone
 from .branches import Fusion, HardContentBranch, SoftContentBranch
 from .distillation import MutualDistillation
@@ -55,9 +56,9 @@ class MDPR(nn.Module):
     def from_config(cls, cfg):
         with_hard, with_soft = cfg.HARD_BRANCH_ENABLE, cfg.SOFT_BRANCH_ENABLE
         if not (with_hard or with_soft):
-            raise ValueError("HARD_BRANCH_ENABLE and SOFT_BRANCH_ENABLE are both False: MDPR needs one branch")
+            raise InputError("HARD_BRANCH_ENABLE and SOFT_BRANCH_ENABLE are both False: MDPR needs one branch")
         if cfg.MODEL.HEADS.EMBEDDING_DIM:
-            raise ValueError(
+            raise InputError(
                 "MDPR sets its width with MODEL.BACKBONE.EMBEDDING_DIM and its heads add no reduction: "
                 f"set MODEL.HEADS.EMBEDDING_DIM 0 (got {cfg.MODEL.HEADS.EMBEDDING_DIM})")
         both = with_hard and with_soft
@@ -67,7 +68,7 @@ class MDPR(nn.Module):
 
         e, p, m = cfg.MODEL.BACKBONE.EMBEDDING_DIM, cfg.PART_NUM, cfg.ATTN_NUM
         if p < 1 or m < 1:
-            raise ValueError(f"PART_NUM and ATTN_NUM must be at least 1 (got {p}, {m})")
+            raise InputError(f"PART_NUM and ATTN_NUM must be at least 1 (got {p}, {m})")
         norm = cfg.MODEL.BACKBONE.NORM
         backbone = build_split_backbone(cfg, with_hard, with_soft)
         c3, c4 = backbone.layer3_channels, backbone.layer4_channels
@@ -210,7 +211,7 @@ class MDPR(nn.Module):
         Runs in the model's current mode (call it in eval mode, under ``torch.no_grad()`` for inference).
         """
         if self.soft_branch is None:
-            raise ValueError("SOFT_BRANCH_ENABLE is False: this model has no attention maps")
+            raise InputError("SOFT_BRANCH_ENABLE is False: this model has no attention maps")
         x3, x4 = self.backbone.soft(self.backbone.trunk(self.preprocess_image(batched_inputs)))
         attention4, attention3 = self.soft_branch.attention(x3, x4, include_background)
         if not include_background:

@@ -10,7 +10,7 @@ import torch
 
 from ..config import build_config
 from ..data import build_transforms, read_image
-from ..engine import MDPRCheckpointer, build_model, check_weights_file
+from ..engine.eval_model import build_eval_model
 from ..errors import MDPRError, MissingFileError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -48,11 +48,10 @@ def setup_tool_config(args):
 
 
 def load_eval_model(cfg):
-    """The model in eval mode on ``MODEL.DEVICE`` (or the CPU fallback), weights from ``MODEL.WEIGHTS``."""
-    check_weights_file(cfg.MODEL.WEIGHTS)  # before building the model
-    model = build_model(cfg)
-    MDPRCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    return model.eval()
+    """The model in eval mode on ``MODEL.DEVICE`` (or the CPU fallback), weights from ``MODEL.WEIGHTS``, which
+    must fit it (see :func:`mdpr_plugin.engine.eval_model.build_eval_model`)."""
+    model, _ = build_eval_model(cfg)
+    return model
 
 
 def list_images(folder):

@@ -85,6 +85,26 @@ def build_encoder(cfg, backend, onnx_path=None):
 
 
 # ---------------------------------------------------------------------------------------- extraction
+def non_finite_rows(features):
+    """Indices of the rows of ``features`` holding a NaN or an infinity."""
+    return np.flatnonzero(~np.isfinite(features.reshape(len(features), -1)).all(axis=1))
+
+
+def _first_few(names, shown=5):
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def refuse_non_finite(features, paths, source):
+    """Stop before features with NaN or infinite values are written: a search would drop those rows or
+    rank them anywhere, silently."""
+    rows = non_finite_rows(features)
+    if len(rows):
+        raise InputError(
+            f"The model {source} gave non-finite features (NaN or inf) for {len(rows)} of {len(paths)} images: "
+            f"{_first_few([paths[i] for i in rows])}; nothing was written. Check the model's weights for NaN "
+            "(a diverged training run) and those images.")
+
+
 def extract_features(paths, encode, transform, batch_size=64, progress_period=5.0):
     """N x D float32 features of the images at ``paths``, each row L2-normalised."""
     if batch_size < 1:
@@ -95,6 +115,7 @@ def extract_features(paths, encode, transform, batch_size=64, progress_period=5.
     for start in range(0, len(paths), batch_size):
         batch = load_images(paths[start:start + batch_size], transform)
         out = np.asarray(encode(batch), dtype=np.float32)
+        refuse_non_finite(out, paths[start:start + batch_size], getattr(encode, "source", "the model"))
         if features is None:  # the width is known once the model has run
             features = np.empty((len(paths), out.shape[1]), dtype=np.float32)
         features[start:start + len(out)] = out
@@ -146,7 +167,15 @@ def load_features(path):
     if not os.path.isfile(path):
         raise MissingFileError(f"features file {path} does not exist; make it with mdpr-extract")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, mmap_mode="r", allow_pickle=False)  # a .npy is mapped, not read, to be refused
+    except (zipfile.BadZipFile, ValueError, OSError) as error:
+        raise InputError(f"{path} is not an .npz of features written by mdpr-extract ({error})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):  # a .npy: one bare array, without the image paths
+        shape = " x ".join(map(str, data.shape))
+        raise InputError(f"{path} is a .npy file (a bare {shape} array, without image paths); an .npz written by "
+                         "mdpr-extract is expected: make it with mdpr-extract --input FOLDER --output FILE.npz")
+    try:
+        with data:
             record = {key: data[key] for key in data.files}
     except (zipfile.BadZipFile, ValueError, OSError) as error:
         raise InputError(f"{path} is not an .npz of features written by mdpr-extract ({error})") from None
@@ -159,6 +188,13 @@ def load_features(path):
         raise InputError(f"{path}: 'features' must be a non-empty N x D array, got shape {features.shape}")
     if len(paths) != len(features):
         raise InputError(f"{path}: {len(paths)} paths for {len(features)} feature rows")
+    if features.dtype.kind not in "fiu":
+        raise InputError(f"{path}: 'features' must hold numbers, got {features.dtype}; make it with mdpr-extract")
+    rows = non_finite_rows(features)
+    if len(rows):  # a search would drop these rows or give them NaN distances
+        raise InputError(f"{path}: {len(rows)} of {len(features)} feature rows are not finite (NaN or inf): "
+                         f"{_first_few([f'row {i} ({paths[i]})' for i in rows])}; extract those images again "
+                         "with mdpr-extract")
     record["features"] = features.astype(np.float32, copy=False)
     record["paths"] = [str(p) for p in paths]
     for key, value in record.items():  # 0-d arrays back to Python scalars

@@ -1,12 +1,13 @@
 """The plugin's checkpointer: weights_only=True reading (fastreid's own checkpoints still load and resume),
 bad files refused, atomic writes."""
 import os
+import pickle
 
 import numpy as np
 import pytest
 import torch
 from fastreid.solver import build_lr_scheduler
-from helpers import run_script
+from helpers import BUNDLED_IMAGES, MDPR_DEMO_CONFIG, run_script
 from mdpr_plugin.engine import CheckpointError, MDPRCheckpointer, Trainer, load_checkpoint_file
 
 
@@ -49,13 +50,71 @@ class _RunsCode:
         return (open, (self.marker, "w"))
 
 
-def test_checkpoint_holding_arbitrary_objects_is_refused_without_running_them(tmp_path):
+class _RunsShellCommand:
+    """An object whose unpickling would run a shell command that creates a file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class _Plain:
+    """An instance of a class of the user's: unpickling it imports and builds it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+
+def _pickle_dump(protocol):
+    def dump(obj, path):
+        with open(path, "wb") as f:  # a plain pickle named .pth, not a torch zip archive
+            pickle.dump(obj, f, protocol=protocol)
+    return dump
+
+
+def _torch_save_legacy(obj, path):
+    torch.save(obj, path, _use_new_zipfile_serialization=False)
+
+
+@pytest.mark.parametrize("payload, named", [(_RunsCode, r"(io|builtins|__builtin__)\.open"),
+                                            (_RunsShellCommand, r"(posix|nt)\.system"),
+                                            (_Plain, r"tests\.engine\.test_checkpoint\._Plain")],
+                         ids=["open", "os.system", "custom-class"])
+@pytest.mark.parametrize("write", [torch.save, _torch_save_legacy, _pickle_dump(None), _pickle_dump(2),
+                                   _pickle_dump(0)], ids=["torch.save", "torch.save-legacy", "pickle", "pickle-2",
+                                                          "pickle-0"])
+def test_checkpoint_holding_arbitrary_objects_is_refused_without_running_them(tmp_path, payload, named, write):
     marker = tmp_path / "payload-ran"
     path = tmp_path / "evil.pth"
-    torch.save({"model": {}, "extra": _RunsCode(str(marker))}, path)
-    with pytest.raises(CheckpointError, match="Refusing to load .*evil.pth.*arbitrary code"):
+    write({"model": {}, "extra": payload(str(marker))}, str(path))
+    with pytest.raises(CheckpointError, match=rf"^Refusing to load .*evil\.pth: it holds a pickled Python object "
+                                              rf"\([^)]*\b{named}\b[^)]*\), which could run arbitrary code"):
         load_checkpoint_file(str(path))
     assert not marker.exists()
+
+
+def test_a_plain_pickle_of_numbers_is_not_called_malicious(tmp_path):
+    path = tmp_path / "plain.pth"
+    _pickle_dump(None)({"model": {"w": 1.0}}, str(path))
+    with pytest.raises(CheckpointError, match=r"plain\.pth could not be read as a torch checkpoint"):
+        load_checkpoint_file(str(path))
+
+
+def test_extract_reports_a_malicious_checkpoint_in_one_line(tmp_path):
+    evil, marker = tmp_path / "evil.pth", tmp_path / "payload-ran"
+    torch.save({"model": {}, "extra": _RunsShellCommand(str(marker))}, evil)
+    returncode, output = run_script("-m", "mdpr_plugin.tools.extract", "--config-file", MDPR_DEMO_CONFIG, "--input",
+                                    BUNDLED_IMAGES, "--output", str(tmp_path / "f.npz"), "MODEL.WEIGHTS", str(evil),
+                                    "MODEL.DEVICE", "cpu")
+    assert returncode == 1, output
+    errors = [line for line in output.splitlines() if "error:" in line]
+    assert errors == [f"mdpr-extract: error: Refusing to load {evil}: it holds a pickled Python object (posix.system), "
+                      "which could run arbitrary code when unpickled; only tensors, containers and numbers are "
+                      "accepted. If you trust the file, re-save its tensors alone: "
+                      "torch.save({'model': model.state_dict()}, path)."], output
+    assert "Traceback" not in output and not marker.exists() and not (tmp_path / "f.npz").exists()
 
 
 def test_truncated_checkpoint_is_refused_with_the_file_named(parts, tmp_path):

@@ -96,6 +96,7 @@ def test_each_sample_is_augmented_from_its_own_seed(demo_cfg):
 def test_the_seed_is_checkpointed_and_a_resume_restores_it_with_the_stream_position(demo_cfg):
     """With SEED -1 each start draws a seed; --resume must continue with the checkpoint's."""
     from mdpr_plugin.engine import Trainer
+    from mdpr_plugin.errors import MDPRError
 
     demo_cfg.SOLVER.WARMUP_ITERS = 1
     first = Trainer(demo_cfg)
@@ -202,11 +203,12 @@ def test_processes_that_resume_from_different_checkpoints_are_stopped(demo_cfg, 
     """E.g. machines without a shared OUTPUT_DIR: one finds the checkpoint, another starts afresh."""
     from fastreid.utils import comm
     from mdpr_plugin.engine import Trainer
+    from mdpr_plugin.errors import MDPRError
 
     demo_cfg.SOLVER.WARMUP_ITERS = 1
     trainer = Trainer(demo_cfg)
     trainer.checkpointer.save("model_0000", epoch=0)
     monkeypatch.setattr(comm, "get_world_size", lambda: 2)
     monkeypatch.setattr(comm, "all_gather", lambda value: [value, 0])  # rank 1 found no checkpoint
-    with pytest.raises(RuntimeError, match=r"start epoch by rank: \[1, 0\].*same OUTPUT_DIR"):
+    with pytest.raises(MDPRError, match=r"start epoch by rank: \[1, 0\].*same OUTPUT_DIR"):
         trainer.resume_or_load(resume=True)

@@ -4,6 +4,7 @@ import torch
 
 from fastreid.modeling.backbones import BACKBONE_REGISTRY
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
+from mdpr_plugin.errors import InputError
 from mdpr_plugin.modeling import build_split_backbone
 from mdpr_plugin.modeling.backbone import NonLocalStage
 from modeling.mdpr_testutils import E, batch, build, small_cfg
@@ -94,7 +95,7 @@ def test_pretrained_weights_are_loaded_before_the_split(tmp_path):
 def test_a_pretrained_file_that_matches_nothing_is_refused(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"model": {"encoder.blocks.0.weight": torch.zeros(3)}}, path)
-    with pytest.raises(RuntimeError, match="no tensor"):
+    with pytest.raises(InputError, match="no tensor"):
         build(small_cfg("MODEL.BACKBONE.PRETRAIN", True, "MODEL.BACKBONE.PRETRAIN_PATH", str(path)))
 
 

@@ -8,6 +8,7 @@ import torch
 from fastreid.config import get_cfg
 from helpers import REPO, load_config
 from mdpr_plugin import add_mdpr_config
+from mdpr_plugin.config import build_config
 from modeling.mdpr_testutils import build
 
 DEFAULTS = {
@@ -41,6 +42,17 @@ def test_authors_style_root_keys_load(tmp_path):
     cfg.merge_from_file(str(path))
     assert (cfg.ATTN_NUM, cfg.PART_NUM, cfg.ATTN_GUIDED, cfg.OUTPUT_ALL) == (3, 3, False, True)
     assert cfg.MODEL.BACKBONE.EMBEDDING_DIM == 256 and cfg.MODEL.LOSSES.ATTN_DIVERSITY.SCALE == 0.01
+
+
+ALL_CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yml"), recursive=True))
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=[os.path.relpath(p, REPO) for p in ALL_CONFIGS])
+def test_every_config_reads_as_fastreid_reads_it_and_passes_the_checks(path):
+    """build_config reads the _BASE_ files itself (to name them in errors), and checks the values."""
+    fastreids = add_mdpr_config(get_cfg())
+    fastreids.merge_from_file(path)
+    assert build_config(path).dump() == fastreids.dump()
 
 
 def test_the_paper_configs_exist():

@@ -28,7 +28,8 @@ def demo_weights(tmp_path_factory):
 def demo_onnx(demo_weights, tmp_path_factory):
     """``(path, output)``: the demo checkpoint exported by the mdpr-export CLI (parity checked on 8 images)."""
     path = tmp_path_factory.mktemp("demo_onnx") / "demo.onnx"
-    code, output = run_script("-m", "mdpr_plugin.tools.export", "--config-file", MDPR_DEMO_CONFIG, "--output", str(path),
-                              "--check-batch", "8", "MODEL.WEIGHTS", demo_weights, "MODEL.DEVICE", "cpu")
+    code, output = run_script("-m", "mdpr_plugin.tools.export", "--config-file", MDPR_DEMO_CONFIG,
+                              "--output", str(path), "--check-batch", "8", "MODEL.WEIGHTS", demo_weights,
+                              "MODEL.DEVICE", "cpu")
     assert code == 0, output
     return str(path), output

@@ -1,13 +1,17 @@
-"""mdpr-extract and mdpr-search: both backends agree; a query in the gallery finds itself first; IVF recall."""
+"""mdpr-extract and mdpr-search: both backends agree; a query in the gallery finds itself first; IVF recall; bad
+input (non-finite features, a .npy file, weights of another model) stopped with one line."""
 import csv
 import os
 import shutil
 
 import numpy as np
 import pytest
+import torch
+from fastreid.utils.checkpoint import Checkpointer
 from helpers import BUNDLED_IMAGES, MDPR_DEMO_CONFIG, load_config, run_script
 from PIL import Image
 
+from mdpr_plugin.engine import build_model
 from mdpr_plugin.tools import extract, search
 
 IVF_RECALL_FLOOR = 0.9  # measured 0.933 (20k x 256, 1000 clusters, nlist 64, nprobe 8)
@@ -234,3 +238,85 @@ def test_extract_gives_the_features_eval_only_computes_for_every_kind_of_image(d
     extracted = extract.extract_features(paths, extract.TorchEncoder(cfg), extract.eval_transform(cfg))
     difference = np.abs(extracted - np.stack([evaluated[p] for p in paths])).max()
     assert difference < 1e-6, difference
+
+
+# ------------------------------------------------------------------------------------- non-finite, .npy, fit
+def features_file(path, rows=5, bad=()):
+    """An .npz as mdpr-extract writes it, with NaN / inf in the rows ``bad``."""
+    features = np.random.default_rng(0).standard_normal((rows, 8)).astype(np.float32)
+    for row, value in zip(bad, (np.nan, np.inf, -np.inf)):
+        features[row, 3] = value
+    np.savez(path, features=features, paths=np.array([f"person_{i}.jpg" for i in range(rows)]))
+    return str(path)
+
+
+def test_search_refuses_non_finite_features_naming_the_rows(tmp_path):
+    bad = features_file(tmp_path / "bad.npz", bad=(1, 3))
+    message = r"bad\.npz: 2 of 5 feature rows are not finite \(NaN or inf\): row 1 \(person_1\.jpg\), row 3 " \
+              r"\(person_3\.jpg\); extract those images again with mdpr-extract"
+    with pytest.raises(SystemExit, match=r"^mdpr-search: error: .*" + message):
+        search.main(["index", "--features", bad, "--output", str(tmp_path / "bad.index")])
+    assert not (tmp_path / "bad.index").exists()
+
+    index = str(tmp_path / "good.index")
+    search.main(["index", "--features", features_file(tmp_path / "good.npz"), "--output", index])
+    for extra in ([], ["--rerank", "--k1", "3", "--k2", "2"]):
+        with pytest.raises(SystemExit, match=message):
+            search.main(["query", "--index", index, "--features", bad, *extra])
+
+
+def test_a_npy_features_file_is_refused_in_one_line(tmp_path):
+    np.save(tmp_path / "gallery.npy", np.ones((4, 8), np.float32))
+    with pytest.raises(SystemExit) as stop:
+        search.main(["index", "--features", str(tmp_path / "gallery.npy"), "--output", str(tmp_path / "g.index")])
+    assert stop.value.code == (
+        f"mdpr-search: error: {tmp_path / 'gallery.npy'} is a .npy file (a bare 4 x 8 array, without image paths); "
+        "an .npz written by mdpr-extract is expected: make it with mdpr-extract --input FOLDER --output FILE.npz")
+
+
+class NaNForOneImage:
+    """An encoder that gives finite features except for the image at ``bad_path``."""
+
+    name, source = "fake", "fake.pth"
+
+    def __init__(self, paths, bad_path):
+        self.rows = iter(paths)
+        self.bad_path = bad_path
+
+    def __call__(self, images):
+        out = np.ones((len(images), 4), np.float32)
+        for b in range(len(images)):
+            if next(self.rows) == self.bad_path:
+                out[b, 0] = np.nan
+        return out
+
+
+def test_extract_refuses_non_finite_features_naming_the_image(image_folder, demo_cfg_with_weights):
+    paths = extract.list_images(image_folder)
+    encoder = NaNForOneImage(paths, paths[7])
+    with pytest.raises(ValueError, match=rf"^The model fake\.pth gave non-finite features \(NaN or inf\) for 1 of 5 "
+                                         rf"images: {paths[7]}; nothing was written"):
+        extract.extract_features(paths, encoder, extract.eval_transform(demo_cfg_with_weights), batch_size=5)
+
+
+def test_extract_with_nan_weights_writes_nothing(demo_weights, image_folder, tmp_path):
+    checkpoint = torch.load(demo_weights, weights_only=True)
+    checkpoint["model"]["heads.fusion.bottleneck.0.running_var"][0] = float("nan")
+    torch.save(checkpoint, tmp_path / "nan.pth")
+    output = tmp_path / "f.npz"
+    with pytest.raises(SystemExit, match=r"^mdpr-extract: error: The model .*nan\.pth gave non-finite features "
+                                         r"\(NaN or inf\) for 12 of 12 images: .*and 7 more; nothing was written"):
+        extract.main(["--config-file", MDPR_DEMO_CONFIG, "--input", image_folder, "--output", str(output),
+                      "--batch-size", "12", "MODEL.WEIGHTS", str(tmp_path / "nan.pth"), "MODEL.DEVICE", "cpu"])
+    assert not output.exists()
+
+
+def test_extract_refuses_weights_of_another_model(image_folder, tmp_path):
+    cfg = load_config("configs/Baseline-demo.yml", "MODEL.DEVICE", "cpu", "MODEL.BACKBONE.PRETRAIN", "False")
+    Checkpointer(build_model(cfg), save_dir=str(tmp_path)).save("baseline")
+    with pytest.raises(SystemExit) as stop:
+        extract.main(["--config-file", MDPR_DEMO_CONFIG, "--input", image_folder, "--output", str(tmp_path / "f.npz"),
+                      "MODEL.WEIGHTS", str(tmp_path / "baseline.pth"), "MODEL.DEVICE", "cpu"])
+    message = str(stop.value.code)
+    assert message.startswith(f"mdpr-extract: error: {tmp_path / 'baseline.pth'} does not fit the model MDPR")
+    assert "\n" not in message and not (tmp_path / "f.npz").exists()
