@@ -5,6 +5,8 @@ PY     := $(VENV)/bin/python
 # CUDA builds that also run on a CPU-only machine; fastreid 1.4.0's own pins (torch==1.13.1) have no
 # Python 3.11 build, so fastreid is installed with --no-deps and its real needs come from setup.py.
 TORCH  := torch==2.14.1 torchvision==0.29.1
+# faiss build: empty = gpu where torch sees CUDA, cpu elsewhere; `make setup FAISS=cpu` to choose
+FAISS  ?=
 
 .PHONY: setup demo test clean
 
@@ -15,7 +17,9 @@ $(VENV)/.ready: setup.py
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet --no-deps fastreid==1.4.0
-	$(PY) -m pip install --quiet -e '.[test]'
+	@faiss="$(FAISS)"; [ -n "$$faiss" ] || faiss=$$($(PY) -c "import torch; print('gpu' if torch.cuda.is_available() else 'cpu')"); \
+	echo "faiss: installing the $$faiss build (by default gpu where torch sees CUDA, else cpu; FAISS=cpu|gpu chooses)"; \
+	$(PY) -m pip install --quiet -e ".[$$faiss,test]"
 	$(PY) -m mdpr_plugin.evaluation.cython_ranking
 	touch $@
 

@@ -1,5 +1,15 @@
-"""MDPR for fastreid: install with `make setup` (see README), which also installs fastreid 1.4.0
-without its impossible torch==1.13.1 pins and builds its fast ranking module."""
+"""MDPR for fastreid. `make setup` (see README) builds a complete environment here; in an existing fastreid
+environment, `pip install -e '.[cpu]'` or `'.[gpu]'` (or no extra when faiss is already installed).
+
+What is not a requirement, on purpose:
+- torch / torchvision: the environment's own build (CUDA or CPU) must never be replaced; the package
+  refuses, on import, a torch older than 2.0.
+- faiss: an extra ([cpu] -> faiss-cpu, [gpu] -> faiss-gpu), so that installing the package never puts one
+  build's files over another's.
+- fastreid: PyPI's 1.4.0 pins torch 1.13.1 (no Python 3.11 build), so it is installed with --no-deps, and
+  a fastreid git clone must not be shadowed by a second copy.
+The rest are fastreid's real import-time needs plus ours, with no upper bounds (no downgrades).
+"""
 from setuptools import find_packages, setup
 
 setup(
@@ -8,27 +18,23 @@ setup(
     description="MDPR (Mutual Distillation Learning for Person Re-identification) as a fastreid plugin",
     python_requires=">=3.10",
     packages=find_packages(include=["mdpr_plugin", "mdpr_plugin.*"]),
-    package_data={"mdpr_plugin": ["data/mini_market1501/**/*.jpg"]},
+    package_data={"mdpr_plugin": ["configs/*.yml", "configs/*/*.yml",
+                                  "data/mini_market1501/README.md", "data/mini_market1501/**/*.jpg"]},
     include_package_data=True,
-    # fastreid==1.4.0 itself is installed with `pip install --no-deps` (its metadata pins torch 1.13.1,
-    # which has no Python 3.11 build); these are its real import-time needs plus ours.
     install_requires=[
-        "torch>=2.0",
-        "torchvision>=0.15",
         "numpy",
         "yacs",
-        "termcolor>=2.2,<3",  # fastreid 1.4.0's own ranges
-        "tabulate>=0.9,<0.10",
-        "faiss-cpu",
+        "PyYAML",
+        "termcolor>=2.2",
+        "tabulate>=0.9",
         "scikit-learn",
         "scipy",  # sparse re-ranking (also a scikit-learn dependency)
         "tensorboard",
         "Pillow>=9.2",  # ImageFont.getlength (mdpr-visualize)
-        "Cython",
+        "Cython",  # fastreid's ranking module, built by `make setup` (optional: the plugin ranks without it)
     ],
     extras_require={
-        # faiss-gpu wheels exist only for some CUDA/Python combinations; install it by hand there
-        # and the re-ranking search moves to the GPU automatically.
+        "cpu": ["faiss-cpu"],
         "gpu": ["faiss-gpu"],
         # mdpr-export / the ONNX Runtime backend of mdpr-extract and of the speed benchmark
         "onnx": ["onnx", "onnxscript", "onnxruntime"],

@@ -38,7 +38,7 @@ from .errors import MDPRError
 from .engine.distributed import distributed_data_parallel
 from .engine.launch import launch
 from .engine.train_loop import AMPTrainer
-from .evaluation.cython_ranking import ensure_fast_ranking
+from .evaluation import rank as plugin_rank
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +83,18 @@ def _jaccard_on_available_device(compute_jaccard_distance):
     return compute_jaccard_distance_on_available_device
 
 
-def _compile_dependencies_without_exit(self):
-    from fastreid.utils import comm
+def _compile_nothing(self):
+    """fastreid's ReidEvaluator compiles its Cython ranking here; the patched ranking does not need it."""
 
-    if comm.is_main_process():
-        ensure_fast_ranking()
+
+def _ranking_without_cython(evaluate_rank):
+    def evaluate_rank_with_cython_numbers(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50,
+                                          use_metric_cuhk03=False, use_cython=True):
+        if use_metric_cuhk03:  # fastreid's own (its Python path has no such failure)
+            return evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, True, use_cython)
+        return plugin_rank.evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, use_cython)
+
+    return evaluate_rank_with_cython_numbers
 
 
 PATCHES = (
@@ -117,11 +124,16 @@ PATCHES = (
           "launch asserts CUDA and uses NCCL (engine/launch.py:75,77); the replacement uses gloo on CPUs and "
           "joins a torchrun job.",
           "3e4eac9b6d42ff0e"),
-    Patch("fastreid.evaluation.reid_evaluation:ReidEvaluator._compile_dependencies",
-          lambda original: _compile_dependencies_without_exit,
+    Patch("fastreid.evaluation.rank:evaluate_rank", _ranking_without_cython,
+          "without the compiled Cython module (a git clone that never built it), the Python ranking fails on "
+          "numpy >= 1.24 when a query keeps fewer than 50 gallery entries (evaluation/rank.py:156), and whether "
+          "the module is used is decided at import (rank.py:13), before the evaluator compiles it. The "
+          "replacement gives the module's numbers, bit for bit, with or without it (Market-1501 protocol).",
+          "89011154f43c7dda"),
+    Patch("fastreid.evaluation.reid_evaluation:ReidEvaluator._compile_dependencies", lambda original: _compile_nothing,
           "ReidEvaluator compiles the Cython ranking with whatever python3 is first on PATH and calls "
-          "sys.exit(1) when that fails (evaluation/reid_evaluation.py:128, rank_cylib/__init__.py:19); the "
-          "replacement compiles with this interpreter and falls back to the Python ranking with a warning.",
+          "sys.exit(1) when that fails (evaluation/reid_evaluation.py:128, rank_cylib/__init__.py:19); with the "
+          "ranking patched nothing needs compiling.",
           "834ab8c6505f9cc0"),
     Patch("fastreid.utils.compute_dist:compute_jaccard_distance", _jaccard_on_available_device,
           "re-ranking always asks for the GPU search (utils/compute_dist.py:53,68,76: features.cuda(), "

@@ -89,10 +89,30 @@ def _all_keys(node, prefix=""):
             yield f"{prefix}{key}"
 
 
-def build_config(config_file, opts=()):
-    """fastreid's defaults + MDPR's keys + ``config_file`` + ``KEY VALUE`` ``opts`` (not frozen), checked: the one
-    way train_net.py, the tools, the benchmarks and the tests build a config."""
-    return check_config(merge_config(add_mdpr_config(get_cfg()), config_file, list(opts)))
+PACKAGED_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def config_file(name):
+    """``name`` when it is a file, else the path of the config of that name shipped with the package, e.g.
+    ``config_file("MDPR/duke.yml")`` (as detectron2's ``model_zoo.get_config_file``; ``"configs/MDPR/duke.yml"``
+    names the same file). The configs' ``_BASE_`` files are shipped beside them."""
+    if os.path.isfile(name):
+        return name
+    relative = name[len("configs/"):] if name.startswith("configs/") else name
+    path = os.path.join(PACKAGED_CONFIGS, relative)
+    if not os.path.isfile(path):
+        shipped = sorted(os.path.relpath(os.path.join(folder, f), PACKAGED_CONFIGS)
+                         for folder, _, files in os.walk(PACKAGED_CONFIGS) for f in files if f.endswith(".yml"))
+        raise MissingFileError(f"Config file {name} not found (absolute: {os.path.abspath(name)}), and no packaged "
+                               f"config has that name; the packaged ones are {', '.join(shipped)}.")
+    return path
+
+
+def build_config(path, opts=()):
+    """fastreid's defaults + MDPR's keys + the config file ``path`` (or a packaged config's name) + ``KEY VALUE``
+    ``opts`` (not frozen), checked: the one way train_net.py, the tools, the benchmarks and the tests build a
+    config."""
+    return check_config(merge_config(add_mdpr_config(get_cfg()), path, list(opts)))
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -157,15 +177,14 @@ def _merge_into(values, base_values, path, base_path, prefix=""):
             base_values[key] = value
 
 
-def merge_config(cfg, config_file, opts):
-    """``config_file`` (with its ``_BASE_`` files) then the ``KEY VALUE`` ``opts`` merged into ``cfg``, with errors
-    that name the file or key: an unknown key names where it came from and the closest valid keys (yacs says
-    only "Non-existent (config) key"); a missing or unreadable file, a ``_BASE_`` cycle and a value of the
-    wrong type are :class:`MDPRError` s."""
-    if not os.path.isfile(config_file):
-        raise MissingFileError(f"Config file {config_file} not found (absolute: {os.path.abspath(config_file)}).")
-    values = load_config_file(config_file)
-    for source, merge in ((config_file, lambda: cfg.merge_from_other_cfg(type(cfg)(values))),
+def merge_config(cfg, path, opts):
+    """The config file ``path`` (or a packaged config's name, see :func:`config_file`) with its ``_BASE_`` files,
+    then the ``KEY VALUE`` ``opts``, merged into ``cfg``, with errors that name the file or key: an unknown key
+    names where it came from and the closest valid keys (yacs says only "Non-existent (config) key"); a missing
+    or unreadable file, a ``_BASE_`` cycle and a value of the wrong type are :class:`MDPRError` s."""
+    path = config_file(path)
+    values = load_config_file(path)
+    for source, merge in ((path, lambda: cfg.merge_from_other_cfg(type(cfg)(values))),
                           ("the command line", lambda: cfg.merge_from_list(opts))):
         try:
             merge()

@@ -7,6 +7,7 @@ process exits with status 1. Any other exception keeps its traceback: it is a bu
 to fix.
 """
 import contextlib
+import importlib
 
 
 class MDPRError(Exception):
@@ -19,6 +20,19 @@ class InputError(MDPRError, ValueError):
 
 class MissingFileError(MDPRError, FileNotFoundError):
     """A file or folder the user named that does not exist."""
+
+
+class MissingExtraError(MDPRError, ImportError):
+    """An optional dependency is not installed; the message names the extra of this package that installs it."""
+
+
+def require(module, extra, what=None):
+    """Import ``module`` or say which extra of this package provides it (``what``: the choice, if several)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        install = what or f"`pip install 'mdpr-plugin[{extra}]'` (in this repository: `pip install -e '.[{extra}]'`)"
+        raise MissingExtraError(f"{module} is not installed; install it with {install}") from None
 
 
 def _message(error):

@@ -1,4 +1,6 @@
 """Shared test helpers (tests/ is on sys.path through pytest.ini)."""
+import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -22,3 +24,21 @@ def run_script(*args, cwd=REPO, timeout=600, env=None):
     proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env, timeout=timeout,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return proc.returncode, proc.stdout
+
+
+@contextlib.contextmanager
+def logged(logger_name="mdpr_plugin", level=logging.WARNING):
+    """The messages of ``level`` and above logged on ``logger_name`` and its children, caught on the logger
+    itself (pytest's caplog listens on the root logger, which fastreid's setup_logger stops them reaching)."""
+    messages = []
+    handler = logging.Handler(level)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger(logger_name)
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)

@@ -1,10 +1,8 @@
 """Bad input gets a message that names the file or key and the fix, and damages nothing written before."""
 import glob
-import logging
 import os
 import re
 import shutil
-from contextlib import contextmanager
 
 import fastreid.data.build as data_build
 import numpy as np
@@ -12,7 +10,7 @@ import pytest
 import torch
 from fastreid.config import get_cfg
 from fastreid.engine.train_loop import HookBase
-from helpers import REPO, load_config, run_script
+from helpers import REPO, load_config, logged, run_script
 from PIL import Image
 
 from mdpr_plugin import add_mdpr_config
@@ -21,7 +19,7 @@ from mdpr_plugin.data import BUNDLED_ROOT
 from mdpr_plugin.data.checks import DatasetLayoutError, DatasetNotFoundError, SamplingError
 from mdpr_plugin.data.images import BadImageError
 from mdpr_plugin.engine import Trainer
-from mdpr_plugin.errors import InputError, MDPRError, MissingFileError, run_reporting_errors
+from mdpr_plugin.errors import InputError, MDPRError, run_reporting_errors
 from mdpr_plugin.engine.train_loop import NonFiniteLossError, NonFiniteWeightsError
 from mdpr_plugin.evaluation import ReidEvaluator
 from mdpr_plugin.evaluation.evaluator import EmptyEvaluationSetError
@@ -189,20 +187,6 @@ def earlier_run(tmp_path):
     return EarlierRun
 
 
-@contextmanager
-def warnings_of(logger_name):
-    """The warning messages logged on ``logger_name`` (setup_logger may have stopped it propagating)."""
-    records = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda record: records.append(record.getMessage())
-    logger = logging.getLogger(logger_name)
-    logger.addHandler(handler)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
-
-
 # (a) a dataset folder in the wrong layout ---------------------------------------------------------
 def test_images_directly_in_the_dataset_folder_are_pointed_at(market, market_cfg):
     for split in SPLITS:
@@ -334,7 +318,7 @@ def test_skip_leaves_unreadable_images_out_and_counts_them(market, market_cfg):
     damage(train_bad, "truncated")
     damage(query_bad, "empty")
     market_cfg.DATALOADER.BAD_IMAGES = "skip"
-    with warnings_of("mdpr_plugin.data.checks") as warnings:
+    with logged("mdpr_plugin.data.checks") as warnings:
         loader = Trainer.build_train_loader(market_cfg)
         test_loader, num_query = Trainer.build_test_loader(market_cfg, "Market1501")
     assert [item[0] for item in loader.dataset.img_items if item[0] == train_bad] == []
@@ -419,7 +403,7 @@ def test_tiny_images_are_upscaled_with_a_warning(market, market_cfg):
     tiny = images(market / "bounding_box_train")[:2]
     Image.open(tiny[0]).resize((5, 10)).save(tiny[0])
     Image.open(tiny[1]).resize((1, 1)).save(tiny[1])
-    with warnings_of("mdpr_plugin.data.checks") as warnings:
+    with logged("mdpr_plugin.data.checks") as warnings:
         loader = Trainer.build_train_loader(market_cfg)
     assert any("2 images of Market1501's training set are more than 4x smaller than the input size 64x128" in w
                for w in warnings), warnings
@@ -457,7 +441,7 @@ def test_fewer_images_than_a_batch_is_refused(market, market_cfg):
 
 def test_fewer_images_per_identity_than_num_instance_warns_with_counts(market_cfg):
     market_cfg.DATALOADER.NUM_INSTANCE = 4  # the bundled identities have 2 images each
-    with warnings_of("mdpr_plugin.data.checks") as warnings:
+    with logged("mdpr_plugin.data.checks") as warnings:
         Trainer.build_train_loader(market_cfg)
     assert ("16 of 16 training identities have fewer images than DATALOADER.NUM_INSTANCE 4 (fewest: 2); "
             "NaiveIdentitySampler repeats their images to fill a batch.") in warnings

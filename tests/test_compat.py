@@ -5,7 +5,6 @@ without it where that is cheap to show (the evaluator's, with the plugin's evalu
 tests/evaluation/test_evaluator.py).
 """
 import ast
-import logging
 import os
 import sys
 import textwrap
@@ -14,7 +13,7 @@ import types
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, run_script
+from helpers import REPO, logged, run_script
 
 from mdpr_plugin import compat
 
@@ -154,7 +153,7 @@ def patched():
 
 
 def test_every_patch_names_the_fastreid_code_it_answers():
-    assert len(compat.PATCHES) == 9
+    assert len(compat.PATCHES) == 10
     for patch in compat.PATCHES:
         assert ".py:" in patch.reason and len(patch.source_sha256) == 16, patch.target
 
@@ -177,26 +176,25 @@ def test_stock_train_and_test_loaders_run_on_cpu(demo_cfg, patched):
     assert next(iter(test_loader))["images"].shape[1:] == (3, 128, 64)
 
 
-def test_stock_build_model_falls_back_to_the_cpu_with_one_warning(demo_cfg, patched, caplog):
+def test_stock_build_model_falls_back_to_the_cpu_with_one_warning(demo_cfg, patched):
     from fastreid.modeling import build_model
     from mdpr_plugin import devices
 
     cfg = _stock_cfg(demo_cfg, **{"MODEL.DEVICE": "cuda"})
     devices._warned.clear()
-    with caplog.at_level(logging.WARNING, logger="mdpr_plugin.devices"):
+    with logged() as warnings:
         first, second = build_model(cfg), build_model(cfg)
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert first.device.type == second.device.type == expected
-    warnings = sum("CUDA is not available" in r.getMessage() for r in caplog.records)
-    assert warnings == (0 if torch.cuda.is_available() else 1)
+    assert sum("CUDA is not available" in w for w in warnings) == (0 if torch.cuda.is_available() else 1)
 
 
-def test_stock_default_trainer_runs_an_amp_step_on_cpu(demo_cfg, patched, caplog):
+def test_stock_default_trainer_runs_an_amp_step_on_cpu(demo_cfg, patched):
     from fastreid.engine import DefaultTrainer
     from fastreid.utils.events import EventStorage
 
     demo_cfg.SOLVER.AMP.ENABLED = True
-    with caplog.at_level(logging.WARNING):
+    with logged() as warnings:
         trainer = DefaultTrainer(demo_cfg)
     trainer.iter = 0
     before = [p.detach().clone() for p in trainer.model.parameters()]
@@ -205,7 +203,7 @@ def test_stock_default_trainer_runs_an_amp_step_on_cpu(demo_cfg, patched, caplog
     assert sum(not torch.equal(b, p) for b, p in zip(before, trainer.model.parameters())) > 0
     on_cuda = torch.cuda.is_available()
     assert trainer._trainer.amp_enabled == on_cuda
-    assert on_cuda or any("AMP needs CUDA" in r.getMessage() for r in caplog.records)
+    assert on_cuda or any("AMP needs CUDA" in w for w in warnings)
 
 
 def _trained_parameters(cfg):

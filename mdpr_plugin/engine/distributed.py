@@ -111,5 +111,5 @@ def setup_worker_logging(cfg, rank):
     handler = logging.StreamHandler(sys.stderr)
     handler.setLevel(logging.WARNING)
     handler.setFormatter(logging.Formatter(f"[rank {rank}] %(name)s %(levelname)s: %(message)s"))
-    for name in ("fastreid", "mdpr_plugin", "__main__"):
+    for name in ("fastreid", "__main__"):  # the plugin's loggers write through fastreid's (mdpr_plugin.logs)
         setup_logger(None, distributed_rank=rank, name=name).addHandler(handler)

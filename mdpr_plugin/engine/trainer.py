@@ -29,7 +29,7 @@ from fastreid.utils.env import seed_all_rng
 from fastreid.utils.events import JSONWriter, TensorboardXWriter
 from fastreid.utils.logger import setup_logger
 
-from ..config import build_config
+from ..config import build_config, config_file
 from ..data import test_loader, test_loader_parts, train_loader, train_loader_parts
 from ..data.samplers import ResumableSampler, SeededDataset, seed_all
 from ..devices import on_available_device, resolve_device
@@ -90,13 +90,13 @@ def _log_setup(cfg, args):
     """What fastreid's ``default_setup`` logs, into OUTPUT_DIR/log.txt; the plugin's lines go there too."""
     if cfg.OUTPUT_DIR:
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    fastreid_logger = setup_logger(cfg.OUTPUT_DIR, distributed_rank=0)
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=0, name="mdpr_plugin")
+    fastreid_logger = setup_logger(cfg.OUTPUT_DIR, distributed_rank=0)  # the plugin's lines go through it
     fastreid_logger.info("Rank of current process: 0. World size: %d", comm.get_world_size())
     fastreid_logger.info("Environment info:\n%s", collect_env_info())
     fastreid_logger.info("Command line arguments: %s", args)
-    with open(args.config_file) as f:
-        fastreid_logger.info("Contents of args.config_file=%s:\n%s", args.config_file, f.read())
+    path = config_file(args.config_file)
+    with open(path) as f:
+        fastreid_logger.info("Contents of args.config_file=%s (%s):\n%s", args.config_file, path, f.read())
     fastreid_logger.info("Running with full config:\n%s", cfg)
 
 

@@ -1,19 +1,16 @@
 """fastreid's compiled (Cython) ranking module: whether it is there, and building it with this interpreter.
 
-fastreid compiles it inside ``ReidEvaluator.__init__`` by running ``make`` (that is, whatever ``python3`` is
-first on PATH) and calls ``sys.exit(1)`` when that fails (evaluation/rank_cylib/__init__.py:19): an
-evaluation at the end of a long training run can end the process. ``make setup`` builds it once; the
-plugin's evaluator builds it with the running interpreter if it is missing, and otherwise falls back to
-fastreid's pure-Python ranking with a warning.
+The plugin does not need it: its ranking (``rank.eval_market1501_numpy``) gives the module's numbers bit for
+bit without it. fastreid compiles it inside ``ReidEvaluator.__init__`` by running ``make`` (that is, whatever
+``python3`` is first on PATH) and calls ``sys.exit(1)`` when that fails (evaluation/rank_cylib/__init__.py:19);
+the plugin's evaluator, and fastreid's under ``patch_fastreid()``, compile nothing at evaluation time.
+``make setup`` builds it (``python -m mdpr_plugin.evaluation.cython_ranking``): the tests compare against it.
 """
 import importlib
-import logging
 import os
 import shutil
 import subprocess
 import sys
-
-logger = logging.getLogger(__name__)
 
 
 def fast_ranking_available():
@@ -36,25 +33,6 @@ def build_fast_ranking():
     if not fast_ranking_available():
         raise RuntimeError(f"built fastreid's ranking module in {folder} but it does not import")
     return folder
-
-
-def ensure_fast_ranking():
-    """Build the module if it is missing; if that fails, warn (the pure-Python ranking gives the same numbers
-    more slowly). Never exits."""
-    if fast_ranking_available():
-        return True
-    try:
-        folder = build_fast_ranking()
-    except (OSError, subprocess.CalledProcessError, RuntimeError) as error:
-        stderr = getattr(error, "stderr", None) or b""
-        reason = (stderr.decode(errors="replace").strip().splitlines() or [str(error)])[-1]
-        logger.warning(
-            "fastreid's fast (Cython) ranking module is not built and could not be built here (%s); using the "
-            "pure-Python ranking, which gives the same numbers more slowly. Build it with "
-            "`python -m mdpr_plugin.evaluation.cython_ranking` (needs Cython and a C compiler).", reason)
-        return False
-    logger.info("Built fastreid's Cython ranking module in %s.", folder)
-    return True
 
 
 if __name__ == "__main__":  # python -m mdpr_plugin.evaluation.cython_ranking

@@ -8,8 +8,8 @@ Same constructor, same ``process``, same result keys and numbers as fastreid's; 
 * re-ranking (``TEST.RERANK``) runs on the CPU (faiss-gpu when there) with sparse Jaccard, instead
   of fastreid's CUDA-only search and dense (N x N) matrices;
 * ROC is fastreid's, computed over blocks of queries;
-* a missing Cython ranking module is built with this interpreter, or the pure-Python ranking is used
-  with a warning (fastreid's evaluator exits the process when ``make`` fails).
+* ranking needs no compiled module (fastreid's evaluator compiles one and exits the process when ``make``
+  fails): see :mod:`mdpr_plugin.evaluation.rank`.
 """
 import copy
 import itertools
@@ -24,7 +24,6 @@ from fastreid.evaluation import ReidEvaluator as FastreidReidEvaluator
 from fastreid.utils import comm
 
 from ..errors import InputError
-from .cython_ranking import ensure_fast_ranking
 from .distance import check_metric, pairwise_distance
 from .query_expansion import aqe
 from .rank import evaluate_rank, evaluate_roc
@@ -62,9 +61,8 @@ class ReidEvaluator(FastreidReidEvaluator):
         self.knn = knn
 
     def _compile_dependencies(self):
-        # called by fastreid's __init__; only the main process ranks
-        if comm.is_main_process():
-            ensure_fast_ranking()
+        """Nothing: fastreid compiles its Cython ranking here and exits the process when that fails; the
+        plugin's ranking gives the same numbers without it."""
 
     def _gathered_predictions(self):
         """All processes' predictions on the main process (None elsewhere), as fastreid gathers them."""

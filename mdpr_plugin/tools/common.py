@@ -1,6 +1,5 @@
 """What every tool shares: train_net.py's config handling, the eval model, images as at test time."""
 import argparse
-import importlib
 import logging
 import os
 import sys
@@ -11,23 +10,9 @@ import torch
 from ..config import build_config
 from ..data import build_transforms, read_image
 from ..engine.eval_model import build_eval_model
-from ..errors import MDPRError, MissingFileError
+from ..errors import MissingFileError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-
-class MissingExtraError(MDPRError, ImportError):
-    """An optional dependency is not installed; the message names the setup.py extra to install."""
-
-
-def require(module, extra):
-    """Import ``module`` or say which extra of this package provides it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise MissingExtraError(
-            f"{module} is not installed; install it with `pip install -e '.[{extra}]'` "
-            f"(or `pip install mdpr-plugin[{extra}]`)") from None
 
 
 def tool_parser(description):

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InputError, MissingFileError, reporting_errors
+from ..errors import InputError, MissingFileError, reporting_errors, require
 from ..data.datasets import BUNDLED_ROOT
-from .common import (list_images, load_eval_model, load_images, require, setup_tool_config,
+from .common import (list_images, load_eval_model, load_images, setup_tool_config,
                      setup_tool_logging, eval_transform, tool_parser)
 
 logger = logging.getLogger(__name__)

@@ -22,9 +22,9 @@ import zipfile
 import numpy as np
 import torch
 
-from ..errors import InputError, MissingFileError, reporting_errors
+from ..errors import InputError, MissingFileError, reporting_errors, require
 from ..evaluation.progress import Progress
-from .common import (eval_transform, list_images, load_eval_model, load_images, require, setup_tool_config,
+from .common import (eval_transform, list_images, load_eval_model, load_images, setup_tool_config,
                      setup_tool_logging, tool_parser)
 
 logger = logging.getLogger(__name__)

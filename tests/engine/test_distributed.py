@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from fastreid.layers.batch_norm import SyncBatchNorm
-from helpers import REPO, load_config, run_script
+from helpers import REPO, load_config, logged, run_script
 from mdpr_plugin.engine import distributed as mdpr_distributed
 from mdpr_plugin.engine.launch import launch
 from torch import nn
@@ -160,15 +160,15 @@ def one_process_group(tmp_path):
     dist.destroy_process_group()
 
 
-def test_ddp_as_fastreid_calls_it_works_for_a_cpu_model_with_syncbn(one_process_group, caplog):
+def test_ddp_as_fastreid_calls_it_works_for_a_cpu_model_with_syncbn(one_process_group):
     model = nn.Sequential(nn.Conv2d(3, 4, 3), SyncBatchNorm(4, bias_freeze=True))
     model[1].running_mean.fill_(0.5)
     # torch refuses fastreid's own call (engine/defaults.py:210) for a CPU model
     with pytest.raises(ValueError, match="device_ids"):
         nn.parallel.DistributedDataParallel(nn.Linear(2, 2), device_ids=[0], broadcast_buffers=False)
-    with caplog.at_level("WARNING"):
+    with logged() as warnings:
         ddp = mdpr_distributed.distributed_data_parallel(model, device_ids=[0], broadcast_buffers=False)
-    assert "Using per-process BatchNorm for its 1 layers" in caplog.text
+    assert any("Using per-process BatchNorm for its 1 layers" in w for w in warnings)
     bn = ddp.module[1]
     assert type(bn).__name__ == "BatchNorm" and not isinstance(bn, nn.SyncBatchNorm)
     assert torch.all(bn.running_mean == 0.5) and not bn.bias.requires_grad and bn.weight.requires_grad

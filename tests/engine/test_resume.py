@@ -96,7 +96,6 @@ def test_each_sample_is_augmented_from_its_own_seed(demo_cfg):
 def test_the_seed_is_checkpointed_and_a_resume_restores_it_with_the_stream_position(demo_cfg):
     """With SEED -1 each start draws a seed; --resume must continue with the checkpoint's."""
     from mdpr_plugin.engine import Trainer
-    from mdpr_plugin.errors import MDPRError
 
     demo_cfg.SOLVER.WARMUP_ITERS = 1
     first = Trainer(demo_cfg)

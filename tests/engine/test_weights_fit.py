@@ -5,7 +5,7 @@ import logging
 import pytest
 import torch
 from fastreid.utils.checkpoint import Checkpointer
-from helpers import BUNDLED_IMAGES, MDPR_DEMO_CONFIG, load_config, run_script
+from helpers import BUNDLED_IMAGES, MDPR_DEMO_CONFIG, load_config, logged, run_script
 
 from mdpr_plugin.engine import CheckpointError, MDPRCheckpointer, build_model
 from mdpr_plugin.engine.checkpointer import classifier_keys
@@ -111,11 +111,11 @@ def test_classifiers_of_another_data_set_load(checkpoints):
             assert torch.equal(value, saved.state_dict()[key]), key
 
 
-def test_partial_weights_load_when_allowed(checkpoints, caplog):
+def test_partial_weights_load_when_allowed(checkpoints):
     model = build_model(mdpr_cfg("MODEL.BACKBONE.EMBEDDING_DIM", "64"))
-    with caplog.at_level(logging.WARNING, logger="mdpr_plugin"):
+    with logged() as warnings:
         MDPRCheckpointer(model, allow_partial=True).load(checkpoints["mdpr"])
-    assert "MODEL.ALLOW_PARTIAL_WEIGHTS is True: loading the" in caplog.text
+    assert any("MODEL.ALLOW_PARTIAL_WEIGHTS is True: loading the" in w for w in warnings)
     saved = torch.load(checkpoints["mdpr"], weights_only=True)["model"]
     assert torch.equal(model.state_dict()["backbone.trunk.conv1.weight"], saved["backbone.trunk.conv1.weight"])
 

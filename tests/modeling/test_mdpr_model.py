@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from fastreid.utils.events import EventStorage
+from helpers import logged
 from mdpr_plugin.modeling import Fusion, HardContentBranch, SoftContentBranch, mdpr
 from modeling.mdpr_testutils import E, batch, build, small_cfg
 
@@ -183,13 +184,12 @@ def test_both_branches_off_is_refused():
         build(small_cfg("HARD_BRANCH_ENABLE", False, "SOFT_BRANCH_ENABLE", False))
 
 
-def test_one_branch_off_logs_the_skipped_fusion_and_distillation(caplog):
-    with caplog.at_level("WARNING"):
+def test_one_branch_off_logs_the_skipped_fusion_and_distillation():
+    with logged() as warnings:
         model = build(small_cfg("HARD_BRANCH_ENABLE", False))
     assert model.fusion is None and model.distillation is None
-    logged = [r.getMessage() for r in caplog.records if r.name.startswith("mdpr_plugin")]
-    assert sum("FUSION_ENABLE" in m for m in logged) == 1
-    assert sum("DISTILLATION_ENABLE" in m for m in logged) == 1
+    assert sum("FUSION_ENABLE" in m for m in warnings) == 1
+    assert sum("DISTILLATION_ENABLE" in m for m in warnings) == 1
 
 
 def test_preprocess_leaves_the_callers_images_alone():

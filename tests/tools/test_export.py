@@ -11,7 +11,8 @@ from helpers import BUNDLED_IMAGES, MDPR_DEMO_CONFIG, load_config
 
 from mdpr_plugin.tools import export, extract
 from mdpr_plugin.tools import common
-from mdpr_plugin.tools.common import MissingExtraError, list_images, load_eval_model, load_images
+from mdpr_plugin.errors import MissingExtraError
+from mdpr_plugin.tools.common import list_images, load_eval_model, load_images
 
 
 

@@ -1,0 +1,104 @@
+"""Installing the package respects the environment it lands in, and its configs travel with it."""
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import zipfile
+
+import pytest
+from helpers import REPO, run_script
+
+from mdpr_plugin import config_file
+from mdpr_plugin.config import PACKAGED_CONFIGS, build_config
+from mdpr_plugin.errors import MissingFileError
+
+
+def _name(requirement):
+    return requirement.split(";")[0].split("[")[0].strip().split(">")[0].split("<")[0].split("=")[0].lower()
+
+
+def test_the_base_requirements_hold_no_faiss_no_torch_no_fastreid_and_no_upper_bounds():
+    requirements = importlib.metadata.requires("mdpr-plugin")
+    base = [r for r in requirements if "extra ==" not in r]
+    assert {"numpy", "yacs", "termcolor", "tabulate"} <= {_name(r) for r in base}
+    assert [r for r in base if _name(r).startswith(("faiss", "torch", "fastreid"))] == []
+    assert [r for r in base if "<" in r] == []
+    extras = {(_name(r), r.split("extra ==")[1].strip().strip('"')) for r in requirements if "extra ==" in r}
+    assert {("faiss-cpu", "cpu"), ("faiss-gpu", "gpu")} <= extras
+
+
+def _fake_distribution(site_packages, name, version):
+    """What pip reads to know a distribution is installed: its metadata (the files are not needed to resolve)."""
+    folder = os.path.join(site_packages, f"{name.replace('-', '_')}-{version}.dist-info")
+    os.makedirs(folder)
+    with open(os.path.join(folder, "METADATA"), "w") as f:
+        f.write(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    open(os.path.join(folder, "RECORD"), "w").close()
+
+
+def test_installing_into_an_environment_with_faiss_gpu_and_newer_termcolor_and_tabulate_changes_none(tmp_path):
+    """A fastreid user's environment: faiss-gpu, termcolor 3.3.0, tabulate 0.10.0, torch and the rest (this
+    virtualenv's packages, seen through a .pth file, so that nothing is downloaded). pip's own report of what
+    installing the package would do lists the package alone."""
+    env = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)  # pip comes via the .pth
+    python = str(env / "bin" / "python")
+    site_packages = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                   check=True, capture_output=True, text=True).stdout.strip()
+    with open(os.path.join(site_packages, "existing.pth"), "w") as f:
+        f.write(sysconfig.get_paths()["purelib"] + "\n")
+    for name, version in (("faiss-gpu", "1.15.1"), ("termcolor", "3.3.0"), ("tabulate", "0.10.0")):
+        _fake_distribution(site_packages, name, version)
+    report = tmp_path / "report.json"
+    result = subprocess.run([python, "-m", "pip", "install", "--dry-run", "--no-build-isolation", "--quiet",
+                             "--report", str(report), REPO], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    installed = {item["metadata"]["name"].lower(): item["metadata"]["version"]
+                 for item in json.loads(report.read_text())["install"]}
+    assert installed == {"mdpr-plugin": "0.1.0"}
+
+
+@pytest.mark.parametrize("missing, message", [
+    ("torch", "mdpr_plugin needs PyTorch 2.0 or newer, and this environment has 1.13.1"),
+    ("faiss", "faiss is not installed; install it with `pip install 'mdpr-plugin[cpu]'` (faiss-cpu) or "
+              "`pip install 'mdpr-plugin[gpu]'` (faiss-gpu"),
+    ("fastreid", "fastreid is not installed; install it with `pip install --no-deps fastreid==1.4.0`"),
+])
+def test_an_environment_without_what_the_package_needs_is_refused_on_import(tmp_path, missing, message):
+    if missing == "torch":  # an old torch first on the path
+        (tmp_path / "torch").mkdir()
+        (tmp_path / "torch" / "__init__.py").write_text("__version__ = '1.13.1'")
+        code = "import mdpr_plugin"
+    else:
+        code = f"import sys; sys.modules[{missing!r}] = None; import mdpr_plugin"
+    returncode, output = run_script("-c", code, env={"PYTHONPATH": str(tmp_path)})
+    assert returncode != 0 and message in output, output[-2000:]
+
+
+def test_the_packaged_configs_are_found_by_name_from_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert config_file("MDPR/duke.yml") == config_file("configs/MDPR/duke.yml") == os.path.join(
+        PACKAGED_CONFIGS, "MDPR", "duke.yml")
+    cfg = build_config("MDPR/duke.yml")  # its _BASE_ (../Base-SBS.yml) resolves beside it
+    assert (cfg.MODEL.META_ARCHITECTURE, cfg.MODEL.BACKBONE.DEPTH, tuple(cfg.INPUT.SIZE_TRAIN)) == ("MDPR", "101x",
+                                                                                                   (384, 192))
+    with pytest.raises(MissingFileError, match=r"MDPR/dukee\.yml not found .* the packaged ones are Base-SBS\.yml, "
+                                               r"Base-bagtricks\.yml, Baseline-demo\.yml, MDPR/demo\.yml"):
+        config_file("MDPR/dukee.yml")
+    # in this repository, configs/ is the packaged folder: one source of truth
+    assert os.path.realpath(os.path.join(REPO, "configs")) == os.path.realpath(PACKAGED_CONFIGS)
+
+
+def test_the_wheel_carries_the_configs_and_the_bundled_images(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+                             "-w", str(tmp_path), REPO], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (wheel,) = tmp_path.glob("mdpr_plugin-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    configs = sorted(os.path.relpath(os.path.join(folder, f), os.path.dirname(os.path.dirname(PACKAGED_CONFIGS)))
+                     for folder, _, files in os.walk(PACKAGED_CONFIGS) for f in files)
+    assert len(configs) == 7 and [c for c in configs if c not in names] == []
+    assert sum(n.startswith("mdpr_plugin/data/mini_market1501/") and n.endswith(".jpg") for n in names) == 96
+    assert "mdpr_plugin/data/mini_market1501/README.md" in names
