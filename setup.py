@@ -38,7 +38,9 @@ setup(
         "gpu": ["faiss-gpu"],
         # mdpr-export / the ONNX Runtime backend of mdpr-extract and of the speed benchmark
         "onnx": ["onnx", "onnxscript", "onnxruntime"],
-        "test": ["pytest", "onnx", "onnxscript", "onnxruntime"],
+        # build_timm_backbone: timm's CNNs as MDPR backbones (MODEL.BACKBONE.TIMM_MODEL)
+        "timm": ["timm"],
+        "test": ["pytest", "onnx", "onnxscript", "onnxruntime", "timm"],
     },
     entry_points={
         "console_scripts": [

@@ -46,6 +46,15 @@ def add_mdpr_config(cfg):
     # E: width of every MDPR embedding (heads, fusion input, distillation).
     _add(cfg.MODEL.BACKBONE, "EMBEDDING_DIM", 512)
 
+    # The two stages each MDPR branch gets its own copy of (the paper's layer3 and layer4): the dotted names of the
+    # modules where they begin, in the backbone's forward order, e.g. ("layer3", "layer4") or ("features.7",
+    # "features.14"). The trunk is what the forward runs before the first, layer3 runs up to the second, layer4 to
+    # the end; both must give maps of the same size. Empty: the backbone family's own (fastreid's ResNet, OSNet,
+    # RegNet, ... and build_timm_backbone's), else layer3 / layer4 (mdpr_plugin/modeling/stages.py).
+    _add(cfg.MODEL.BACKBONE, "BRANCH_STAGES", ())
+    # The timm model built by MODEL.BACKBONE.NAME build_timm_backbone (the `timm` extra), e.g. convnext_atto.
+    _add(cfg.MODEL.BACKBONE, "TIMM_MODEL", "")
+
     # Weight of the attention sparsity regulariser (sum of attention / batch size).
     _add(cfg.MODEL.LOSSES, "ATTN_DIVERSITY", CN())
     _add(cfg.MODEL.LOSSES.ATTN_DIVERSITY, "SCALE", 0.001)

@@ -1,49 +1,26 @@
-"""MDPR's backbone: fastreid's ResNet-like backbone cut into a shared trunk and two (layer3, layer4) copies.
+"""MDPR's backbone: any stage-wise backbone cut into a shared trunk and, for each branch, a copy of its last two
+stages (the paper's layer3 and layer4).
 
-The backbone is built through fastreid's ``BACKBONE_REGISTRY`` (``MODEL.BACKBONE.NAME``) and its
-pretrained weights are loaded before the cut, so both branches start from the same weights.
-Stages that carry fastreid's non-local blocks (``WITH_NL``) keep them, in their original positions.
+The backbone is built through fastreid's ``BACKBONE_REGISTRY`` (``MODEL.BACKBONE.NAME``) and its pretrained
+weights are loaded before the cut, so both branches start from the same weights. Where the stages begin:
+``MODEL.BACKBONE.BRANCH_STAGES`` if set, else the backbone's own ``branch_stages`` (the timm builder's), else the
+family's (``families.py``), else ``layer3`` / ``layer4``; how the cut is found and checked: ``stages.py``.
 """
 import copy
 import logging
 import os
-from collections import OrderedDict
 
 import torch
 from torch import nn
 
 from fastreid.modeling.backbones import BACKBONE_REGISTRY
-from fastreid.modeling.backbones.resnest import ResNeSt
-from fastreid.modeling.backbones.resnet import ResNet
-from fastreid.modeling.backbones.resnext import ResNeXt
 from fastreid.utils.checkpoint import get_missing_parameters_message
 
 from ..errors import InputError, MissingFileError
 from ..serialization import safe_load
+from . import families, stages
 
 logger = logging.getLogger(__name__)
-
-# Backbone class -> name of its stem max-pool attribute (the only attribute name that differs).
-_STEM_POOL = {ResNet: "maxpool", ResNeXt: "maxpool1", ResNeSt: "maxpool"}
-SUPPORTED_BUILDERS = ("build_resnet_backbone", "build_resnext_backbone", "build_resnest_backbone")
-
-
-class NonLocalStage(nn.Module):
-    """A residual stage followed, after some of its blocks, by fastreid's non-local blocks."""
-
-    def __init__(self, blocks, non_local, positions):
-        super().__init__()
-        self.blocks = blocks
-        self.non_local = non_local
-        self.positions = list(positions)  # block index after which non_local[k] runs
-
-    def forward(self, x):
-        after = dict(zip(self.positions, self.non_local))
-        for i, block in enumerate(self.blocks):
-            x = block(x)
-            if i in after:
-                x = after[i](x)
-        return x
 
 
 class BranchLayers(nn.Module):
@@ -60,7 +37,7 @@ class BranchLayers(nn.Module):
 
 
 class SplitBackbone(nn.Module):
-    """``trunk`` (conv1 .. layer2, shared) and each branch's (layer3, layer4): ``hard`` and ``soft``.
+    """``trunk`` (everything before layer3, shared) and each branch's (layer3, layer4): ``hard`` and ``soft``.
 
     A disabled branch has None. ``layer3_channels`` / ``layer4_channels`` are the measured widths
     (F/2 and F: 256 / 512 for ResNet-18/34, 1024 / 2048 for ResNet-50/101).
@@ -79,27 +56,65 @@ def build_split_backbone(cfg, with_hard=True, with_soft=True):
     """Build ``MODEL.BACKBONE.NAME``, load its pretrained weights, and cut it (see module doc)."""
     _check_last_stride(cfg)
     name = cfg.MODEL.BACKBONE.NAME
-    pretrain_path = cfg.MODEL.BACKBONE.PRETRAIN_PATH if cfg.MODEL.BACKBONE.PRETRAIN else ""
+    pretrain_path = pretrain_file(cfg)
     if pretrain_path:
-        _check_pretrain_file(pretrain_path)
-        # We load the file ourselves (see load_pretrained_weights), so fastreid must not.
+        # We load the file ourselves (see load_pretrained_weights), so the builder must not.
         cfg = cfg.clone()
         cfg.defrost()
         cfg.MODEL.BACKBONE.PRETRAIN = False
-
-    backbone = BACKBONE_REGISTRY.get(name)(cfg)
-    stem_pool = _stem_pool_name(backbone, name)
+    builder = BACKBONE_REGISTRY.get(name)
+    backbone = families.OWN_BUILDERS.get(builder, builder)(cfg)
     if pretrain_path:
         load_pretrained_weights(backbone, pretrain_path)
+    families.last_stage_to_stride_1(backbone)
 
-    trunk = nn.Sequential(OrderedDict(
-        conv1=backbone.conv1, bn1=backbone.bn1, relu=backbone.relu, maxpool=getattr(backbone, stem_pool),
-        layer1=_stage(backbone, 1), layer2=_stage(backbone, 2)))
-    layer3, layer4 = _stage(backbone, 3), _stage(backbone, 4)
-    layer3_channels, layer4_channels = _probe_widths(trunk, layer3, layer4)
+    describe = stages.how_to_name_stages(backbone, name)
+    stage_paths = _stage_paths(backbone, cfg.MODEL.BACKBONE.BRANCH_STAGES, describe)
+    trunk, layer3, layer4, x3, x4 = _cut(backbone, stage_paths, describe, f"The backbone {name!r}")
+    if x3.shape[-2:] != x4.shape[-2:]:
+        raise InputError(
+            f"MDPR needs the maps of its two branch stages to have the same size (it concatenates them), but "
+            f"{stage_paths[1]!r} of {name!r} turns {tuple(x3.shape[-2:])} into {tuple(x4.shape[-2:])}. Build the "
+            "backbone with its last stage at stride 1 (MODEL.BACKBONE.LAST_STRIDE 1 where its builder reads it), "
+            "or set MODEL.BACKBONE.BRANCH_STAGES to two stages whose maps have the same size.")
+    logger.info(f"MDPR branches copy {stage_paths[0]} .. and {stage_paths[1]} .. of {type(backbone).__name__} "
+                f"({x3.shape[1]} and {x4.shape[1]} channels)")
     hard = BranchLayers(copy.deepcopy(layer3), copy.deepcopy(layer4)) if with_hard else None
     soft = BranchLayers(copy.deepcopy(layer3), copy.deepcopy(layer4)) if with_soft else None
-    return SplitBackbone(trunk, hard, soft, layer3_channels, layer4_channels)
+    return SplitBackbone(trunk, hard, soft, x3.shape[1], x4.shape[1])
+
+
+def _cut(backbone, stage_paths, describe, what):
+    """The trunk and the two stages as modules, checked to give the backbone's output, and the stages' maps of a
+    probe image."""
+    image = stages.probe_image(backbone)
+    with stages.evaluating(backbone):
+        chain = families.resnet_chain(backbone)
+        if chain is None:
+            chain, expected = stages.traced_chain(backbone, stage_paths, backbone, image)
+        else:
+            expected = backbone(image)
+        trunk, layer3, layer4 = stages.cut(chain, stage_paths, describe)
+        trunk, layer3, layer4 = stages.as_sequential(trunk), stages.as_stage(layer3), stages.as_stage(layer4)
+        with stages.evaluating(trunk, layer3, layer4):
+            _, x3, x4 = stages.check_same_output(expected, (trunk, layer3, layer4), image, what)
+    return trunk, layer3, layer4, x3, x4
+
+
+def _stage_paths(backbone, named, describe):
+    """Where layer3 and layer4 begin (see module doc), each checked to be a module of the backbone."""
+    named = tuple(named)
+    if named and (len(named) != 2 or not all(isinstance(path, str) and path for path in named)):
+        raise InputError(f"MODEL.BACKBONE.BRANCH_STAGES must be two module names, got {named!r}. {describe}")
+    found = (named or getattr(backbone, "branch_stages", None) or families.known_stages(backbone)
+             or ("layer3", "layer4"))
+    modules = dict(backbone.named_modules())
+    missing = [path for path in found if path not in modules]
+    if missing:
+        source = "MODEL.BACKBONE.BRANCH_STAGES names" if named else "MDPR looks for"
+        raise InputError(f"MDPR cannot find the two stages each of its branches copies: {source} "
+                         f"{', '.join(map(repr, missing))}, which the backbone does not have. {describe}")
+    return found
 
 
 def _check_last_stride(cfg):
@@ -110,65 +125,37 @@ def _check_last_stride(cfg):
             "layer4 maps, which must have the same size. Set MODEL.BACKBONE.LAST_STRIDE 1.")
 
 
-def _check_pretrain_file(path):
+def pretrain_file(cfg):
+    """The pretrained weights' file when MODEL.BACKBONE.PRETRAIN is on (checked to exist), else ""."""
+    if not cfg.MODEL.BACKBONE.PRETRAIN:
+        return ""
+    path = cfg.MODEL.BACKBONE.PRETRAIN_PATH
+    if not path:
+        raise InputError(
+            "MODEL.BACKBONE.PRETRAIN is True but MODEL.BACKBONE.PRETRAIN_PATH is empty: the plugin loads pretrained "
+            "weights only from a file, with a reader that refuses pickled code, and never downloads them. Save the "
+            "weights to a file and set MODEL.BACKBONE.PRETRAIN_PATH, or train without them: "
+            "MODEL.BACKBONE.PRETRAIN False.")
     if not os.path.isfile(path):
         raise MissingFileError(
             f"MODEL.BACKBONE.PRETRAIN_PATH {path!r} does not exist (resolved to {os.path.abspath(path)!r}). "
             "Put the pretrained weights there, point MODEL.BACKBONE.PRETRAIN_PATH at them, or train "
             "without them with `MODEL.BACKBONE.PRETRAIN False`.")
-
-
-def _stem_pool_name(backbone, name):
-    for cls, pool in _STEM_POOL.items():
-        if isinstance(backbone, cls):
-            return pool
-    raise InputError(
-        f"MDPR cannot split the backbone built by MODEL.BACKBONE.NAME={name!r} ({type(backbone).__name__}): "
-        "it needs a ResNet-like backbone with conv1, bn1, layer1..layer4. Supported: "
-        f"{', '.join(SUPPORTED_BUILDERS)} (any DEPTH, with IBN / SE / non-local where they offer them).")
-
-
-def _stage(backbone, k):
-    """layer{k}, wrapped with its non-local blocks if it has any."""
-    layer = getattr(backbone, f"layer{k}")
-    non_local = getattr(backbone, f"NL_{k}", None)
-    # fastreid stores "no non-local block" as [] or, after a forward, [-1].
-    positions = [i for i in getattr(backbone, f"NL_{k}_idx", []) if i >= 0]
-    if non_local is None or not positions:
-        return layer
-    return NonLocalStage(layer, non_local, positions)
-
-
-@torch.no_grad()
-def _probe_widths(trunk, layer3, layer4):
-    """Run a tiny image through the layers to read F/2 and F and check that layer3 and layer4 agree in size."""
-    modules = (trunk, layer3, layer4)
-    modes = [m.training for m in modules]
-    for m in modules:
-        m.eval()  # no running-statistics update from the probe
-    param = next(trunk.parameters())
-    x3 = layer3(trunk(torch.zeros(1, 3, 64, 32, device=param.device, dtype=param.dtype)))
-    x4 = layer4(x3)
-    for m, mode in zip(modules, modes):
-        m.train(mode)
-    if x3.shape[-2:] != x4.shape[-2:]:
-        raise InputError(
-            f"layer4 changes the map size ({tuple(x3.shape[-2:])} -> {tuple(x4.shape[-2:])}) although "
-            "MODEL.BACKBONE.LAST_STRIDE is 1; MDPR needs layer3 and layer4 maps of the same size.")
-    return x3.shape[1], x4.shape[1]
+    return path
 
 
 def load_pretrained_weights(backbone, path):
     """Load a pretrained backbone file into ``backbone`` and report what did not match.
 
-    Accepts a plain state dict or one wrapped in ``{"model": ...}`` / ``{"state_dict": ...}``, with key
-    prefixes such as ``module.`` or MoCo's ``module.encoder_q.`` (fastreid's ResNet builder would load
-    such a file silently as nothing). Raises if no tensor matches at all.
+    Accepts a plain state dict or one wrapped in ``{"model": ...}`` / ``{"state_dict": ...}`` / ``{"model_state":
+    ...}`` (pycls' RegNet / EfficientNet files), with key prefixes such as ``module.`` or MoCo's
+    ``module.encoder_q.`` (fastreid's ResNet builder would load such a file silently as nothing). Raises if no
+    tensor matches at all.
     """
     state = safe_load(path)
     if not isinstance(state, dict):
         raise InputError(f"{path!r} holds a {type(state).__name__}, not a state dict")
-    for wrapper in ("model", "state_dict"):
+    for wrapper in ("model", "state_dict", "model_state"):
         if isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     own = backbone.state_dict()

@@ -1,7 +1,7 @@
 """MDPR's small building blocks.
 
 Every conv / BN here starts from fastreid's ``weights_init_kaiming``. ``norm`` is a fastreid norm name
-(``get_norm``): MDPR passes ``MODEL.BACKBONE.NORM`` so that e.g. SyncBN covers these blocks too.
+(``get_norm``): MDPR passes ``blocks_norm(MODEL.BACKBONE.NORM)`` so that e.g. SyncBN covers these blocks too.
 """
 import torch
 from torch import nn
@@ -9,6 +9,27 @@ from torch import nn
 from fastreid.layers import get_norm
 from fastreid.layers.pooling import GeneralizedMeanPoolingP
 from fastreid.layers.weight_init import weights_init_kaiming
+
+from ..errors import InputError
+
+_NORMS = ("BN", "syncBN", "GhostBN", "FrozenBN", "GN")  # fastreid's get_norm names
+
+
+def blocks_norm(norm):
+    """The norm of MDPR's own blocks for ``MODEL.BACKBONE.NORM``, or an InputError saying why it cannot be used.
+
+    FrozenBN freezes the backbone's (pretrained) statistics; MDPR's blocks start untrained, where a frozen BN
+    would stay the identity, so they use BN. fastreid's GN (GroupNorm, 32 groups) needs widths that are multiples
+    of 32, which MDPR's ATTN_NUM + 1 attention maps are not.
+    """
+    if norm == "GN":
+        raise InputError(
+            "MODEL.BACKBONE.NORM GN cannot be used with MDPR: fastreid's GN is GroupNorm with 32 groups, which needs "
+            "every normalised width to be a multiple of 32, and MDPR normalises its ATTN_NUM + 1 attention maps "
+            "(and E-wide embeddings). Use BN, syncBN, GhostBN or FrozenBN.")
+    if norm not in _NORMS:
+        raise InputError(f"MODEL.BACKBONE.NORM {norm!r} is not one of fastreid's norms: {', '.join(_NORMS)}.")
+    return "BN" if norm == "FrozenBN" else norm
 
 
 class Embedding(nn.Module):

@@ -11,6 +11,7 @@ from fastreid.utils import events
 
 from ..errors import InputError
 from .backbone import build_split_backbone
+from .blocks import blocks_norm
 from .branches import Fusion, HardContentBranch, SoftContentBranch
 from .distillation import MutualDistillation
 from .heads import MDPRHead
@@ -69,7 +70,7 @@ class MDPR(nn.Module):
         e, p, m = cfg.MODEL.BACKBONE.EMBEDDING_DIM, cfg.PART_NUM, cfg.ATTN_NUM
         if p < 1 or m < 1:
             raise InputError(f"PART_NUM and ATTN_NUM must be at least 1 (got {p}, {m})")
-        norm = cfg.MODEL.BACKBONE.NORM
+        norm = blocks_norm(cfg.MODEL.BACKBONE.NORM)
         backbone = build_split_backbone(cfg, with_hard, with_soft)
         c3, c4 = backbone.layer3_channels, backbone.layer4_channels
 

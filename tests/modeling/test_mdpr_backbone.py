@@ -1,4 +1,4 @@
-"""Splitting fastreid's backbones, pretrained weights, refusals, and the full-size parameter count."""
+"""Splitting fastreid's ResNet family, pretrained weights, refusals, and the full-size parameter count."""
 import pytest
 import torch
 
@@ -6,7 +6,7 @@ from fastreid.modeling.backbones import BACKBONE_REGISTRY
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from mdpr_plugin.errors import InputError
 from mdpr_plugin.modeling import build_split_backbone
-from mdpr_plugin.modeling.backbone import NonLocalStage
+from mdpr_plugin.modeling.families import NonLocalStage
 from modeling.mdpr_testutils import E, batch, build, small_cfg
 
 FAMILIES = [
@@ -52,11 +52,10 @@ def test_a_resnet50_mdpr_builds_and_runs():
         assert model(batch(2)["images"]).shape == (2, 9 * E)
 
 
-def test_unsplittable_backbone_is_refused_by_name():
-    cfg = small_cfg("MODEL.BACKBONE.NAME", "build_osnet_backbone", "MODEL.BACKBONE.DEPTH", "x0_25")
-    with pytest.raises(ValueError, match="build_osnet_backbone") as err:
-        build(cfg)
-    assert "build_resnet_backbone" in str(err.value) and "build_resnest_backbone" in str(err.value)
+def test_pretrain_without_a_file_is_refused_rather_than_downloaded():
+    with pytest.raises(InputError, match="PRETRAIN_PATH is empty") as err:
+        build(small_cfg("MODEL.BACKBONE.PRETRAIN", True, "MODEL.BACKBONE.PRETRAIN_PATH", ""))
+    assert "never downloads" in str(err.value) and "MODEL.BACKBONE.PRETRAIN False" in str(err.value)
 
 
 def test_last_stride_2_is_refused_with_the_fix():

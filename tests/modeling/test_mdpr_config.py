@@ -26,6 +26,7 @@ def test_defaults_and_idempotence():
     add_mdpr_config(cfg)  # a second call neither fails nor resets values
     assert {k: cfg[k] for k in DEFAULTS} == dict(DEFAULTS, ATTN_NUM=3)
     assert cfg.MODEL.BACKBONE.EMBEDDING_DIM == 512
+    assert cfg.MODEL.BACKBONE.BRANCH_STAGES == () and cfg.MODEL.BACKBONE.TIMM_MODEL == ""
     assert cfg.MODEL.LOSSES.ATTN_DIVERSITY.SCALE == 0.001
     assert cfg.INPUT.RPT.POOL_CAPACITY == 50000
 
@@ -42,6 +43,17 @@ def test_authors_style_root_keys_load(tmp_path):
     cfg.merge_from_file(str(path))
     assert (cfg.ATTN_NUM, cfg.PART_NUM, cfg.ATTN_GUIDED, cfg.OUTPUT_ALL) == (3, 3, False, True)
     assert cfg.MODEL.BACKBONE.EMBEDDING_DIM == 256 and cfg.MODEL.LOSSES.ATTN_DIVERSITY.SCALE == 0.01
+
+
+def test_branch_stages_read_from_a_file_and_the_command_line(tmp_path):
+    path = tmp_path / "stages.yml"
+    path.write_text("MODEL:\n  BACKBONE:\n    BRANCH_STAGES: [features.7, features.14]\n"
+                    "    TIMM_MODEL: convnext_atto\n")
+    cfg = build_config(str(path))
+    assert tuple(cfg.MODEL.BACKBONE.BRANCH_STAGES) == ("features.7", "features.14")
+    assert cfg.MODEL.BACKBONE.TIMM_MODEL == "convnext_atto"
+    cfg = build_config(str(path), ["MODEL.BACKBONE.BRANCH_STAGES", "('layer3', 'layer4')"])
+    assert tuple(cfg.MODEL.BACKBONE.BRANCH_STAGES) == ("layer3", "layer4")
 
 
 ALL_CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yml"), recursive=True))
