@@ -43,5 +43,6 @@ logs.route_to_fastreid()
 
 from .config import add_mdpr_config, config_file  # noqa: E402
 from . import data, modeling  # noqa: E402,F401  (importing registers)
+from .inference import FeatureExtractor  # noqa: E402
 
-__all__ = ["add_mdpr_config", "config_file"]
+__all__ = ["FeatureExtractor", "add_mdpr_config", "config_file"]

@@ -42,3 +42,64 @@ def logged(logger_name="mdpr_plugin", level=logging.WARNING):
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
+
+
+def save_demo_checkpoint(folder, name="model_final"):
+    """A checkpoint of configs/MDPR/demo.yml, untrained but with BN statistics moved away from their defaults (a
+    fresh model's 0 / 1 would make eval-mode BN the identity); returns its path, ``folder/name.pth``."""
+    import torch
+    from fastreid.modeling import build_model
+    from fastreid.utils.checkpoint import Checkpointer
+
+    torch.manual_seed(0)
+    model = build_model(load_config("configs/MDPR/demo.yml", "MODEL.BACKBONE.PRETRAIN", "False", "MODEL.DEVICE", "cpu"))
+    for module in model.modules():
+        if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    os.makedirs(folder, exist_ok=True)
+    Checkpointer(model, save_dir=str(folder)).save(name)
+    return os.path.join(str(folder), name + ".pth")
+
+
+def market1501_copy(root):
+    """A copy of the bundled images laid out as fastreid's Market1501 data set under ``root`` (point
+    ``fastreid.data.build._root`` at ``root`` to evaluate on it); returns the copy's folder."""
+    import shutil
+
+    folder = os.path.join(str(root), "Market-1501-v15.09.15")
+    shutil.copytree(BUNDLED_IMAGES, folder)
+    return folder
+
+
+def evaluation_features(cfg, dataset_name):
+    """``{image path: feature}`` as ``train_net.py --eval-only`` computes them for ``dataset_name``'s query and
+    gallery images: its model, test loader and inference (TEST.FLIP included), the evaluator's features
+    L2-normalised (as its cosine distance normalises them)."""
+    import torch.nn.functional as F
+
+    from mdpr_plugin.engine import Trainer, build_eval_model
+    from mdpr_plugin.evaluation import ReidEvaluator, inference_on_dataset
+
+    class FeaturesOnly(ReidEvaluator):
+        def evaluate(self):
+            return None
+
+    model, cfg = build_eval_model(cfg, build=Trainer.build_model)
+    loader, num_query = Trainer.build_test_loader(cfg, dataset_name)
+    evaluator = FeaturesOnly(cfg, num_query)
+    inference_on_dataset(model, loader, evaluator, flip_test=cfg.TEST.FLIP.ENABLED)
+    features, _, _ = evaluator._features()
+    paths = [item[0] for item in loader.dataset.img_items]
+    return dict(zip(paths, F.normalize(features, dim=1).numpy()))
+
+
+def bundled_test_images(cfg, count):
+    """The first ``count`` bundled images as the evaluation feeds them: B x 3 x H x W, 0-255 RGB, INPUT.SIZE_TEST."""
+    import torch
+
+    from mdpr_plugin.data import build_transforms, read_image
+    from mdpr_plugin.tools.common import list_images
+
+    transform = build_transforms(cfg, is_train=False)
+    return torch.stack([transform(read_image(path)) for path in list_images(BUNDLED_IMAGES)[:count]])

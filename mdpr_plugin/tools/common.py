@@ -1,15 +1,12 @@
-"""What every tool shares: train_net.py's config handling, the eval model, images as at test time."""
+"""What every tool shares: train_net.py's config handling, image folders, logging (the model and its
+preprocessing come from :class:`mdpr_plugin.FeatureExtractor`)."""
 import argparse
 import logging
 import os
 import sys
 import warnings
 
-import torch
-
 from ..config import build_config
-from ..data import build_transforms, read_image
-from ..engine.eval_model import build_eval_model
 from ..errors import MissingFileError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -32,13 +29,6 @@ def setup_tool_config(args):
     return cfg
 
 
-def load_eval_model(cfg):
-    """The model in eval mode on ``MODEL.DEVICE`` (or the CPU fallback), weights from ``MODEL.WEIGHTS``, which
-    must fit it (see :func:`mdpr_plugin.engine.eval_model.build_eval_model`)."""
-    model, _ = build_eval_model(cfg)
-    return model
-
-
 def list_images(folder):
     """Every jpg/jpeg/png under ``folder`` (recursive), sorted."""
     if not os.path.isdir(folder):
@@ -50,16 +40,6 @@ def list_images(folder):
     if not paths:
         raise MissingFileError(f"no .jpg/.jpeg/.png images under {folder}")
     return paths
-
-
-def eval_transform(cfg):
-    """fastreid's test-time transform: resize to INPUT.SIZE_TEST, a float tensor of 0-255 RGB values."""
-    return build_transforms(cfg, is_train=False)
-
-
-def load_images(paths, transform):
-    """A B x 3 x H x W float batch of 0-255 RGB values, each image resized as at test time."""
-    return torch.stack([transform(read_image(path)) for path in paths])
 
 
 def setup_tool_logging(level=logging.INFO):

@@ -21,8 +21,8 @@ from torch import nn
 
 from ..errors import InputError, MissingFileError, reporting_errors, require
 from ..data.datasets import BUNDLED_ROOT
-from .common import (list_images, load_eval_model, load_images, setup_tool_config,
-                     setup_tool_logging, eval_transform, tool_parser)
+from ..inference import FeatureExtractor
+from .common import list_images, setup_tool_config, setup_tool_logging, tool_parser
 
 logger = logging.getLogger(__name__)
 
@@ -130,12 +130,11 @@ def main(argv=None):
         if args.check_batch < 1:
             raise InputError(f"--check-batch must be at least 1, got {args.check_batch}")
         cfg = setup_tool_config(args)
-        model = load_eval_model(cfg).cpu()  # exported on the CPU: the graph is device-neutral
-        height, width = cfg.INPUT.SIZE_TEST
-        export_onnx(model, args.output, height, width, args.opset)
-        paths = list_images(args.check_images)[:args.check_batch]
-        images = load_images(paths, eval_transform(cfg))
-        result = check_onnx(args.output, model, images)
+        extractor = FeatureExtractor(cfg, device="cpu")  # exported on the CPU: the graph is device-neutral
+        height, width = extractor.size
+        export_onnx(extractor.model, args.output, height, width, args.opset)
+        images = extractor.preprocess(list_images(args.check_images)[:args.check_batch])
+        result = check_onnx(args.output, extractor.model, images)
     print(f"{args.output}: input '{INPUT_NAME}' B x 3 x {height} x {width} (0-255 RGB), output "
           f"'{OUTPUT_NAME}' B x {result['feature_dim']}")
     print(f"parity on {result['batch']} images from {args.check_images}: max abs diff "

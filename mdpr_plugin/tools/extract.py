@@ -20,12 +20,11 @@ import time
 import zipfile
 
 import numpy as np
-import torch
 
-from ..errors import InputError, MissingFileError, reporting_errors, require
+from ..errors import InputError, MissingFileError, reporting_errors
 from ..evaluation.progress import Progress
-from .common import (eval_transform, list_images, load_eval_model, load_images, setup_tool_config,
-                     setup_tool_logging, tool_parser)
+from ..inference import FeatureExtractor, first_few, non_finite_rows
+from .common import list_images, setup_tool_config, setup_tool_logging, tool_parser
 
 logger = logging.getLogger(__name__)
 
@@ -33,105 +32,38 @@ BACKENDS = ("torch", "onnx")
 REQUIRED_KEYS = ("features", "paths")
 
 
-# ------------------------------------------------------------------------------------------ encoders
-class TorchEncoder:
-    """The PyTorch eval model of ``MODEL.WEIGHTS``: 0-255 batch -> B x D float32 numpy."""
-
-    name = "torch"
-
-    def __init__(self, cfg):
-        self.model = load_eval_model(cfg)
-        self.source = cfg.MODEL.WEIGHTS
-
-    @torch.no_grad()
-    def __call__(self, images):
-        return self.model(images).float().cpu().numpy()
-
-
-class OnnxEncoder:
-    """An mdpr-export graph run by onnxruntime on the CPU."""
-
-    name = "onnx"
-
-    def __init__(self, path, size):
-        from .export import INPUT_NAME, OUTPUT_NAME, onnx_session
-
-        self.session = onnx_session(path)
-        self.source = path
-        self.input_name, self.output_name = INPUT_NAME, OUTPUT_NAME
-        inputs = {i.name: i.shape for i in self.session.get_inputs()}
-        if INPUT_NAME not in inputs:
-            raise InputError(f"{path} has no input named '{INPUT_NAME}' (it has {sorted(inputs)}); "
-                             "export the model with mdpr-export")
-        graph_size = list(inputs[INPUT_NAME][2:])
-        if graph_size != list(size):
-            raise InputError(f"{path} takes {graph_size[0]}x{graph_size[1]} images but INPUT.SIZE_TEST is "
-                             f"{size[0]}x{size[1]}; pass the config the model was exported with")
-
-    def __call__(self, images):
-        return self.session.run([self.output_name], {self.input_name: images.float().numpy()})[0]
-
-
-def build_encoder(cfg, backend, onnx_path=None):
-    """The encoder for ``backend``: ``"torch"`` (MODEL.WEIGHTS) or ``"onnx"`` (``onnx_path``)."""
+# ---------------------------------------------------------------------------------------- extraction
+def build_extractor(cfg, backend, onnx_path=None, batch_size=64):
+    """The :class:`FeatureExtractor` for ``backend``: ``"torch"`` (MODEL.WEIGHTS) or ``"onnx"`` (``onnx_path``)."""
     if backend not in BACKENDS:
         raise InputError(f"--backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "onnx":
-        if not onnx_path:
-            raise InputError("--backend onnx needs --onnx FILE (a model written by mdpr-export)")
-        require("onnxruntime", "onnx")
-        return OnnxEncoder(onnx_path, cfg.INPUT.SIZE_TEST)
-    return TorchEncoder(cfg)
-
-
-# ---------------------------------------------------------------------------------------- extraction
-def non_finite_rows(features):
-    """Indices of the rows of ``features`` holding a NaN or an infinity."""
-    return np.flatnonzero(~np.isfinite(features.reshape(len(features), -1)).all(axis=1))
-
-
-def _first_few(names, shown=5):
-    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
-
-
-def refuse_non_finite(features, paths, source):
-    """Stop before features with NaN or infinite values are written: a search would drop those rows or
-    rank them anywhere, silently."""
-    rows = non_finite_rows(features)
-    if len(rows):
-        raise InputError(
-            f"The model {source} gave non-finite features (NaN or inf) for {len(rows)} of {len(paths)} images: "
-            f"{_first_few([paths[i] for i in rows])}; nothing was written. Check the model's weights for NaN "
-            "(a diverged training run) and those images.")
-
-
-def extract_features(paths, encode, transform, batch_size=64, progress_period=5.0):
-    """N x D float32 features of the images at ``paths``, each row L2-normalised."""
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
-    features = None
-    progress = Progress(f"extracting features ({getattr(encode, 'name', 'model')})", len(paths), logger,
-                        progress_period)
-    for start in range(0, len(paths), batch_size):
-        batch = load_images(paths[start:start + batch_size], transform)
-        out = np.asarray(encode(batch), dtype=np.float32)
-        refuse_non_finite(out, paths[start:start + batch_size], getattr(encode, "source", "the model"))
-        if features is None:  # the width is known once the model has run
-            features = np.empty((len(paths), out.shape[1]), dtype=np.float32)
-        features[start:start + len(out)] = out
-        progress.update(start + len(out))
+    if backend == "onnx" and not onnx_path:
+        raise InputError("--backend onnx needs --onnx FILE (a model written by mdpr-export)")
+    return FeatureExtractor(cfg, batch_size=batch_size, onnx=onnx_path if backend == "onnx" else None)
+
+
+def extract_features(paths, extractor, progress_period=5.0):
+    """N x D float32 features of the images at ``paths``, each row L2-normalised, with progress lines."""
+    progress = Progress(f"extracting features ({extractor.backend})", len(paths), logger, progress_period)
+    batches, done = [], 0
+    for features in extractor.feature_batches(paths):
+        batches.append(features)
+        done += len(features)
+        progress.update(done)
     progress.done()
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    return features / np.maximum(norms, 1e-12)
+    return np.concatenate(batches)
 
 
-def extract_folder(cfg, folder, encoder, batch_size=64, config_file="", paths=None):
+def extract_folder(folder, extractor, config_file="", paths=None):
     """Features of every image under ``folder`` (or of ``paths``, images in it): a record as
     ``save_features`` writes it."""
     paths = list_images(folder) if paths is None else paths
-    logger.info("%d images under %s, batches of %d, %s backend", len(paths), folder, batch_size, encoder.name)
+    logger.info("%d images under %s, batches of %d, %s backend", len(paths), folder, extractor.batch_size,
+                extractor.backend)
     start = time.perf_counter()
-    features = extract_features(paths, encoder, eval_transform(cfg), batch_size)
+    features = extract_features(paths, extractor)
     seconds = time.perf_counter() - start
     logger.info("Extracted %d features of dim %d in %.1f s (%.1f images/s)",
                 len(paths), features.shape[1], seconds, len(paths) / seconds)
@@ -141,10 +73,10 @@ def extract_folder(cfg, folder, encoder, batch_size=64, config_file="", paths=No
         "paths": [os.path.relpath(os.path.abspath(p), root).replace(os.sep, "/") for p in paths],
         "root": root,
         "config_file": config_file,
-        "backend": encoder.name,
-        "model": encoder.source,
+        "backend": extractor.backend,
+        "model": extractor.source,
         "feature_dim": features.shape[1],
-        "image_size": list(cfg.INPUT.SIZE_TEST),
+        "image_size": list(extractor.size),
         "normalized": True,
         "images_per_second": len(paths) / seconds,
     }
@@ -193,7 +125,7 @@ def load_features(path):
     rows = non_finite_rows(features)
     if len(rows):  # a search would drop these rows or give them NaN distances
         raise InputError(f"{path}: {len(rows)} of {len(features)} feature rows are not finite (NaN or inf): "
-                         f"{_first_few([f'row {i} ({paths[i]})' for i in rows])}; extract those images again "
+                         f"{first_few([f'row {i} ({paths[i]})' for i in rows])}; extract those images again "
                          "with mdpr-extract")
     record["features"] = features.astype(np.float32, copy=False)
     record["paths"] = [str(p) for p in paths]
@@ -230,11 +162,9 @@ def main(argv=None):
     args = parse_args(argv)
     with reporting_errors("mdpr-extract"):
         cfg = setup_tool_config(args)
-        if args.batch_size < 1:
-            raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
         paths = list_images(args.input)  # an empty folder fails before the model is loaded
-        encoder = build_encoder(cfg, backend_of(args), args.onnx)
-        record = extract_folder(cfg, args.input, encoder, args.batch_size, args.config_file, paths)
+        extractor = build_extractor(cfg, backend_of(args), args.onnx, args.batch_size)
+        record = extract_folder(args.input, extractor, args.config_file, paths)
         save_features(args.output, record)
     print(f"{args.output}: {len(record['paths'])} images, {record['feature_dim']}-d features "
           f"({record['backend']} backend, {record['images_per_second']:.1f} images/s)")

@@ -31,7 +31,7 @@ import torch
 from ..errors import InputError, MissingFileError, reporting_errors
 from ..evaluation import rerank_distance
 from .common import setup_tool_config, setup_tool_logging
-from .extract import add_backend_arguments, backend_of, build_encoder, extract_folder, load_features
+from .extract import add_backend_arguments, backend_of, build_extractor, extract_folder, load_features
 
 logger = logging.getLogger(__name__)
 
@@ -204,9 +204,8 @@ def query_record(args, dim):
     else:
         if args.config_file is None:
             raise InputError("--images needs --config-file (and MODEL.WEIGHTS or --onnx) to extract features")
-        cfg = setup_tool_config(args)
-        record = extract_folder(cfg, args.images, build_encoder(cfg, backend_of(args), args.onnx),
-                                args.batch_size, args.config_file)
+        extractor = build_extractor(setup_tool_config(args), backend_of(args), args.onnx, args.batch_size)
+        record = extract_folder(args.images, extractor, args.config_file)
     if record["features"].shape[1] != dim:
         raise InputError(f"query features are {record['features'].shape[1]}-d but the index holds {dim}-d "
                          "features: extract both with the same model")

@@ -5,12 +5,11 @@ import logging
 import pytest
 import torch
 from fastreid.utils.checkpoint import Checkpointer
-from helpers import BUNDLED_IMAGES, MDPR_DEMO_CONFIG, load_config, logged, run_script
+from helpers import MDPR_DEMO_CONFIG, bundled_test_images, load_config, logged, run_script
 
 from mdpr_plugin.engine import CheckpointError, MDPRCheckpointer, build_model
 from mdpr_plugin.engine.checkpointer import classifier_keys
 from mdpr_plugin.engine.eval_model import build_eval_model
-from mdpr_plugin.tools.common import eval_transform, list_images, load_images
 
 CPU = ("MODEL.DEVICE", "cpu", "MODEL.BACKBONE.PRETRAIN", "False")
 
@@ -152,7 +151,7 @@ def test_eval_model_reads_the_number_of_classes_from_the_checkpoint(checkpoints)
 
     given, _ = build_eval_model(mdpr_cfg("MODEL.WEIGHTS", checkpoints["mdpr"], "MODEL.HEADS.NUM_CLASSES", "16"))
     assert same_weights(model, given)
-    images = load_images(list_images(BUNDLED_IMAGES)[:4], eval_transform(cfg))
+    images = bundled_test_images(cfg, 4)
     with torch.no_grad():
         assert torch.equal(model(images.clone()), given(images.clone()))
 

@@ -1,27 +1,13 @@
 """A small MDPR checkpoint (the demo config, untrained: the tools' tests check plumbing, not accuracy)."""
 
 import pytest
-import torch
-from fastreid.modeling import build_model
-from fastreid.utils.checkpoint import Checkpointer
-from helpers import MDPR_DEMO_CONFIG, load_config, run_script
-
+from helpers import MDPR_DEMO_CONFIG, run_script, save_demo_checkpoint
 
 
 @pytest.fixture(scope="session")
 def demo_weights(tmp_path_factory):
     """Path to a checkpoint of configs/MDPR/demo.yml with BN statistics moved away from their defaults."""
-    torch.manual_seed(0)
-    cfg = load_config("configs/MDPR/demo.yml", "MODEL.BACKBONE.PRETRAIN", "False", "MODEL.DEVICE", "cpu")
-    model = build_model(cfg)
-    # running statistics of a fresh model are 0 / 1; perturb them so eval-mode BN is not the identity
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d) or isinstance(module, torch.nn.BatchNorm1d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-    folder = tmp_path_factory.mktemp("demo_weights")
-    Checkpointer(model, save_dir=str(folder)).save("model_final")
-    return str(folder / "model_final.pth")
+    return save_demo_checkpoint(tmp_path_factory.mktemp("demo_weights"))
 
 
 @pytest.fixture(scope="session")

@@ -7,24 +7,22 @@ import onnxruntime
 import pytest
 import torch
 from fastreid.modeling import build_model
-from helpers import BUNDLED_IMAGES, MDPR_DEMO_CONFIG, load_config
+from helpers import BUNDLED_IMAGES, MDPR_DEMO_CONFIG, bundled_test_images, load_config
 
-from mdpr_plugin.tools import export, extract
-from mdpr_plugin.tools import common
+from mdpr_plugin import FeatureExtractor
 from mdpr_plugin.errors import MissingExtraError
-from mdpr_plugin.tools.common import list_images, load_eval_model, load_images
-
+from mdpr_plugin.tools import export, extract
 
 
 @pytest.fixture(scope="module")
 def demo_model(demo_weights):
     cfg = load_config("configs/MDPR/demo.yml", "MODEL.WEIGHTS", demo_weights, "MODEL.DEVICE", "cpu",
                       "MODEL.BACKBONE.PRETRAIN", "False")
-    return cfg, load_eval_model(cfg)
+    return cfg, FeatureExtractor(cfg).model
 
 
 def real_images(cfg, count):
-    return load_images(list_images(BUNDLED_IMAGES)[:count], common.eval_transform(cfg))
+    return bundled_test_images(cfg, count)
 
 
 def test_cli_exports_and_reports_parity(demo_onnx):

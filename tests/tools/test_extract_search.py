@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 from fastreid.utils.checkpoint import Checkpointer
-from helpers import BUNDLED_IMAGES, MDPR_DEMO_CONFIG, load_config, run_script
+from helpers import BUNDLED_IMAGES, MDPR_DEMO_CONFIG, evaluation_features, load_config, market1501_copy, run_script
 from PIL import Image
 
+from mdpr_plugin import FeatureExtractor
 from mdpr_plugin.engine import build_model
 from mdpr_plugin.tools import extract, search
 
@@ -40,6 +41,11 @@ def demo_cfg_with_weights(demo_weights):
 
 
 @pytest.fixture(scope="module")
+def demo_extractor(demo_cfg_with_weights):
+    return FeatureExtractor(demo_cfg_with_weights)
+
+
+@pytest.fixture(scope="module")
 def gallery_npz(demo_weights, image_folder, tmp_path_factory):
     """Features of ``image_folder`` written by the mdpr-extract CLI (torch backend)."""
     path = str(tmp_path_factory.mktemp("features") / "gallery.npz")
@@ -65,14 +71,31 @@ def test_extract_file_format(gallery_npz, image_folder, demo_weights):
 
 def test_torch_and_onnx_backends_agree(demo_cfg_with_weights, demo_onnx, image_folder):
     cfg = demo_cfg_with_weights
-    records = [extract.extract_folder(cfg, image_folder, extract.build_encoder(cfg, backend, demo_onnx[0]),
-                                      batch_size=7)
+    records = [extract.extract_folder(image_folder, extract.build_extractor(cfg, backend, demo_onnx[0], batch_size=7))
                for backend in ("torch", "onnx")]
     assert records[0]["paths"] == records[1]["paths"]
     difference = np.abs(records[0]["features"] - records[1]["features"]).max()
     print(f"torch vs onnx features (unit rows): max abs diff {difference:.3g}")
     assert difference < 1e-5
     assert records[1]["backend"] == "onnx" and records[1]["model"] == demo_onnx[0]
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_the_extractor_s_onnx_backend_gives_pytorch_s_features(demo_weights, demo_onnx, image_folder, flip):
+    """Paths, and the boxes of a frame (one beyond its edge), within 1e-4 relative of PyTorch, flip test included."""
+    opts = ["MODEL.DEVICE", "cpu", "TEST.FLIP.ENABLED", str(flip)]
+    torch_backend = FeatureExtractor(MDPR_DEMO_CONFIG, demo_weights, batch_size=5, opts=opts)
+    onnx_backend = FeatureExtractor(MDPR_DEMO_CONFIG, onnx=demo_onnx[0], batch_size=5, opts=opts)
+    assert (onnx_backend.backend, onnx_backend.model, onnx_backend.flip) == ("onnx", None, flip)
+    paths = extract.list_images(image_folder)
+    frame = np.random.default_rng(0).integers(0, 256, (240, 360, 3), dtype=np.uint8)
+    frame[20:148, 10:74] = np.asarray(Image.open(paths[0]).convert("RGB"))
+    boxes = [(10, 20, 74, 148), (300.5, 100.2, 400.0, 260.0), (100.3, 5.9, 180.2, 230.0)]
+    for what, features in (("paths", lambda e: e(paths)), ("crops", lambda e: e.crops(frame, boxes, bgr=True))):
+        reference, onnx_features = features(torch_backend), features(onnx_backend)
+        relative = np.abs(onnx_features - reference).max() / np.abs(reference).max()
+        print(f"{what}, flip {flip}: onnx vs torch max rel diff {relative:.3g}")
+        assert onnx_features.shape == reference.shape and relative < 1e-4
 
 
 def rank_one(rows):
@@ -162,11 +185,10 @@ def test_missing_weights(image_folder, tmp_path):
                       "MODEL.WEIGHTS", str(tmp_path / "missing.pth")])
 
 
-def test_unreadable_image_is_named(tmp_path, demo_cfg_with_weights):
+def test_unreadable_image_is_named(tmp_path, demo_extractor):
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(ValueError, match=r"broken\.jpg could not be read as an image"):
-        extract.extract_features([str(tmp_path / "broken.jpg")], lambda batch: batch,
-                                 extract.eval_transform(demo_cfg_with_weights))
+        extract.extract_features([str(tmp_path / "broken.jpg")], demo_extractor)
 
 
 def test_features_file_without_features(tmp_path):
@@ -206,13 +228,9 @@ def test_extract_gives_the_features_eval_only_computes_for_every_kind_of_image(d
     """The same reader and resizing in mdpr-extract as in train_net.py --eval-only: an EXIF-rotated JPEG, a
     palette PNG and a 16-bit grey PNG (both under .jpg names, as a dataset folder may hold them) too."""
     import fastreid.data.build as data_build
-    import torch
 
-    from mdpr_plugin.engine import Trainer
-
-    market = tmp_path / "Market-1501-v15.09.15"
-    shutil.copytree(BUNDLED_IMAGES, market)
-    query = sorted((market / "query").glob("*.jpg"))
+    market = market1501_copy(tmp_path)
+    query = sorted(os.path.join(market, "query", name) for name in os.listdir(os.path.join(market, "query")))
     rgb = Image.open(query[0]).convert("RGB")
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
@@ -224,19 +242,11 @@ def test_extract_gives_the_features_eval_only_computes_for_every_kind_of_image(d
 
     monkeypatch.setattr(data_build, "_root", str(tmp_path))
     cfg = demo_cfg_with_weights.clone()
-    cfg.defrost()
     cfg.DATASETS.TESTS = ("Market1501",)
-    model = extract.load_eval_model(cfg)
-    loader, _ = Trainer.build_test_loader(cfg, "Market1501")  # what --eval-only evaluates on
-    evaluated = {}
-    with torch.no_grad():
-        for batch in loader:
-            features = torch.nn.functional.normalize(model(batch), dim=1)
-            evaluated.update(zip(batch["img_paths"], features.numpy()))
+    evaluated = evaluation_features(cfg, "Market1501")  # what --eval-only evaluates on
 
-    paths = [str(p) for p in query]
-    extracted = extract.extract_features(paths, extract.TorchEncoder(cfg), extract.eval_transform(cfg))
-    difference = np.abs(extracted - np.stack([evaluated[p] for p in paths])).max()
+    extracted = extract.extract_features(query, FeatureExtractor(cfg, batch_size=5))
+    difference = np.abs(extracted - np.stack([evaluated[p] for p in query])).max()
     assert difference < 1e-6, difference
 
 
@@ -274,29 +284,24 @@ def test_a_npy_features_file_is_refused_in_one_line(tmp_path):
         "an .npz written by mdpr-extract is expected: make it with mdpr-extract --input FOLDER --output FILE.npz")
 
 
-class NaNForOneImage:
-    """An encoder that gives finite features except for the image at ``bad_path``."""
-
-    name, source = "fake", "fake.pth"
-
-    def __init__(self, paths, bad_path):
-        self.rows = iter(paths)
-        self.bad_path = bad_path
-
-    def __call__(self, images):
-        out = np.ones((len(images), 4), np.float32)
-        for b in range(len(images)):
-            if next(self.rows) == self.bad_path:
-                out[b, 0] = np.nan
-        return out
-
-
 def test_extract_refuses_non_finite_features_naming_the_image(image_folder, demo_cfg_with_weights):
     paths = extract.list_images(image_folder)
-    encoder = NaNForOneImage(paths, paths[7])
-    with pytest.raises(ValueError, match=rf"^The model fake\.pth gave non-finite features \(NaN or inf\) for 1 of 5 "
-                                         rf"images: {paths[7]}; nothing was written"):
-        extract.extract_features(paths, encoder, extract.eval_transform(demo_cfg_with_weights), batch_size=5)
+    extractor = FeatureExtractor(demo_cfg_with_weights, batch_size=5)
+    model = extractor.model
+
+    batches = []
+
+    def nan_for_the_eighth_image(images):  # the third image of the second batch
+        features = model(images)
+        batches.append(len(images))
+        if len(batches) == 2:
+            features[2, 0] = float("nan")
+        return features
+
+    extractor.model = nan_for_the_eighth_image
+    with pytest.raises(ValueError, match=rf"^The model .*model_final\.pth gave non-finite features \(NaN or inf\) "
+                                         rf"for 1 of 5 images: {paths[7]}\. Check the model's weights"):
+        extract.extract_features(paths, extractor)
 
 
 def test_extract_with_nan_weights_writes_nothing(demo_weights, image_folder, tmp_path):
@@ -304,8 +309,9 @@ def test_extract_with_nan_weights_writes_nothing(demo_weights, image_folder, tmp
     checkpoint["model"]["heads.fusion.bottleneck.0.running_var"][0] = float("nan")
     torch.save(checkpoint, tmp_path / "nan.pth")
     output = tmp_path / "f.npz"
-    with pytest.raises(SystemExit, match=r"^mdpr-extract: error: The model .*nan\.pth gave non-finite features "
-                                         r"\(NaN or inf\) for 12 of 12 images: .*and 7 more; nothing was written"):
+    message = r"^mdpr-extract: error: The model .*nan\.pth gave non-finite features \(NaN or inf\) for 12 of 12 " \
+              r"images: .*and 7 more\. Check the model's weights"
+    with pytest.raises(SystemExit, match=message):
         extract.main(["--config-file", MDPR_DEMO_CONFIG, "--input", image_folder, "--output", str(output),
                       "--batch-size", "12", "MODEL.WEIGHTS", str(tmp_path / "nan.pth"), "MODEL.DEVICE", "cpu"])
     assert not output.exists()

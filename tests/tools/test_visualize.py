@@ -16,6 +16,7 @@ import torch
 from helpers import BUNDLED_IMAGES, MDPR_DEMO_CONFIG, REPO
 from PIL import Image
 
+from mdpr_plugin import FeatureExtractor
 from mdpr_plugin.tools import common
 from mdpr_plugin.tools.visualize import attention, drawing, main, ranking
 from mdpr_plugin.tools.visualize.cli import run_command
@@ -189,18 +190,17 @@ def test_order_queries():
 
 # ----------------------------------------------------------------------------------------- attention
 @pytest.fixture(scope="module")
-def demo_model(demo_weights):
+def demo_extractor(demo_weights):
     class Args:
         config_file = MDPR_DEMO_CONFIG
         opts = ["MODEL.WEIGHTS", demo_weights, "MODEL.DEVICE", "cpu"]
-    cfg = common.setup_tool_config(Args)
-    return cfg, common.load_eval_model(cfg)
+    return FeatureExtractor(common.setup_tool_config(Args))
 
 
-def test_attention_maps_are_a_softmax_partition_before_drawing(demo_model):
-    cfg, model = demo_model
+def test_attention_maps_are_a_softmax_partition_before_drawing(demo_extractor):
+    model = demo_extractor.model
     paths = sorted(os.path.join(QUERY, name) for name in os.listdir(QUERY))[:4]
-    images = common.load_images(paths, common.eval_transform(cfg))
+    images = demo_extractor.preprocess(paths)
     with torch.no_grad():
         raw = model.attention_maps(images, include_background=True)
         default = model.attention_maps(images)

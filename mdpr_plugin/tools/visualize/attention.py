@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from ...errors import InputError, MissingFileError
 from ...engine import Trainer
-from ..common import list_images, load_eval_model, load_images, eval_transform
+from ...inference import FeatureExtractor
+from ..common import list_images
 from . import drawing
 
 LEVELS = ("4", "3")        # layer4 (coarse) first: layer3's attention is guided by it
@@ -128,12 +129,11 @@ def input_images(inputs):
     return pairs
 
 
-def input_batches(cfg, pairs):
-    """Batches of (images, [(path, output name)]) of ``input_images``' pairs, resized as at test time."""
-    transform, size = eval_transform(cfg), cfg.TEST.IMS_PER_BATCH
-    for start in range(0, len(pairs), size):
-        chunk = pairs[start:start + size]
-        yield load_images([path for path, _ in chunk], transform), chunk
+def input_batches(extractor, pairs):
+    """Batches of (images, [(path, output name)]) of ``input_images``' pairs, as the extractor preprocesses them."""
+    for start in range(0, len(pairs), extractor.batch_size):
+        chunk = pairs[start:start + extractor.batch_size]
+        yield extractor.preprocess([path for path, _ in chunk]), chunk
 
 
 def test_set_batches(cfg):
@@ -159,12 +159,13 @@ def run(cfg, config_file, output_dir, inputs=None, test_set=False, scale=1):
     if bool(inputs) == bool(test_set):
         raise InputError("give either --input FOLDER_OR_IMAGES or --test-set")
     # list the inputs now, so that a wrong path stops the command before the model is loaded
-    batches = test_set_batches(cfg) if test_set else input_batches(cfg, input_images(inputs))
-    model = load_eval_model(cfg)
+    pairs = None if test_set else input_images(inputs)
+    extractor = FeatureExtractor(cfg, batch_size=cfg.TEST.IMS_PER_BATCH)
+    batches = test_set_batches(cfg) if test_set else input_batches(extractor, pairs)
     size = (scale * cfg.INPUT.SIZE_TEST[0], scale * cfg.INPUT.SIZE_TEST[1])  # (height, width)
     written = []
     for images, names in batches:
-        maps = attention_at(model, images, size)
+        maps = attention_at(extractor.model, images, size)
         for b, (path, name) in enumerate(names):
             picture = draw_attention(os.path.basename(path), images[b],
                                      {level: (fg[b], bg[b]) for level, (fg, bg) in maps.items()})

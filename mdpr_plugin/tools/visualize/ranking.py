@@ -16,7 +16,7 @@ from ...errors import InputError
 from ...engine import Trainer
 from ...evaluation import ReidEvaluator, evaluate_rank, inference_on_dataset
 from ...evaluation.rank import query_validity
-from ..common import load_eval_model, load_images, eval_transform
+from ...inference import FeatureExtractor
 from . import drawing
 
 logger = logging.getLogger(__name__)
@@ -191,8 +191,8 @@ def run(cfg, output_dir, topk=10, order="ap-ascending", num_queries=None, scale=
     if not cfg.DATASETS.TESTS:
         raise InputError("DATASETS.TESTS is empty: name the test set to rank, e.g. DATASETS.TESTS "
                          "'(\"MiniMarket1501\",)'")
-    model = load_eval_model(cfg)
-    results, dist, pids, camids, paths, nq = evaluate_test_set(cfg, model)
+    extractor = FeatureExtractor(cfg)
+    results, dist, pids, camids, paths, nq = evaluate_test_set(cfg, extractor.model)
     g_pids, g_camids, g_paths = pids[nq:], camids[nq:], paths[nq:]
     if topk > len(g_paths):
         logger.warning("--topk %d is more than the %d gallery images: showing them all", topk, len(g_paths))
@@ -201,11 +201,10 @@ def run(cfg, output_dir, topk=10, order="ap-ascending", num_queries=None, scale=
                           num_queries)
 
     os.makedirs(output_dir, exist_ok=True)
-    transform = eval_transform(cfg)
     tile_size = (scale * cfg.INPUT.SIZE_TEST[1], scale * cfg.INPUT.SIZE_TEST[0])  # SIZE_TEST is (h, w)
     names = []
     for position, query in enumerate(ranked, 1):
-        images = load_images([query.path] + query.gallery_paths, transform)
+        images = extractor.preprocess([query.path] + query.gallery_paths)
         picture = draw_ranking(query, position, len(ranked), order, images, g_pids, g_camids, tile_size, topk)
         names.append(file_name(position, len(ranked), query.path))
         picture.save(os.path.join(output_dir, names[-1]))

@@ -1,0 +1,252 @@
+"""MDPR features from Python: ``FeatureExtractor(config, weights)(images)``, and one feature per detector box of
+a video frame for multi-object trackers (``extractor.crops(frame, boxes)``).
+
+Every input takes the path ``train_net.py --eval-only`` takes: files through the plugin's image reader, an RGB
+PIL image, the test transforms (resize to INPUT.SIZE_TEST), the eval model, TEST.FLIP as the evaluation does it.
+The rows are L2-normalised: an inner product is the cosine similarity, ``1 - inner product`` fastreid's cosine
+distance.
+"""
+import numbers
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from fastreid.config import CfgNode
+from PIL import Image
+
+from .config import build_config
+from .data import build_transforms, read_image
+from .data.images import to_rgb
+from .devices import resolve_device
+from .errors import InputError, MissingFileError
+
+IMAGES_HELP = ("a path, a PIL image, an H x W x 3 uint8 array (RGB, or BGR with bgr=True) or a 3 x H x W tensor "
+               "of 0-255 values, or a list of them, or a B x 3 x H x W tensor")
+
+
+def non_finite_rows(features):
+    """Indices of the rows of ``features`` holding a NaN or an infinity."""
+    return np.flatnonzero(~np.isfinite(features.reshape(len(features), -1)).all(axis=1))
+
+
+def first_few(names, shown=5):
+    """``a, b, c and 4 more``: a list of names short enough for a one-line message."""
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _checked_array(array, name):
+    """``array`` if it is an H x W x 3 uint8 image, else the one error saying what it is."""
+    if not (array.ndim == 3 and array.shape[2] == 3 and array.dtype == np.uint8 and min(array.shape[:2]) > 0):
+        raise InputError(f"{name} is a {array.dtype} array of shape {array.shape}; an image must be H x W x 3 "
+                         "uint8 (RGB, or BGR with bgr=True as OpenCV gives it)")
+    return array
+
+
+def _image_list(images):
+    """``images`` (one image or many, see ``IMAGES_HELP``) as a list of single images."""
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        return [images]
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        return list(images) if images.ndim == 4 else [images]
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    raise InputError(f"images is of type {type(images).__name__}; give {IMAGES_HELP}")
+
+
+def pixel_boxes(boxes_xyxy, width, height):
+    """N x 4 integer crops ``x1, y1, x2, y2`` of a ``width`` x ``height`` frame for boxes in pixels: clipped to
+    the frame, then rounded outward (x1, y1 floored, x2, y2 ceiled), so that a crop covers every pixel its box
+    touches. A box that is empty after clipping (zero width or height) is an error naming it."""
+    try:
+        boxes = np.asarray(boxes_xyxy, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"boxes_xyxy must be an N x 4 array of x1, y1, x2, y2 pixels ({error})") from None
+    if boxes.size == 0:
+        boxes = boxes.reshape(0, 4)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise InputError(f"boxes_xyxy has shape {boxes.shape}; it must be N x 4 (x1, y1, x2, y2 in pixels), "
+                         "e.g. dets[:, :4] of N x 6 detections")
+    clipped = np.clip(boxes, 0, [width, height, width, height])
+    empty = ~np.isfinite(boxes).all(axis=1) | (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
+    if empty.any():
+        named = [f"box {i} ({', '.join(f'{v:g}' for v in boxes[i])})" for i in np.flatnonzero(empty)]
+        raise InputError(f"{len(named)} of {len(boxes)} boxes are empty in the {width} x {height} frame after "
+                         f"clipping to it (zero width or height, or not finite): {first_few(named)}; boxes are "
+                         "x1, y1, x2, y2 in pixels: drop these, or check the detector's box format")
+    return np.concatenate([np.floor(clipped[:, :2]), np.ceil(clipped[:, 2:])], axis=1).astype(np.int64)
+
+
+def _onnx_session(path, size):
+    """An ONNX Runtime session for an mdpr-export graph taking ``size`` (h, w) images, on torch's thread count."""
+    from .tools.export import INPUT_NAME, onnx_session  # the onnx extra's import stays off the PyTorch path
+
+    session = onnx_session(path, threads=torch.get_num_threads())
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    if INPUT_NAME not in inputs:
+        raise InputError(f"{path} has no input named '{INPUT_NAME}' (it has {sorted(inputs)}); "
+                         "export the model with mdpr-export")
+    graph_size = list(inputs[INPUT_NAME][2:])
+    if graph_size != list(size):
+        raise InputError(f"{path} takes {graph_size[0]}x{graph_size[1]} images but INPUT.SIZE_TEST is "
+                         f"{size[0]}x{size[1]}; pass the config the model was exported with")
+    return session
+
+
+class FeatureExtractor:
+    """``FeatureExtractor(config, weights)(images)``: N x D float32 features, each row L2-normalised, equal to what
+    ``train_net.py --eval-only`` computes for the same images.
+
+    ``config``: a config file, a packaged config's name ("MDPR/demo.yml") or a config built with
+    :func:`mdpr_plugin.config.build_config`; ``weights``: the checkpoint (MODEL.WEIGHTS); ``device``: "auto"
+    (MODEL.DEVICE where this machine has it, else the CPU) or a torch device; ``onnx``: an .onnx file written by
+    mdpr-export, run by ONNX Runtime on the CPU instead of PyTorch (with as many threads as torch uses);
+    ``opts``: ``KEY VALUE`` config overrides. ``model`` is the PyTorch eval model (None with ``onnx``).
+    """
+
+    def __init__(self, config, weights=None, device="auto", batch_size=64, onnx=None, opts=()):
+        if isinstance(config, CfgNode):
+            if opts:
+                raise InputError("opts apply to a config file; set the keys on the config node you pass instead")
+            cfg = config.clone()
+        else:
+            cfg = build_config(config, opts)
+        cfg.defrost()
+        if weights is not None:
+            cfg.MODEL.WEIGHTS = os.fspath(weights)
+        if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise InputError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
+        self.batch_size = batch_size
+        self.device = self._device(device, cfg, onnx)
+        cfg.MODEL.DEVICE = str(self.device)
+        cfg.freeze()
+        self.model = self.session = None
+        if onnx is not None:
+            if weights is not None:
+                raise InputError("give weights (PyTorch) or onnx (ONNX Runtime), not both")
+            self.session, self.backend, self.source = _onnx_session(os.fspath(onnx), cfg.INPUT.SIZE_TEST), "onnx", onnx
+        else:
+            from .engine import build_eval_model  # the trainer's imports, only for the PyTorch backend
+
+            self.model, cfg = build_eval_model(cfg)
+            self.backend, self.source = "torch", cfg.MODEL.WEIGHTS
+        self.cfg = cfg
+        self.size = tuple(cfg.INPUT.SIZE_TEST)
+        self.flip = cfg.TEST.FLIP.ENABLED
+        self.transform = build_transforms(cfg, is_train=False)
+        self._feature_dim = None
+
+    @staticmethod
+    def _device(device, cfg, onnx):
+        if device == "auto":
+            return torch.device("cpu") if onnx is not None else resolve_device(cfg.MODEL.DEVICE)
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as error:
+            raise InputError(f"device {device!r} is not a torch device ({error}); give 'auto', 'cpu' or "
+                             "'cuda[:N]'") from None
+        if onnx is not None and device.type != "cpu":
+            raise InputError(f"device {device}: the ONNX backend runs on the CPU; give device 'auto' or 'cpu'")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"device {device}: CUDA is not available here; give device 'auto' or 'cpu'")
+        return device
+
+    # ------------------------------------------------------------------------------------- features
+    def __call__(self, images, bgr=False):
+        """N x D float32 features of ``images`` (see ``IMAGES_HELP``), rows L2-normalised; ``bgr``: arrays and
+        tensors hold B, G, R channels (OpenCV's order); files and PIL images carry their own."""
+        return self._concatenated(self.feature_batches(images, bgr))
+
+    def crops(self, frame, boxes_xyxy, bgr=False):
+        """One feature per box of ``frame`` (H x W x 3 uint8; ``bgr`` for OpenCV frames): N x D, rows
+        L2-normalised. Boxes are N x 4 ``x1, y1, x2, y2`` pixels, clipped to the frame and rounded outward (see
+        :func:`pixel_boxes`); zero boxes give a 0 x D array."""
+        frame = _checked_array(np.asarray(frame), "frame")
+        regions = [frame[y1:y2, x1:x2] for x1, y1, x2, y2 in pixel_boxes(boxes_xyxy, frame.shape[1], frame.shape[0])]
+        return self._concatenated(self._feature_batches(regions, bgr, "box"))
+
+    def feature_batches(self, images, bgr=False):
+        """The features of ``images`` one batch (``batch_size`` images) at a time, for progress over long lists."""
+        return self._feature_batches(_image_list(images), bgr, "image")
+
+    def preprocess(self, images, bgr=False):
+        """``images`` as the model takes them: a B x 3 x H x W float tensor of 0-255 RGB values at INPUT.SIZE_TEST,
+        on the extractor's device."""
+        return self._batch(_image_list(images), bgr, "image", 0)
+
+    @property
+    def feature_dim(self):
+        """D, the width of a feature (found by running the model once)."""
+        if self._feature_dim is None:
+            with torch.no_grad():
+                self._feature_dim = self._run(torch.zeros(1, 3, *self.size, device=self.device)).shape[1]
+        return self._feature_dim
+
+    def _concatenated(self, batches):
+        batches = list(batches)
+        return np.concatenate(batches) if batches else np.zeros((0, self.feature_dim), np.float32)
+
+    def _feature_batches(self, items, bgr, label):
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start:start + self.batch_size]
+            features = self._features(self._batch(chunk, bgr, label, start))
+            bad = non_finite_rows(features)
+            if len(bad):
+                names = [self._name(chunk[i], label, start + i) for i in bad]
+                raise InputError(
+                    f"The model {self.source} gave non-finite features (NaN or inf) for {len(bad)} of {len(chunk)} "
+                    f"images: {first_few(names)}. Check the model's weights for NaN (a diverged training run) and "
+                    "those images.")
+            yield features
+
+    @torch.no_grad()
+    def _features(self, batch):
+        """The evaluation's features of ``batch``: with TEST.FLIP the mean of the model's output on the batch and on
+        its flipped copy (taken first: fastreid's Baseline normalises its input in place), then L2-normalised."""
+        flipped = batch.flip(dims=[3]) if self.flip else None
+        outputs = self._run(batch)
+        if flipped is not None:
+            outputs = (outputs + self._run(flipped)) / 2
+        return F.normalize(outputs.float(), dim=1).cpu().numpy()
+
+    def _run(self, batch):
+        if self.session is None:
+            return self.model(batch)
+        from .tools.export import INPUT_NAME, OUTPUT_NAME
+
+        return torch.from_numpy(self.session.run([OUTPUT_NAME], {INPUT_NAME: batch.cpu().numpy()})[0])
+
+    # ---------------------------------------------------------------------------------------- images
+    @staticmethod
+    def _name(item, label, index):
+        return os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"{label} {index}"
+
+    def _batch(self, items, bgr, label, offset):
+        if not items:
+            return torch.zeros(0, 3, *self.size, device=self.device)
+        return torch.stack([self._model_input(item, bgr, self._name(item, label, offset + i)).to(self.device)
+                            for i, item in enumerate(items)])
+
+    def _model_input(self, item, bgr, name):
+        """One image as the test transforms make it: 3 x H x W float, 0-255 RGB, at INPUT.SIZE_TEST. A tensor
+        already at that size is used as it is; one of another size is resized as an image (values rounded)."""
+        if isinstance(item, torch.Tensor):
+            if item.ndim != 3 or item.shape[0] != 3 or min(item.shape[1:]) == 0:
+                raise InputError(f"{name} is a tensor of shape {tuple(item.shape)}; give 3 x H x W (or a B x 3 x H x W "
+                                 "batch) of 0-255 values")
+            item = item.detach().float().flip(0) if bgr else item.detach().float()
+            if tuple(item.shape[1:]) == self.size:
+                return item
+            item, bgr = item.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy(), False
+        if isinstance(item, (str, os.PathLike)):
+            if not os.path.isfile(item):
+                raise MissingFileError(f"image {os.fspath(item)} does not exist")
+            picture = read_image(os.fspath(item))
+        elif isinstance(item, Image.Image):
+            picture = to_rgb(item)
+        elif isinstance(item, np.ndarray):
+            array = _checked_array(item, name)
+            picture = Image.fromarray(np.ascontiguousarray(array[:, :, ::-1] if bgr else array), "RGB")
+        else:
+            raise InputError(f"{name} is of type {type(item).__name__}; give {IMAGES_HELP}")
+        return self.transform(picture)

@@ -1,0 +1,257 @@
+"""mdpr_plugin.FeatureExtractor: the features train_net.py --eval-only computes, for every kind of input and for the
+boxes of a frame; one clear error for bad input; the README's tracker example runs as written."""
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+from helpers import MDPR_DEMO_CONFIG, REPO, evaluation_features, load_config, market1501_copy, save_demo_checkpoint
+from PIL import Image
+
+from mdpr_plugin import FeatureExtractor
+from mdpr_plugin.errors import InputError, MDPRError, MissingExtraError, MissingFileError
+from mdpr_plugin.inference import pixel_boxes
+
+TOLERANCE = 1e-5      # the extractor against the evaluation, on unit rows
+SIZE = (128, 64)      # the demo's INPUT.SIZE_TEST (height, width)
+README_MARKER = "<!-- the tracker example, run by tests/test_inference.py -->"
+EXAMPLE_WEIGHTS = os.path.join("logs", "demo", "mdpr", "model_final.pth")  # the checkpoint the example names
+
+
+@pytest.fixture(scope="module")
+def demo_weights(tmp_path_factory):
+    return save_demo_checkpoint(tmp_path_factory.mktemp("demo_weights"))
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory):
+    """A Market-1501-layout copy of the bundled images that fastreid's Market1501 reads; two query images are
+    stored at other sizes (one a PNG under its .jpg name), so that the test transforms resize them."""
+    root = tmp_path_factory.mktemp("market")
+    folder = market1501_copy(root)
+    query = sorted(os.path.join(folder, "query", name) for name in os.listdir(os.path.join(folder, "query")))
+    with Image.open(query[0]) as image:
+        image.resize((image.width * 2, image.height * 2), Image.BILINEAR).save(query[0], format="JPEG", quality=95)
+    with Image.open(query[1]) as image:
+        image.resize((45, 101), Image.BILINEAR).save(query[1], format="PNG")
+    with pytest.MonkeyPatch.context() as patch:
+        import fastreid.data.build as data_build
+
+        patch.setattr(data_build, "_root", str(root))
+        yield query
+
+
+def demo_cfg(weights, *overrides):
+    return load_config(MDPR_DEMO_CONFIG, "MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu",
+                       "DATASETS.TESTS", '("Market1501",)', *overrides)
+
+
+def rgb(path):
+    with Image.open(path) as image:
+        return np.array(image.convert("RGB"))
+
+
+def assert_close(features, reference, what):
+    assert features.dtype == np.float32 and features.shape == reference.shape, what
+    difference = float(np.abs(features - reference).max())
+    print(f"{what}: max abs diff {difference:.2g}")
+    assert difference < TOLERANCE, what
+
+
+# ------------------------------------------------------------------------------------------ features
+@pytest.mark.parametrize("flip", [False, True])
+def test_features_equal_the_evaluation_s_for_every_kind_of_input(demo_weights, market, flip):
+    reference_of = evaluation_features(demo_cfg(demo_weights, "TEST.FLIP.ENABLED", str(flip)), "Market1501")
+    paths = market[:12]
+    reference = np.stack([reference_of[p] for p in paths])
+    extractor = FeatureExtractor(MDPR_DEMO_CONFIG, demo_weights, device="cpu", batch_size=5,
+                                 opts=["TEST.FLIP.ENABLED", str(flip)])
+    assert extractor.flip is flip
+    arrays = [rgb(p) for p in paths]
+    assert {a.shape[:2] for a in arrays} >= {SIZE, (2 * SIZE[0], 2 * SIZE[1]), (101, 45)}  # some are resized
+    tensors = [torch.from_numpy(a).permute(2, 0, 1).float() for a in arrays]
+    at_size = [i for i, a in enumerate(arrays) if a.shape[:2] == SIZE]
+
+    assert_close(extractor(paths), reference, "paths")
+    assert_close(extractor(arrays), reference, "RGB arrays")
+    assert_close(extractor([a[:, :, ::-1] for a in arrays], bgr=True), reference, "BGR arrays")
+    assert_close(extractor([Image.fromarray(a) for a in arrays]), reference, "PIL images")
+    assert_close(extractor(tensors), reference, "3 x H x W tensors of any size")
+    assert_close(extractor(torch.stack([tensors[i] for i in at_size])), reference[at_size], "a B x 3 x H x W batch")
+    assert_close(extractor(paths[3]), reference[3:4], "one path")
+
+
+FRAME_W, FRAME_H = 360, 240
+# boxes (x1, y1, x2, y2) and the pixels their crops must cover: clipped to the frame, rounded outward
+BOXES = [((12.4, 20.6, 91.2, 180.0), (12, 20, 92, 180)),
+         ((300.5, 100.2, 400.0, 260.0), (300, 100, 360, 240)),   # beyond the right and bottom edges
+         ((-15.0, -3.5, 50.3, 90.9), (0, 0, 51, 91)),           # beyond the left and top edges
+         ((150.0, 40.0, 230.0, 200.0), (150, 40, 230, 200))]    # whole pixels
+
+
+@pytest.fixture(scope="module")
+def frame(market):
+    """A FRAME_W x FRAME_H RGB frame: noise with three bundled people pasted in, enlarged."""
+    picture = np.random.default_rng(0).integers(0, 256, (FRAME_H, FRAME_W, 3), dtype=np.uint8)
+    for (x, y), path in zip(((10, 20), (150, 40), (280, 70)), market[2:5]):
+        picture[y:y + 160, x:x + 80] = np.asarray(Image.fromarray(rgb(path)).resize((80, 160), Image.BILINEAR))
+    return picture
+
+
+def test_pixel_boxes_are_clipped_and_rounded_outward():
+    pixels = pixel_boxes([box for box, _ in BOXES], FRAME_W, FRAME_H)
+    assert pixels.tolist() == [list(expected) for _, expected in BOXES]
+
+
+def test_crops_equal_the_evaluation_s_features_of_the_same_regions(demo_weights, frame, tmp_path, monkeypatch):
+    """The regions saved as PNG files (under .jpg names) in a Market-1501 folder, evaluated as --eval-only does."""
+    import fastreid.data.build as data_build
+
+    folder = market1501_copy(tmp_path)
+    names = []
+    for i, (_, (x1, y1, x2, y2)) in enumerate(BOXES):
+        names.append(os.path.join(folder, "query", f"{1500 - i:04d}_c1s1_00000{i}_00.jpg"))
+        Image.fromarray(frame[y1:y2, x1:x2]).save(names[-1], format="PNG")
+    monkeypatch.setattr(data_build, "_root", str(tmp_path))
+    for flip in (False, True):
+        reference_of = evaluation_features(demo_cfg(demo_weights, "TEST.FLIP.ENABLED", str(flip)), "Market1501")
+        reference = np.stack([reference_of[name] for name in names])
+        extractor = FeatureExtractor(MDPR_DEMO_CONFIG, demo_weights, device="cpu", batch_size=3,
+                                     opts=["TEST.FLIP.ENABLED", str(flip)])
+        boxes = np.array([box for box, _ in BOXES])
+        assert_close(extractor.crops(frame, boxes), reference, f"crops, flip {flip}")
+        assert_close(extractor.crops(np.ascontiguousarray(frame[:, :, ::-1]), boxes, bgr=True), reference,
+                     f"crops of a BGR frame, flip {flip}")
+
+
+def test_the_onnx_backend_gives_the_pytorch_features(demo_weights, market, frame, tmp_path):
+    """An mdpr-export file run by ONNX Runtime, for files and for crops, within 1e-4 relative of PyTorch."""
+    from mdpr_plugin.tools.export import export_onnx
+
+    torch_extractor = FeatureExtractor(MDPR_DEMO_CONFIG, demo_weights, device="cpu", batch_size=4)
+    path = export_onnx(torch_extractor.model, str(tmp_path / "demo.onnx"), *SIZE)
+    onnx_extractor = FeatureExtractor(MDPR_DEMO_CONFIG, onnx=path, batch_size=4)
+    assert onnx_extractor.model is None and onnx_extractor.backend == "onnx"
+    boxes = np.array([box for box, _ in BOXES])
+    for what, call in (("files", lambda e: e(market[:6])), ("crops", lambda e: e.crops(frame, boxes))):
+        expected, got = call(torch_extractor), call(onnx_extractor)
+        relative = float(np.abs(got - expected).max() / np.abs(expected).max())
+        print(f"ONNX Runtime, {what}: max relative diff {relative:.2g}")
+        assert got.shape == expected.shape and relative < 1e-4, what
+
+
+# ------------------------------------------------------------------------------------------ bad input
+@pytest.fixture(scope="module")
+def extractor(demo_weights):
+    return FeatureExtractor("MDPR/demo.yml", demo_weights, device="cpu")
+
+
+def one_clear_error(kind, call, *fragments):
+    """``call()`` raises one ``kind`` (an MDPRError), whose one-line message holds every fragment."""
+    with pytest.raises(kind) as raised:
+        call()
+    message = str(raised.value)
+    assert isinstance(raised.value, MDPRError) and "\n" not in message, message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_zero_boxes_give_a_0_x_d_array(extractor):
+    frame = np.zeros((FRAME_H, FRAME_W, 3), np.uint8)
+    width = extractor(frame).shape[1]
+    for boxes in (np.zeros((0, 4)), [], np.zeros((0, 6))[:, :4]):
+        empty = extractor.crops(frame, boxes)
+        assert empty.shape == (0, width) and empty.dtype == np.float32
+    assert extractor([]).shape == (0, width)
+
+
+@pytest.mark.parametrize("box, shown", [
+    ((50.0, 20.0, 50.0, 90.0), "box 1 (50, 20, 50, 90)"),           # zero width
+    ((10.0, 80.0, 60.0, 30.0), "box 1 (10, 80, 60, 30)"),           # y2 above y1
+    ((400.0, 10.0, 450.0, 90.0), "box 1 (400, 10, 450, 90)"),       # right of the frame
+    ((10.0, -40.0, 60.0, -1.0), "box 1 (10, -40, 60, -1)"),         # above the frame
+    ((10.0, np.nan, 60.0, 90.0), "box 1 (10, nan, 60, 90)"),        # not a number
+])
+def test_an_empty_box_is_named_with_its_coordinates(extractor, box, shown):
+    frame = np.zeros((FRAME_H, FRAME_W, 3), np.uint8)
+    one_clear_error(InputError, lambda: extractor.crops(frame, [(0, 0, 10, 10), box]), shown,
+                    f"1 of 2 boxes are empty in the {FRAME_W} x {FRAME_H} frame")
+
+
+@pytest.mark.parametrize("images, kind, fragments", [
+    (np.zeros((128, 64), np.uint8), InputError, ["image 0 is a uint8 array of shape (128, 64)", "H x W x 3 uint8"]),
+    (np.zeros((128, 64, 4), np.uint8), InputError, ["shape (128, 64, 4)"]),
+    ([np.zeros((128, 64, 3), np.uint8), np.zeros((128, 64, 3))], InputError, ["image 1 is a float64 array"]),
+    (torch.zeros(2, 1, 128, 64), InputError, ["image 0 is a tensor of shape (1, 128, 64)", "3 x H x W"]),
+    (["missing.jpg"], MissingFileError, ["image missing.jpg does not exist"]),
+    (7, InputError, ["images is of type int"]),
+    ([None], InputError, ["image 0 is of type NoneType"]),
+])
+def test_bad_images_give_one_clear_error(extractor, images, kind, fragments):
+    one_clear_error(kind, lambda: extractor(images), *fragments)
+
+
+def test_bad_frames_and_box_arrays_give_one_clear_error(extractor):
+    frame = np.zeros((FRAME_H, FRAME_W, 3), np.uint8)
+    one_clear_error(InputError, lambda: extractor.crops(frame, np.zeros((2, 3))), "boxes_xyxy has shape (2, 3)",
+                    "N x 4")
+    one_clear_error(InputError, lambda: extractor.crops(frame[:, :, 0], [(0, 0, 5, 5)]),
+                    f"frame is a uint8 array of shape ({FRAME_H}, {FRAME_W})")
+
+
+def test_bad_arguments_give_one_clear_error(demo_weights, monkeypatch):
+    build = lambda **options: lambda: FeatureExtractor("MDPR/demo.yml", demo_weights, **options)  # noqa: E731
+    one_clear_error(InputError, build(batch_size=0), "batch_size must be a whole number of at least 1, got 0")
+    one_clear_error(InputError, build(device="abacus"), "device 'abacus' is not a torch device")
+    one_clear_error(InputError, build(onnx="model.onnx"), "give weights (PyTorch) or onnx (ONNX Runtime), not both")
+    one_clear_error(MissingFileError, lambda: FeatureExtractor("MDPR/nothing.yml", demo_weights),
+                    "Config file MDPR/nothing.yml not found")
+    one_clear_error(MDPRError, lambda: FeatureExtractor("MDPR/demo.yml", "missing.pth"), "missing.pth not found")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
+    one_clear_error(MissingExtraError, lambda: FeatureExtractor("MDPR/demo.yml", onnx="model.onnx"),
+                    "onnxruntime is not installed", "pip install -e '.[onnx]'")
+
+
+def test_non_finite_features_name_the_images(demo_weights, market):
+    extractor = FeatureExtractor("MDPR/demo.yml", demo_weights, device="cpu", batch_size=4)
+    model = extractor.model
+
+    def nan_in_row_2(images):
+        features = model(images)
+        features[2] = float("nan")
+        return features
+
+    extractor.model = nan_in_row_2
+    one_clear_error(InputError, lambda: extractor(market[:4]), f"non-finite features (NaN or inf) for 1 of 4 images: "
+                                                               f"{market[2]}")
+
+
+# ------------------------------------------------------------------------------------------ the README
+def run_example(code, weights, folder, monkeypatch):
+    """Run ``code`` in ``folder``, where the checkpoint it names is ``weights``; return its variables."""
+    os.makedirs(os.path.join(folder, os.path.dirname(EXAMPLE_WEIGHTS)))
+    shutil.copy(weights, os.path.join(folder, EXAMPLE_WEIGHTS))
+    monkeypatch.chdir(folder)
+    variables = {"__name__": "__example__"}
+    exec(compile(code, "the tracker example", "exec"), variables)
+    features, embs, dets = variables["features"], variables["embs"], variables["dets"]
+    assert features.shape[0] == 4 and embs.shape == (len(dets), features.shape[1])
+    np.testing.assert_allclose(np.linalg.norm(np.concatenate([features, embs]), axis=1), 1, atol=1e-5)
+    assert variables["tracks"].shape == (len(dets), 5)
+    return variables
+
+
+def readme_example(path=os.path.join(REPO, "README.md")):
+    """The ```python block that follows the marker line in README.md."""
+    lines = open(path).read().splitlines()
+    assert README_MARKER in lines, f"README.md has no line {README_MARKER!r}"
+    rest = lines[lines.index(README_MARKER) + 1:]
+    assert rest and rest[0] == "```python", f"the line after {README_MARKER!r} must open a ```python block"
+    assert "```" in rest[1:], "the README's tracker example block is not closed"
+    return "\n".join(rest[1:rest.index("```", 1)]) + "\n"
+
+
+def test_readme_tracker_example_runs_as_written(demo_weights, tmp_path, monkeypatch):
+    run_example(readme_example(), demo_weights, tmp_path, monkeypatch)
