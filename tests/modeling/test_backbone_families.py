@@ -285,3 +285,22 @@ def test_the_timm_builder_says_which_resnet_options_it_ignores():
     with logged() as warnings:
         build(small_cfg(NAME, "build_timm_backbone", TIMM, "test_convnext", "MODEL.BACKBONE.WITH_IBN", True))
     assert [m for m in warnings if "ignores MODEL.BACKBONE.WITH_IBN" in m and "test_convnext" in m]
+
+
+@pytest.mark.parametrize("overrides", [[NAME, "build_osnet_backbone", DEPTH, "x0_25"],
+                                       [NAME, "build_timm_backbone", TIMM, "convnext_atto"]],
+                         ids=["fastreid_osnet", "timm_convnext"])
+def test_mdpr_on_other_backbones_exports_to_onnx(overrides, tmp_path):
+    import onnxruntime  # the onnx extra, part of the test extra
+
+    from mdpr_plugin.tools.export import export_onnx
+
+    model = build(small_cfg(*overrides)).eval()
+    path = export_onnx(model, str(tmp_path / "model.onnx"), 64, 32)
+    images = batch(3)["images"]
+    with torch.no_grad():
+        expected = model(images).numpy()
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: images.numpy()})
+    assert got.shape == expected.shape
+    assert abs(got - expected).max() <= 1e-4 * abs(expected).max()
