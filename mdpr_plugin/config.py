@@ -68,6 +68,11 @@ def add_mdpr_config(cfg):
     _add(cfg.MODEL, "COMPILE", False)
     _add(cfg.MODEL, "CHANNELS_LAST", False)
 
+    # The optimizer's fused implementation (one pass over each parameter's tensors per step; torch's own,
+    # where the optimizer has one: Adam, AdamW, SGD, ...). fastreid gives every parameter its own group, which
+    # leaves the default multi-tensor implementation one small step per tensor (docs/benchmarks.md).
+    _add(cfg.SOLVER, "FUSED", True)
+
     # MODEL.WEIGHTS must fit the model (every key but the classifiers' present, of the same shape); True
     # allows a partial load, e.g. fine-tuning from another model's weights.
     _add(cfg.MODEL, "ALLOW_PARTIAL_WEIGHTS", False)

@@ -4,6 +4,7 @@ Every conv / BN here starts from fastreid's ``weights_init_kaiming``. ``norm`` i
 (``get_norm``): MDPR passes ``blocks_norm(MODEL.BACKBONE.NORM)`` so that e.g. SyncBN covers these blocks too.
 """
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fastreid.layers import get_norm
@@ -102,13 +103,41 @@ class BAP(nn.Module):
         return torch.cat(pooled, dim=1), pooled
 
 
+class MatmulConv2d(nn.Conv2d):
+    """A stride-1 convolution that, on the CPU, runs as one matrix product over every position of the batch.
+
+    The fusion blocks' 3x3 convolutions have E to 4E channels (512-2048) on small maps (8 x 4 at 128x64), where
+    the CPU's direct convolution is far from its matrix-product speed; the product of the weight (O x C*k*k) and
+    the batch's unfolded patches (C*k*k x B*H*W) is one large, efficient product (docs/benchmarks.md). Same
+    parameters and maths, float32 rounding aside; it holds the unfolded patches (k*k times the input) for the
+    backward pass. On CUDA, and while exporting to ONNX, the ordinary convolution runs.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, padding=0, bias=False):
+        super().__init__(in_channels, out_channels, kernel_size, padding=padding, bias=bias)
+
+    def forward(self, x):
+        if x.device.type != "cpu" or torch.onnx.is_in_onnx_export():
+            return super().forward(x)
+        b, _, h, w = x.shape
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        h, w = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1                       # the output's size
+        patches = F.unfold(x, self.kernel_size, padding=self.padding)          # B x C*k*k x H*W
+        patches = patches.transpose(0, 1).reshape(patches.shape[1], b * h * w)  # C*k*k x B*H*W
+        out = self.weight.flatten(1) @ patches                                  # O x B*H*W
+        if self.bias is not None:
+            out = out + self.bias[:, None]
+        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        return out.view(-1, b, h, w).transpose(0, 1).contiguous(memory_format=layout)  # MODEL.CHANNELS_LAST kept
+
+
 class FusionBlock(nn.Sequential):
     """conv1x1 -> conv3x3 -> BN -> ReLU, no biases and no activation between the two convs."""
 
     def __init__(self, in_channels, out_channels, norm="BN"):
         super().__init__(
             nn.Conv2d(in_channels, out_channels, 1, bias=False),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            MatmulConv2d(out_channels, out_channels, 3, padding=1, bias=False),
             get_norm(norm, out_channels),
             nn.ReLU(inplace=True),
         )

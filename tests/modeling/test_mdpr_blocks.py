@@ -1,9 +1,12 @@
 """MDPR's building blocks."""
+import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fastreid.layers.pooling import GeneralizedMeanPoolingP
 from mdpr_plugin.modeling import BAP, AttentionMaker, Embedding, FusionBlock, Guide, softmax_attn
+from mdpr_plugin.modeling.blocks import MatmulConv2d
 from modeling.mdpr_testutils import batch, build, small_cfg
 
 
@@ -54,8 +57,25 @@ def test_bap_pools_each_attention_weighted_map_with_its_own_embedding_and_a_shar
 
 def test_fusion_block_layout():
     block = FusionBlock(4, 6)
-    assert [type(m).__name__ for m in block] == ["Conv2d", "Conv2d", "BatchNorm", "ReLU"]
+    assert [type(m).__name__ for m in block] == ["Conv2d", "MatmulConv2d", "BatchNorm", "ReLU"]
+    assert list(block.state_dict())[:2] == ["0.weight", "1.weight"]  # the keys of plain convolutions
     assert [(c.kernel_size, c.bias) for c in convs(block)] == [((1, 1), None), ((3, 3), None)]
+
+
+@pytest.mark.parametrize("kernel_size,padding,bias", [(3, 1, False), (3, 1, True), (1, 0, False), (3, 0, True)])
+def test_the_matmul_convolution_is_the_convolution(kernel_size, padding, bias):
+    torch.manual_seed(0)
+    conv = MatmulConv2d(24, 16, kernel_size, padding=padding, bias=bias)
+    x = torch.randn(3, 24, 8, 4, requires_grad=True)
+    out, reference = conv(x), F.conv2d(x, conv.weight, conv.bias, padding=padding)
+    assert out.shape == reference.shape and out.is_contiguous()
+    assert torch.allclose(out, reference, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(out)
+    params = [x] + list(conv.parameters())
+    for got, expected in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(reference, params, grad)):
+        assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # a channels-last input (MODEL.CHANNELS_LAST) gives a channels-last output
+        assert conv(x.to(memory_format=torch.channels_last)).is_contiguous(memory_format=torch.channels_last)
 
 
 def test_guide_reads_layer4_attention_before_the_softmax():
