@@ -126,22 +126,6 @@ def test_crops_equal_the_evaluation_s_features_of_the_same_regions(demo_weights,
                      f"crops of a BGR frame, flip {flip}")
 
 
-def test_the_onnx_backend_gives_the_pytorch_features(demo_weights, market, frame, tmp_path):
-    """An mdpr-export file run by ONNX Runtime, for files and for crops, within 1e-4 relative of PyTorch."""
-    from mdpr_plugin.tools.export import export_onnx
-
-    torch_extractor = FeatureExtractor(MDPR_DEMO_CONFIG, demo_weights, device="cpu", batch_size=4)
-    path = export_onnx(torch_extractor.model, str(tmp_path / "demo.onnx"), *SIZE)
-    onnx_extractor = FeatureExtractor(MDPR_DEMO_CONFIG, onnx=path, batch_size=4)
-    assert onnx_extractor.model is None and onnx_extractor.backend == "onnx"
-    boxes = np.array([box for box, _ in BOXES])
-    for what, call in (("files", lambda e: e(market[:6])), ("crops", lambda e: e.crops(frame, boxes))):
-        expected, got = call(torch_extractor), call(onnx_extractor)
-        relative = float(np.abs(got - expected).max() / np.abs(expected).max())
-        print(f"ONNX Runtime, {what}: max relative diff {relative:.2g}")
-        assert got.shape == expected.shape and relative < 1e-4, what
-
-
 # ------------------------------------------------------------------------------------------ bad input
 @pytest.fixture(scope="module")
 def extractor(demo_weights):
