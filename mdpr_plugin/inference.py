@@ -77,6 +77,12 @@ def pixel_boxes(boxes_xyxy, width, height):
     return np.concatenate([np.floor(clipped[:, :2]), np.ceil(clipped[:, 2:])], axis=1).astype(np.int64)
 
 
+def crop_regions(frame, boxes_xyxy):
+    """The regions of ``frame`` (H x W x 3 uint8) that :func:`pixel_boxes` gives for ``boxes_xyxy``, as arrays."""
+    frame = _checked_array(np.asarray(frame), "frame")
+    return [frame[y1:y2, x1:x2] for x1, y1, x2, y2 in pixel_boxes(boxes_xyxy, frame.shape[1], frame.shape[0])]
+
+
 def _onnx_session(path, size):
     """An ONNX Runtime session for an mdpr-export graph taking ``size`` (h, w) images, on torch's thread count."""
     from .tools.export import INPUT_NAME, onnx_session  # the onnx extra's import stays off the PyTorch path
@@ -161,9 +167,7 @@ class FeatureExtractor:
         """One feature per box of ``frame`` (H x W x 3 uint8; ``bgr`` for OpenCV frames): N x D, rows
         L2-normalised. Boxes are N x 4 ``x1, y1, x2, y2`` pixels, clipped to the frame and rounded outward (see
         :func:`pixel_boxes`); zero boxes give a 0 x D array."""
-        frame = _checked_array(np.asarray(frame), "frame")
-        regions = [frame[y1:y2, x1:x2] for x1, y1, x2, y2 in pixel_boxes(boxes_xyxy, frame.shape[1], frame.shape[0])]
-        return self._concatenated(self._feature_batches(regions, bgr, "box"))
+        return self._concatenated(self._feature_batches(crop_regions(frame, boxes_xyxy), bgr, "box"))
 
     def feature_batches(self, images, bgr=False):
         """The features of ``images`` one batch (``batch_size`` images) at a time, for progress over long lists."""

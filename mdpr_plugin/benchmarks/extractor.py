@@ -16,9 +16,9 @@ import logging
 import os
 import statistics
 import tempfile
-import time
 
-from .harness import Benchmark, Section, log, machine, parser, recording_run, run_cases, run_header, saver
+from .harness import (Benchmark, Section, log, machine, parser, recording_run, repeat_timed, run_cases,
+                      run_header, saver)
 
 SECTION = Section("extractor-benchmark")
 PROG = "python -m mdpr_plugin.benchmarks.extractor"
@@ -45,14 +45,8 @@ def frame_with_people(paths):
 
 
 def timed(call, repeats, budget):
-    """``(median seconds, timed calls)`` of ``call`` after an untimed warm-up call: up to ``repeats`` calls, at
-    least two, fewer once they have taken ``budget`` seconds."""
-    call()
-    times = []
-    while len(times) < repeats and (len(times) < 2 or sum(times) < budget):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
+    """``(median seconds, timed calls)`` of ``call`` after one untimed warm-up call (see :func:`repeat_timed`)."""
+    _, times = repeat_timed(call, 1, repeats, budget)
     return statistics.median(times), len(times)
 
 
@@ -86,7 +80,7 @@ def run_case(case):
     import torch
 
     from ..data import BUNDLED_ROOT
-    from ..inference import FeatureExtractor, pixel_boxes
+    from ..inference import FeatureExtractor, crop_regions
     from ..tools.common import list_images
 
     torch.set_num_threads(case["threads"])
@@ -100,8 +94,7 @@ def run_case(case):
         frame, boxes = frame_with_people(paths)
 
         def prepare():  # what crops() does before the model: cut the boxes out, resize them
-            regions = [frame[y1:y2, x1:x2] for x1, y1, x2, y2 in pixel_boxes(boxes, *FRAME_SIZE[::-1])]
-            return extractor.preprocess(regions, bgr=True)
+            return extractor.preprocess(crop_regions(frame, boxes), bgr=True)
 
         count, call = len(boxes), lambda: extractor.crops(frame, boxes, bgr=True)
     seconds, calls = timed(call, case["repeats"], case["budget"])

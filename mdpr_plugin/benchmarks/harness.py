@@ -32,6 +32,31 @@ def log(message):
     print(message, file=sys.stderr, flush=True)
 
 
+# ------------------------------------------------------------------------------------ timing
+def repeat_timed(step, warmup, repeats, budget=float("inf"), sync=lambda: None):
+    """``(first, times)``: ``step`` run ``warmup`` times untimed (the first of them timed on its own: a
+    compilation shows there), then timed until ``repeats`` runs, at least two, fewer once they have taken
+    ``budget`` seconds. A first call over a quarter of the budget cuts the warm-up short, so that a slow mode (bf16
+    on a CPU without bf16 units runs ~20x slower) does not hold up a whole run. ``sync`` waits for queued device
+    work (CUDA) around each timed call."""
+    def timed():
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        return time.perf_counter() - start
+
+    first = timed()
+    for _ in range(warmup - 1):
+        if first > budget / 4:
+            break
+        step()
+    times = []
+    while len(times) < repeats and (len(times) < 2 or sum(times) < budget):
+        times.append(timed())
+    return first, times
+
+
 # ------------------------------------------------------------------------------------ memory
 def _status_kib(field):
     with open("/proc/self/status") as f:

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from .harness import Measurement
+from .harness import Measurement, repeat_timed
 from .model_modes import INFERENCE_ONLY, OnnxRuntimeModel, autocast, check_mode, grad_scaler, prepare, \
     prepare_input
 
@@ -61,14 +61,6 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _timed(step, device):
-    _sync(device)
-    start = time.perf_counter()
-    step()
-    _sync(device)
-    return time.perf_counter() - start
-
-
 class _Peak:
     """Peak memory a phase added: the GPU allocator's peak on CUDA, else the process's RSS high-water."""
 
@@ -109,21 +101,9 @@ def count_flops(model, images, targets, train):
 
 # ------------------------------------------------------------------------------------- phases
 def _repeat(step, case, device):
-    """Warm-up (untimed, its first call separately timed: compilation), then the timed repeats.
-
-    Past ``case["budget"]`` seconds a slow mode (bf16 on a CPU without bf16 units runs ~20x slower)
-    gets one warm-up call and two timed ones, so that it does not hold up the whole run.
-    """
-    budget = case.get("budget", float("inf"))
-    first = _timed(step, device)
-    for _ in range(case["warmup"] - 1):
-        if first > budget / 4:
-            break
-        step()
-    times = []
-    while len(times) < case["repeats"] and (len(times) < 2 or sum(times) < budget):
-        times.append(_timed(step, device))
-    return first, times
+    """The warm-up and the timed repeats of ``case`` (see :func:`repeat_timed`)."""
+    return repeat_timed(step, case["warmup"], case["repeats"], case.get("budget", float("inf")),
+                        sync=lambda: _sync(device))
 
 
 def train_phase(model, cfg, device, case):

@@ -16,7 +16,6 @@ import torch
 from ..errors import MDPRError
 
 MODES = ("fp32", "channels_last", "bf16", "fp16", "compile", "onnxruntime")
-LOSSY = ("bf16", "fp16", "onnxruntime")  # modes whose numbers may differ from fp32 beyond rounding
 CPU_MODES = ("fp32", "channels_last", "bf16", "onnxruntime", "compile")
 GPU_MODES = ("fp32", "channels_last", "fp16", "bf16", "compile", "onnxruntime")
 INFERENCE_ONLY = ("onnxruntime",)

@@ -173,3 +173,15 @@ def test_other_load_counts_a_process_that_is_not_the_benchmarks():
     finally:
         busy.wait()
     assert share is not None and share > 0.5 / os.cpu_count()
+
+
+def test_repeat_timed_warms_up_then_times_until_the_repeats_or_the_budget():
+    from mdpr_plugin.benchmarks.harness import repeat_timed
+
+    calls = []
+    first, times = repeat_timed(lambda: calls.append(1), warmup=3, repeats=5)
+    assert len(calls) == 3 + 5 and len(times) == 5 and first >= 0
+    slow = []
+    first, times = repeat_timed(lambda: (slow.append(1), time.sleep(0.02)), warmup=3, repeats=50, budget=0.05)
+    # the first call takes over a quarter of the budget: no further warm-up; then timed runs until 0.05 s are spent
+    assert first >= 0.02 and 2 <= len(times) <= 3 and len(slow) == 1 + len(times)
