@@ -209,7 +209,7 @@ class Trainer(DefaultTrainer):
         super().resume_or_load(resume=resume)
         if resume and self.start_epoch > 0:
             self._follow_configured_schedule(configured)
-        if self.cfg.SOLVER.get("FUSED", False):
+        if self.cfg.SOLVER.FUSED:
             use_fused_steps(self.optimizer)  # a checkpoint's optimizer state brings its own flags
         start_iter = self.start_epoch * self.iters_per_epoch
         if comm.get_world_size() > 1:
@@ -337,7 +337,7 @@ class Trainer(DefaultTrainer):
         default) its fused ones, faster still here: fastreid gives every parameter its own group.
         """
         optimizer, param_wrapper = fastreid.solver.build_optimizer(cfg, model, contiguous=False)
-        if cfg.SOLVER.get("FUSED", False):
+        if cfg.SOLVER.FUSED:
             use_fused_steps(optimizer)
         return optimizer, param_wrapper
 
