@@ -58,11 +58,20 @@ def build_test_torchvision_resnet34(cfg):
     return model
 
 
-BACKBONE_REGISTRY.register(lambda cfg: UserNet())
-BACKBONE_REGISTRY._obj_map["build_test_user_net"] = BACKBONE_REGISTRY._obj_map.pop("<lambda>")
-for _name, _cls in (("build_test_user_net_stride_2", lambda cfg: UserNet(head_stride=2)),
-                    ("build_test_not_a_chain", lambda cfg: NotAChain())):
-    BACKBONE_REGISTRY._obj_map[_name] = _cls
+@BACKBONE_REGISTRY.register()
+def build_test_user_net(cfg):
+    return UserNet()
+
+
+@BACKBONE_REGISTRY.register()
+def build_test_user_net_stride_2(cfg):
+    return UserNet(head_stride=2)
+
+
+@BACKBONE_REGISTRY.register()
+def build_test_not_a_chain(cfg):
+    return NotAChain()
+
 
 NAME, DEPTH, TIMM = "MODEL.BACKBONE.NAME", "MODEL.BACKBONE.DEPTH", "MODEL.BACKBONE.TIMM_MODEL"
 STAGES = "MODEL.BACKBONE.BRANCH_STAGES"
