@@ -36,16 +36,15 @@ def _device_of(module):
 
 
 def sync_batchnorm_to_batchnorm(module):
-    """Replace every ``nn.SyncBatchNorm`` in ``module`` by a BatchNorm with the same state; returns the
-    number replaced."""
+    """Replace every ``nn.SyncBatchNorm`` in ``module`` by a BatchNorm with the same state and the same parameter
+    objects (the optimizer, built before DDP wraps the model, holds those); returns the number replaced."""
     replaced = 0
     for name, child in module.named_children():
         if isinstance(child, nn.SyncBatchNorm):
             bn = BatchNorm(child.num_features, eps=child.eps, momentum=child.momentum,
                            weight_init=None, bias_init=None)
             bn.load_state_dict(child.state_dict())
-            bn.weight.requires_grad_(child.weight.requires_grad)
-            bn.bias.requires_grad_(child.bias.requires_grad)
+            bn.weight, bn.bias = child.weight, child.bias
             bn.to(child.weight.device).train(child.training)
             setattr(module, name, bn)
             replaced += 1

@@ -166,13 +166,18 @@ def test_ddp_as_fastreid_calls_it_works_for_a_cpu_model_with_syncbn(one_process_
     # torch refuses fastreid's own call (engine/defaults.py:210) for a CPU model
     with pytest.raises(ValueError, match="device_ids"):
         nn.parallel.DistributedDataParallel(nn.Linear(2, 2), device_ids=[0], broadcast_buffers=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)  # built before DDP, as the trainer does
+    weight_before = model[1].weight.detach().clone()
     with logged() as warnings:
         ddp = mdpr_distributed.distributed_data_parallel(model, device_ids=[0], broadcast_buffers=False)
     assert any("Using per-process BatchNorm for its 1 layers" in w for w in warnings)
     bn = ddp.module[1]
     assert type(bn).__name__ == "BatchNorm" and not isinstance(bn, nn.SyncBatchNorm)
     assert torch.all(bn.running_mean == 0.5) and not bn.bias.requires_grad and bn.weight.requires_grad
-    ddp(torch.randn(2, 3, 5, 5)).sum().backward()  # trains
+    (ddp(torch.randn(2, 3, 5, 5)) ** 2).sum().backward()
+    optimizer.step()
+    # the optimizer holds the layer's own parameters: the replaced layer trains
+    assert not torch.equal(bn.weight.detach(), weight_before)
 
 
 def test_more_processes_than_gpus_is_refused_with_the_count():
