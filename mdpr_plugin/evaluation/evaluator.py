@@ -5,7 +5,8 @@ Same constructor, same ``process``, same result keys and numbers as fastreid's; 
 * distances are computed in gallery blocks into one float32 matrix (bit-identical to ``build_dist``);
 * ranking runs fastreid's ``evaluate_rank`` over blocks of queries (identical results, bounded memory);
 * AQE does not build the (N x N) similarity matrix;
-* re-ranking (``TEST.RERANK``) runs on the CPU (faiss-gpu when there) with sparse Jaccard, instead
+* re-ranking (``TEST.RERANK``) finds neighbours on the GPU when there (faiss-gpu, else torch), else on the
+  CPU, and computes the Jaccard distance sparse, instead
   of fastreid's CUDA-only search and dense (N x N) matrices;
 * ROC is fastreid's, computed over blocks of queries;
 * ranking needs no compiled module (fastreid's evaluator compiles one and exits the process when ``make``
@@ -51,8 +52,8 @@ class ReidEvaluator(FastreidReidEvaluator):
     """``ReidEvaluator(cfg, num_query, output_dir=None)``, a drop-in for fastreid's.
 
     ``knn`` picks the re-ranking's neighbour search: "auto" (faiss-gpu when CUDA and faiss-gpu are
-    there, else the CPU blocked search), "gemm", "faiss" (faiss-cpu, fastreid's own search) or
-    "faiss-gpu"; see :mod:`mdpr_plugin.evaluation.knn`.
+    there, else torch on the GPU when CUDA is there, else the CPU blocked search), "gemm", "torch",
+    "faiss" (faiss-cpu, fastreid's own search) or "faiss-gpu"; see :mod:`mdpr_plugin.evaluation.knn`.
     """
 
     def __init__(self, cfg, num_query, output_dir=None, knn="auto"):

@@ -1,17 +1,20 @@
 """Exact k nearest neighbours (squared L2) over query + gallery features, for re-ranking.
 
-Three interchangeable searches, all exhaustive, all returning the ``k`` nearest rows (the row
+Four interchangeable searches, all exhaustive, all returning the ``k`` nearest rows (the row
 itself included) sorted by increasing distance, like ``faiss.IndexFlatL2.search``:
 
 * ``"faiss"``: faiss-cpu's ``IndexFlatL2``, the search fastreid runs with ``search_option=3``;
 * ``"faiss-gpu"``: faiss's ``GpuIndexFlatL2`` (needs CUDA and a faiss build with GPU support);
+* ``"torch"``: blocked matrix products and ``topk`` in torch, on the GPU when CUDA is there (else the
+  CPU): the GPU search for machines whose faiss has no GPU support;
 * ``"gemm"``: blocked matrix products over the upper triangle of the (N x N) distance matrix. Each
   pair is computed once and serves both rows, so it does half of faiss's arithmetic, and the
   query x gallery blocks it passes through are kept as the re-ranking's original distance, which
   therefore costs nothing extra. On two CPU cores this is what brings a 4608-d Duke-size
   re-ranking well under a minute (docs/benchmarks.md compares it with the faiss-cpu search).
 
-``"auto"`` is ``"faiss-gpu"`` when CUDA and faiss-gpu are there, else ``"gemm"``. The searches can
+``"auto"`` is ``"faiss-gpu"`` when CUDA and faiss-gpu are there, else ``"torch"`` on the GPU when CUDA
+is there, else ``"gemm"``. The searches can
 disagree only where two neighbours are at the same distance to within float32 rounding.
 """
 import logging
@@ -23,7 +26,7 @@ from .progress import Progress
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "gemm", "faiss", "faiss-gpu")
+BACKENDS = ("auto", "gemm", "torch", "faiss", "faiss-gpu")
 
 
 def faiss_gpu_available():
@@ -36,7 +39,9 @@ def resolve_backend(backend):
     if backend not in BACKENDS:
         raise ValueError(f"k-NN backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "faiss-gpu" if faiss_gpu_available() else "gemm"
+        if faiss_gpu_available():
+            return "faiss-gpu"
+        return "torch" if torch.cuda.is_available() else "gemm"
     if backend == "faiss-gpu" and not faiss_gpu_available():
         raise RuntimeError("k-NN backend 'faiss-gpu' needs CUDA and a faiss build with GPU support")
     return backend
@@ -63,6 +68,26 @@ def faiss_knn(features, k, gpu=False, progress_period=5.0):
     for start in range(0, len(x), batch):
         stop = min(start + batch, len(x))
         distances[start:stop], neighbours[start:stop] = index.search(x[start:stop], k)
+        progress.update(stop)
+    return neighbours, distances
+
+
+@torch.no_grad()
+def torch_knn(features, k, device=None, block_size=4096, progress_period=5.0):
+    """Exhaustive squared-L2 search with torch on ``device`` (default: CUDA when available, else the CPU):
+    (N, k) int64 neighbour indices and their (N, k) float32 squared distances, as :func:`faiss_knn`."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    x = features.detach().to(device, torch.float32)
+    sq = (x * x).sum(dim=1)
+    neighbours = np.empty((len(x), k), dtype=np.int64)
+    distances = np.empty((len(x), k), dtype=np.float32)
+    progress = Progress("re-ranking: k-NN search (torch, %s)" % device.type, len(x), logger, progress_period)
+    for start in range(0, len(x), block_size):
+        stop = min(start + block_size, len(x))
+        # ||a||^2 + ||b||^2 - 2 a.b, the expansion faiss and the gemm search use
+        block = torch.addmm(sq[None, :], x[start:stop], x.t(), beta=1, alpha=-2).add_(sq[start:stop, None])
+        values, indices = block.topk(k, dim=1, largest=False, sorted=True)
+        distances[start:stop], neighbours[start:stop] = values.cpu().numpy(), indices.cpu().numpy()
         progress.update(stop)
     return neighbours, distances
 

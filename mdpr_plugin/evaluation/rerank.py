@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from .distance import check_metric, pairwise_distance
-from .knn import faiss_knn, gemm_knn, resolve_backend
+from .knn import faiss_knn, gemm_knn, resolve_backend, torch_knn
 from .progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -227,7 +227,10 @@ def rerank_distance(query, gallery, metric="cosine", k1=20, k2=6, lambda_value=0
     if backend == "gemm":
         initial_rank, knn_dist, dist = gemm_knn(features, num_query, k1, metric, progress_period=period)
     else:
-        initial_rank, knn_dist = faiss_knn(features, k1, gpu=backend == "faiss-gpu", progress_period=period)
+        if backend == "torch":
+            initial_rank, knn_dist = torch_knn(features, k1, progress_period=period)
+        else:
+            initial_rank, knn_dist = faiss_knn(features, k1, gpu=backend == "faiss-gpu", progress_period=period)
         dist = pairwise_distance(query, gallery, metric, progress_period=period)
 
     indptr, indices = expansion_pattern(initial_rank, k1)

@@ -8,7 +8,7 @@ import mdpr_plugin  # noqa: F401
 from fastreid.evaluation.rank import evaluate_rank as fastreid_rank
 from fastreid.utils import compute_dist
 from mdpr_plugin.evaluation import evaluate_rank, pairwise_distance, rerank_distance
-from mdpr_plugin.evaluation.knn import faiss_knn, gemm_knn
+from mdpr_plugin.evaluation.knn import faiss_knn, gemm_knn, resolve_backend, torch_knn
 from evaluation.planted import planted
 
 # Stated tolerance: the two differ only in float32 rounding (summation order of the softmax weights,
@@ -27,6 +27,7 @@ def fastreid_rerank(q, g, metric, k1, k2, lam):
 @pytest.mark.parametrize("metric,knn,k1,k2,lam", [
     ("cosine", "gemm", 20, 6, 0.3),
     ("cosine", "faiss", 20, 6, 0.3),
+    ("cosine", "torch", 20, 6, 0.3),
     ("cosine", "gemm", 15, 1, 0.0),  # odd k1 (rounding of k1 / 2), no query expansion, pure Jaccard
     ("euclidean", "gemm", 20, 6, 0.3),
 ])
@@ -56,6 +57,27 @@ def test_blocked_search_finds_faiss_neighbours(metric):
     np.testing.assert_array_equal(np.sort(neighbours, axis=1), np.sort(ref_neighbours, axis=1))
     np.testing.assert_allclose(distances, ref_distances, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(query_gallery, pairwise_distance(q, g, metric), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("block_size", [4096, 37])  # one block; many blocks with a partial last one
+def test_torch_search_finds_faiss_neighbours(block_size):
+    q, g, *_ = planted(seed=7)
+    features = F.normalize(torch.cat([q, g]), dim=1)
+    neighbours, distances = torch_knn(features, 20, device="cpu", block_size=block_size)
+    ref_neighbours, ref_distances = faiss_knn(features, 20)
+    assert neighbours.dtype == np.int64 and distances.dtype == np.float32 and neighbours.shape == (len(features), 20)
+    np.testing.assert_array_equal(neighbours[:, 0], np.arange(len(features)))  # each row is its own nearest
+    np.testing.assert_array_equal(np.sort(neighbours, axis=1), np.sort(ref_neighbours, axis=1))
+    np.testing.assert_allclose(distances, ref_distances, rtol=1e-5, atol=1e-4)
+    assert (np.diff(distances, axis=1) >= 0).all()  # sorted by increasing distance, as faiss's
+
+
+def test_auto_search_without_cuda_is_the_blocked_cpu_search(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_backend("auto") == "gemm"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr("mdpr_plugin.evaluation.knn.faiss_gpu_available", lambda: False)
+    assert resolve_backend("auto") == "torch"  # CUDA without faiss-gpu: the GPU search in torch
 
 
 def test_rerank_on_cpu_gives_finite_metrics():
