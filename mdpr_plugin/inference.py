@@ -83,11 +83,17 @@ def crop_regions(frame, boxes_xyxy):
     return [frame[y1:y2, x1:x2] for x1, y1, x2, y2 in pixel_boxes(boxes_xyxy, frame.shape[1], frame.shape[0])]
 
 
-def _onnx_session(path, size):
-    """An ONNX Runtime session for an mdpr-export graph taking ``size`` (h, w) images, on torch's thread count."""
+def _onnx_session(path, size, device):
+    """An ONNX Runtime session for an mdpr-export graph taking ``size`` (h, w) images, on torch's thread count,
+    with the CUDA provider for a CUDA ``device``."""
     from .tools.export import INPUT_NAME, onnx_session  # the onnx extra's import stays off the PyTorch path
 
-    session = onnx_session(path, threads=torch.get_num_threads())
+    cuda = device.type == "cuda"
+    session = onnx_session(path, threads=torch.get_num_threads(), cuda=cuda, device_id=device.index or 0)
+    if cuda and "CUDAExecutionProvider" not in session.get_providers():
+        raise InputError(f"device {device}: ONNX Runtime could not run {path} on the GPU (its providers: "
+                         f"{session.get_providers()}); check that onnxruntime-gpu matches this machine's CUDA, or "
+                         "give device 'cpu'")
     inputs = {i.name: i.shape for i in session.get_inputs()}
     if INPUT_NAME not in inputs:
         raise InputError(f"{path} has no input named '{INPUT_NAME}' (it has {sorted(inputs)}); "
@@ -105,8 +111,9 @@ class FeatureExtractor:
 
     ``config``: a config file, a packaged config's name ("MDPR/demo.yml") or a config built with
     :func:`mdpr_plugin.config.build_config`; ``weights``: the checkpoint (MODEL.WEIGHTS); ``device``: "auto"
-    (MODEL.DEVICE where this machine has it, else the CPU) or a torch device; ``onnx``: an .onnx file written by
-    mdpr-export, run by ONNX Runtime on the CPU instead of PyTorch (with as many threads as torch uses);
+    (MODEL.DEVICE where this machine has it, else the CPU; the CPU with ``onnx``) or a torch device; ``onnx``: an
+    .onnx file written by mdpr-export, run by ONNX Runtime instead of PyTorch, on the CPU (with as many threads as
+    torch uses) or, with a CUDA ``device``, by onnxruntime-gpu's CUDA provider;
     ``opts``: ``KEY VALUE`` config overrides. ``model`` is the PyTorch eval model (None with ``onnx``).
     """
 
@@ -130,7 +137,8 @@ class FeatureExtractor:
         if onnx is not None:
             if weights is not None:
                 raise InputError("give weights (PyTorch) or onnx (ONNX Runtime), not both")
-            self.session, self.backend, self.source = _onnx_session(os.fspath(onnx), cfg.INPUT.SIZE_TEST), "onnx", onnx
+            self.session = _onnx_session(os.fspath(onnx), cfg.INPUT.SIZE_TEST, self.device)
+            self.backend, self.source = "onnx", onnx
         else:
             from .engine import build_eval_model  # the trainer's imports, only for the PyTorch backend
 
@@ -151,10 +159,16 @@ class FeatureExtractor:
         except (RuntimeError, TypeError) as error:
             raise InputError(f"device {device!r} is not a torch device ({error}); give 'auto', 'cpu' or "
                              "'cuda[:N]'") from None
-        if onnx is not None and device.type != "cpu":
-            raise InputError(f"device {device}: the ONNX backend runs on the CPU; give device 'auto' or 'cpu'")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise InputError(f"device {device}: CUDA is not available here; give device 'auto' or 'cpu'")
+        if onnx is not None and device.type not in ("cpu", "cuda"):
+            raise InputError(f"device {device}: the ONNX backend runs on the CPU or a CUDA GPU")
+        if onnx is not None and device.type == "cuda":
+            from .tools.export import onnx_cuda_available
+
+            if not onnx_cuda_available():
+                raise InputError(f"device {device}: this ONNX Runtime has no CUDA provider; install onnxruntime-gpu "
+                                 "in place of onnxruntime, or give device 'cpu'")
         return device
 
     # ------------------------------------------------------------------------------------- features

@@ -73,9 +73,10 @@ def export_onnx(model, path, height, width, opset=None):
     return path
 
 
-def onnx_session(path, threads=None, cuda=False):
-    """An onnxruntime session for ``path`` (CPU; CUDA first when ``cuda`` and ONNX Runtime has it), with
-    ``threads`` intra-op threads (None: ONNX Runtime's default), and a clear message if it is not there."""
+def onnx_session(path, threads=None, cuda=False, device_id=0):
+    """An onnxruntime session for ``path`` (CPU; CUDA first when ``cuda`` and ONNX Runtime has it, on GPU
+    ``device_id``), with ``threads`` intra-op threads (None: ONNX Runtime's default), and a clear message if it
+    is not there."""
     ort = require("onnxruntime", "onnx")
     if not os.path.isfile(path):
         raise MissingFileError(f"ONNX model {path} does not exist; make it with mdpr-export")
@@ -85,8 +86,17 @@ def onnx_session(path, threads=None, cuda=False):
         options.inter_op_num_threads = 1
     providers = ["CPUExecutionProvider"]
     if cuda and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
     return ort.InferenceSession(path, options, providers=providers)
+
+
+def onnx_cuda_available():
+    """Whether the installed ONNX Runtime has a CUDA provider (onnxruntime-gpu) and torch sees a GPU."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return False
+    return torch.cuda.is_available() and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
 
 def check_onnx(path, model, images):
