@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ..errors import MDPRError
 from .harness import GIB, Section, log
 
 SECTION = Section("gpu-check")
@@ -92,7 +93,7 @@ class Result:
         return f"[{self.status}] {self.check}: {self.case}: {self.summary}"
 
 
-class CheckFailed(Exception):
+class CheckFailed(MDPRError):
     """A check ran but its result is wrong; the message says how."""
 
 
