@@ -54,6 +54,7 @@ class Patch:
     reason: str  # what is broken, with fastreid's file:line
     source_sha256: str  # first 16 hex digits of the sha256 of written_for's source in PyPI fastreid 1.4.0
     written_for: str = ""  # the fastreid code whose behaviour the patch answers; default: target
+    without: str = ""  # what leaving the patch out means, for the refusal message
 
 
 # -------------------------------------------------------------------------------------- replacements
@@ -102,49 +103,62 @@ PATCHES = (
           "DataLoaderX creates a CUDA stream and moves every batch to cuda:<rank> (data/data_utils.py:127,151): "
           "no train or test loader works without CUDA. The replacement prefetches to the GPU the same way "
           "on CUDA and is a plain DataLoader on the CPU.",
-          "1fb5c81cd5f95b49"),
+          "1fb5c81cd5f95b49",
+          without="no train or test loader works without CUDA"),
     Patch("fastreid.modeling.meta_arch.build:build_model", _build_model_on_available_device,
           "build_model moves the model to MODEL.DEVICE, 'cuda' by default (modeling/meta_arch/build.py:25), "
           "which fails without CUDA; the replacement uses the CPU then, with one warning.",
-          "c1925573e368c3a3"),
+          "c1925573e368c3a3",
+          without="a config whose MODEL.DEVICE is cuda (fastreid's default) fails on a machine without CUDA"),
     Patch("fastreid.solver.build:build_optimizer", _build_optimizer_on_parameters,
           "build_optimizer flattens the parameters into one contiguous buffer (solver/build.py:192); torch 2's "
           "zero_grad() sets gradients to None, backward() then writes them outside the buffer and the "
           "optimizer steps on zeros: nothing trains. The replacement builds it on the parameters.",
-          "265336d24ebfcdb6"),
+          "265336d24ebfcdb6",
+          without=("on torch 2 nothing trains: the optimizer steps on zeros while the run goes on to the end (an edited "
+                   "build_optimizer must build it with contiguous=False; the StopIfNotLearning hook stops such a run)")),
     Patch("fastreid.engine.train_loop:AMPTrainer", lambda original: AMPTrainer,
           "AMPTrainer asserts CUDA (engine/train_loop.py:335) and uses the deprecated torch.cuda.amp names; the "
           "replacement uses torch.amp, and trains in float32 with a warning without CUDA.",
-          "3fd1654fca19653a"),
+          "3fd1654fca19653a",
+          without="SOLVER.AMP.ENABLED fails without CUDA"),
     Patch("fastreid.engine.defaults:DistributedDataParallel", lambda original: distributed_data_parallel,
           "DefaultTrainer builds DDP with device_ids=[local_rank] (engine/defaults.py:210), which DDP refuses "
           "for a CPU model; the replacement passes none on the CPU and turns SyncBN (CUDA-only) into BN there.",
-          "87e7a6e9ecf487c9", written_for="fastreid.engine.defaults:DefaultTrainer.__init__"),
+          "87e7a6e9ecf487c9", written_for="fastreid.engine.defaults:DefaultTrainer.__init__",
+          without="several CPU processes cannot train"),
     Patch("fastreid.engine.launch:launch", lambda original: launch,
           "launch asserts CUDA and uses NCCL (engine/launch.py:75,77); the replacement uses gloo on CPUs and "
           "joins a torchrun job.",
-          "3e4eac9b6d42ff0e"),
+          "3e4eac9b6d42ff0e",
+          without="--num-gpus without CUDA and torchrun jobs fail"),
     Patch("fastreid.evaluation.rank:evaluate_rank", _ranking_without_cython,
           "without the compiled Cython module (a git clone that never built it), the Python ranking fails on "
           "numpy >= 1.24 when a query keeps fewer than 50 gallery entries (evaluation/rank.py:156), and whether "
           "the module is used is decided at import (rank.py:13), before the evaluator compiles it. The "
           "replacement gives the module's numbers, bit for bit, with or without it (Market-1501 protocol).",
-          "89011154f43c7dda"),
+          "89011154f43c7dda",
+          without=("without the compiled Cython ranking, evaluation fails on numpy >= 1.24 when a query keeps fewer than"
+                   " 50 gallery images")),
     Patch("fastreid.evaluation.reid_evaluation:ReidEvaluator._compile_dependencies", lambda original: _compile_nothing,
           "ReidEvaluator compiles the Cython ranking with whatever python3 is first on PATH and calls "
           "sys.exit(1) when that fails (evaluation/reid_evaluation.py:128, rank_cylib/__init__.py:19); with the "
           "ranking patched nothing needs compiling.",
-          "834ab8c6505f9cc0"),
+          "834ab8c6505f9cc0",
+          without="evaluation compiles the Cython ranking and exits the process when that fails"),
     Patch("fastreid.utils.compute_dist:compute_jaccard_distance", _jaccard_on_available_device,
           "re-ranking always asks for the GPU search (utils/compute_dist.py:53,68,76: features.cuda(), "
           "faiss.StandardGpuResources); the replacement uses the function's own faiss-cpu search without "
           "CUDA or faiss-gpu.",
-          "cf0e38f2f938b0a1"),
+          "cf0e38f2f938b0a1",
+          without="TEST.RERANK fails without CUDA or faiss-gpu"),
     Patch("fastreid.utils.checkpoint:Checkpointer._load_file", lambda original: MDPRCheckpointer._load_file,
           "checkpoints are read with a bare torch.load (utils/checkpoint.py:216): torch >= 2.6 loads weights "
           "only by default and refuses fastreid's own best-model checkpoints (a numpy scalar). The replacement "
           "reads tensors, containers and numpy scalars only, and the MDPR authors' key layout.",
-          "1dd8e8a299b5122a"),
+          "1dd8e8a299b5122a",
+          without=("torch >= 2.6 refuses fastreid's own best-model checkpoints, and the MDPR authors' checkpoints load "
+                   "nothing")),
 )
 
 _applied = []  # (holder, name, original) in the order set
@@ -212,12 +226,13 @@ def patch_fastreid(exclude=()):
         raise FastreidPatchError(f"exclude names no patch: {sorted(unknown)}; the targets are "
                                  f"{[patch.target for patch in PATCHES]}.")
     patches = [patch for patch in PATCHES if patch.target not in exclude]
-    mismatches = [problem for problem in map(_check, patches) if problem]
+    mismatches = [f"{problem} (left out: {patch.without})" for patch in patches for problem in [_check(patch)]
+                  if problem]
     if mismatches:
         raise FastreidPatchError(
             "Not patching fastreid: " + "; ".join(mismatches) + ". Those patches would replace code they were "
-            "not written for. Leave them out with patch_fastreid(exclude=[...]) (the target names above) and "
-            "check whether your fastreid still needs them; nothing was changed.")
+            "not written for. Leave them out with patch_fastreid(exclude=[...]) (the target names above) only where "
+            "your edited code does what the patch does; nothing was changed.")
     for patch in patches:
         holder, name, original = _resolve(patch.target)
         replacement = patch.make(original)

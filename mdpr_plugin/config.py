@@ -81,6 +81,10 @@ def add_mdpr_config(cfg):
     # naming them, "skip" leaves them out with a warning giving their number (mdpr_plugin/data/checks.py).
     _add(cfg.DATALOADER, "BAD_IMAGES", "error")
 
+    # Modules of the user's own (dotted names) imported before anything is built, e.g. ("my_backbones",): where
+    # backbones, heads, meta-architectures or datasets of one's own register themselves (mdpr_plugin/custom_imports.py).
+    _add(cfg, "IMPORTS", ())
+
     # Seed of the run (fastreid 1.4.0 has no such key): model initialisation, the training sampler's
     # stream and every sample's augmentation. -1 draws one at random, as fastreid does, and stores it in
     # the checkpoints so that --resume continues the same stream. The paper trains with 3407.
@@ -124,9 +128,28 @@ def config_file(name):
 
 def build_config(path, opts=()):
     """fastreid's defaults + MDPR's keys + the config file ``path`` (or a packaged config's name) + ``KEY VALUE``
-    ``opts`` (not frozen), checked: the one way train_net.py, the tools, the benchmarks and the tests build a
-    config."""
-    return check_config(merge_config(add_mdpr_config(get_cfg()), path, list(opts)))
+    ``opts`` (not frozen), checked, with the modules of its ``IMPORTS`` imported and every registry name it
+    looks up found: the one way train_net.py, the tools, the benchmarks and the tests build a config."""
+    return prepare_user_code(check_config(merge_config(add_mdpr_config(get_cfg()), path, list(opts))))
+
+
+def prepare_user_code(cfg):
+    """Import the modules ``cfg.IMPORTS`` names, then check every name ``cfg`` looks up in fastreid's registries
+    (those modules may register some); returns ``cfg``. For a config built another way (a config node given to
+    FeatureExtractor, a user's own ``get_cfg()``)."""
+    from .custom_imports import import_modules
+    from .registry_names import check_registered_names
+
+    import_modules(cfg.get("IMPORTS", ()))
+    return check_registered_names(cfg)
+
+
+def _module_list(value):
+    """IMPORTS given as one name (``IMPORTS my_backbones``, ``IMPORTS: my_backbones``) or a comma-separated list,
+    as the tuple yacs expects; a list or tuple as it is."""
+    if isinstance(value, str) and not value.lstrip().startswith(("(", "[")):
+        return str(tuple(name.strip() for name in value.split(",") if name.strip()))
+    return value
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -198,6 +221,9 @@ def merge_config(cfg, path, opts):
     or unreadable file, a ``_BASE_`` cycle and a value of the wrong type are :class:`MDPRError` s."""
     path = config_file(path)
     values = load_config_file(path)
+    if isinstance(values.get("IMPORTS"), str):
+        values["IMPORTS"] = [name.strip() for name in values["IMPORTS"].split(",") if name.strip()]
+    opts = [_module_list(value) if i % 2 and opts[i - 1] == "IMPORTS" else value for i, value in enumerate(opts)]
     for source, merge in ((path, lambda: cfg.merge_from_other_cfg(type(cfg)(values))),
                           ("the command line", lambda: cfg.merge_from_list(opts))):
         try:

@@ -8,6 +8,8 @@ to fix.
 """
 import contextlib
 import importlib
+import os
+import sys
 
 
 class MDPRError(Exception):
@@ -57,3 +59,23 @@ def run_reporting_errors(function, *args):
     entry point of spawned processes (train_net.py's ``launch``)."""
     with reporting_errors():
         return function(*args)
+
+
+def report_if_uncaught(error):
+    """Have Python print ``error`` as one line, without a traceback, if it ends the program uncaught.
+
+    For the checks run while the package is imported (a missing fastreid, faiss or torch): they fail before any
+    tool's ``main`` can catch them, whether a console script, ``python -m`` or train_net.py imports the package.
+    Only that exception object is reported so; anything else keeps Python's report, and a program that catches
+    the error never sees the difference.
+    """
+    previous = sys.excepthook
+
+    def excepthook(kind, value, traceback):
+        if value is not error:
+            return previous(kind, value, traceback)
+        program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+        prefix = f"{program}: error:" if program.startswith("mdpr-") else "ERROR:"
+        print(f"{prefix} {_message(error)}", file=sys.stderr)
+
+    sys.excepthook = excepthook

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from fastreid.config import CfgNode
 from PIL import Image
 
-from .config import build_config
+from .config import build_config, prepare_user_code
 from .data import build_transforms, read_image
 from .data.images import to_rgb
 from .devices import resolve_device
@@ -121,7 +121,7 @@ class FeatureExtractor:
         if isinstance(config, CfgNode):
             if opts:
                 raise InputError("opts apply to a config file; set the keys on the config node you pass instead")
-            cfg = config.clone()
+            cfg = prepare_user_code(config.clone())
         else:
             cfg = build_config(config, opts)
         cfg.defrost()

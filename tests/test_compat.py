@@ -5,6 +5,7 @@ without it where that is cheap to show (the evaluator's, with the plugin's evalu
 tests/evaluation/test_evaluator.py).
 """
 import ast
+import dataclasses
 import os
 import sys
 import textwrap
@@ -319,11 +320,12 @@ def test_a_patch_whose_target_differs_is_refused_and_nothing_changes(monkeypatch
     from fastreid.solver import build as solver_build
 
     edited = [patch if patch.target != "fastreid.solver.build:build_optimizer"
-              else compat.Patch(patch.target, patch.make, patch.reason, "0" * 16) for patch in compat.PATCHES]
+              else dataclasses.replace(patch, source_sha256="0" * 16) for patch in compat.PATCHES]
     monkeypatch.setattr(compat, "PATCHES", tuple(edited))
     before = _fastreid_state()
     with pytest.raises(compat.FastreidPatchError, match=r"fastreid.solver.build:build_optimizer in .*solver/build\.py "
-                                                        r"is not the code this patch was written for.*exclude"):
+                                                        r"is not the code this patch was written for .*\(left out: on "
+                                                        r"torch 2 nothing trains.*exclude"):
         compat.patch_fastreid()
     assert [key for key, value in before.items() if _fastreid_state().get(key) is not value] == []
 
@@ -334,6 +336,11 @@ def test_a_patch_whose_target_differs_is_refused_and_nothing_changes(monkeypatch
         assert solver_build.build_optimizer is original
     finally:
         compat.unpatch_fastreid()
+
+
+def test_every_patch_says_what_leaving_it_out_means():
+    assert all(patch.without for patch in compat.PATCHES)
+    assert len({patch.without for patch in compat.PATCHES}) == len(compat.PATCHES)
 
 
 def test_exclude_names_only_known_targets():

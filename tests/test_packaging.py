@@ -77,6 +77,32 @@ def test_an_environment_without_what_the_package_needs_is_refused_on_import(tmp_
     assert returncode != 0 and message in output, output[-2000:]
 
 
+ENTRY_POINTS = [  # (command, the line's prefix), named
+    *(pytest.param([os.path.join(os.path.dirname(sys.executable), script), "--help"], f"{script}: error:", id=script)
+      for script in ("mdpr-export", "mdpr-extract", "mdpr-search", "mdpr-visualize", "mdpr-benchmark")),
+    *(pytest.param([sys.executable, "-m", f"mdpr_plugin.{module}", "--help"], "ERROR:", id=module)
+      for module in ("tools.extract", "benchmarks.evaluation", "benchmarks.gpu_check", "benchmarks.training_step")),
+    pytest.param([sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", "MDPR/demo.yml"], "ERROR:",
+                 id="train_net.py"),
+]
+
+
+@pytest.mark.parametrize("command, prefix", ENTRY_POINTS)
+def test_every_entry_point_says_in_one_line_that_fastreid_is_missing(command, prefix, tmp_path):
+    # fastreid absent: what the first import of it finds says so, as an uninstalled package would
+    (tmp_path / "fastreid").mkdir()
+    (tmp_path / "fastreid" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'fastreid'\", name='fastreid')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and result.stdout == "", result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        f"{prefix} fastreid is not installed; install it with `pip install --no-deps fastreid==1.4.0` (its metadata "
+        "pins torch 1.13.1), or, to use a fast-reid git clone, run from the clone's root with PYTHONPATH=. (the "
+        "tools as `python -m mdpr_plugin.tools.<name>`)"]
+
+
 def test_the_packaged_configs_are_found_by_name_from_anywhere(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert config_file("MDPR/duke.yml") == config_file("configs/MDPR/duke.yml") == os.path.join(

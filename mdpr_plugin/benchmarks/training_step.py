@@ -162,12 +162,15 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args(argv)
-    if args.command == "measure":
-        result = measure(args.repo, args.repeats, args.warmup)
-    elif args.command == "profile":
-        result = profile(args.repeats, args.warmup)
-    else:
-        result = compare(os.path.abspath(args.repo), args.rounds, args.repeats, args.warmup)
+    from mdpr_plugin.errors import reporting_errors
+
+    with reporting_errors("python -m mdpr_plugin.benchmarks.training_step"):
+        if args.command == "measure":
+            result = measure(args.repo, args.repeats, args.warmup)
+        elif args.command == "profile":
+            result = profile(args.repeats, args.warmup)
+        else:
+            result = compare(os.path.abspath(args.repo), args.rounds, args.repeats, args.warmup)
     print(json.dumps(result))
     return 0
 

@@ -154,7 +154,8 @@ def check_folder_not_read_as_ids(name, root):
                            cuhkSYSU: r"p[-\d]+_s\d"}  # as in their process_dir
     for fastreid_class, pattern in whole_path_patterns.items():
         # a subclass with its own folders or its own parsing is not concerned
-        if (dataset.__init__, dataset.process_dir) != (fastreid_class.__init__, fastreid_class.process_dir):
+        if not issubclass(dataset, fastreid_class) or (dataset.__init__, dataset.process_dir) != (
+                fastreid_class.__init__, fastreid_class.process_dir):
             continue
         folder = os.path.join(root, dataset.dataset_dir)
         found = re.findall(pattern, folder)

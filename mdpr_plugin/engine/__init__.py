@@ -2,7 +2,8 @@
 from .checkpointer import MDPRCheckpointer, check_weights_file, load_checkpoint_file
 from .trainer import Trainer, build_model, setup_config
 from .eval_model import build_eval_model
+from .train_loop import NotLearningError, StopIfNotLearning
 from ..serialization import CheckpointError
 
-__all__ = ["CheckpointError", "MDPRCheckpointer", "check_weights_file", "load_checkpoint_file", "Trainer",
-           "build_eval_model", "build_model", "setup_config"]
+__all__ = ["CheckpointError", "MDPRCheckpointer", "NotLearningError", "StopIfNotLearning", "Trainer",
+           "build_eval_model", "build_model", "check_weights_file", "load_checkpoint_file", "setup_config"]

@@ -14,16 +14,19 @@
   checkpoint is written before its evaluation and ``model_best`` after it; no weights that hold NaN or
   infinite values are saved (a step can leave them behind a finite loss, which is computed before the step).
 - :class:`MetricPrinter`: fastreid's progress printer, without its division by zero in short runs.
+- :class:`StopIfNotLearning`: stops a run whose trainable parameters do not change (frozen, a learning rate of
+  0, an optimizer stepping on copies), which fastreid would train to the end with exit status 0.
 """
 import logging
 import math
 import os
 import time
 
+import numpy as np
 import torch
 from fastreid.engine import hooks
 from fastreid.utils.events import CommonMetricPrinter, get_event_storage
-from fastreid.engine.train_loop import SimpleTrainer
+from fastreid.engine.train_loop import HookBase, SimpleTrainer
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from ..errors import MDPRError
@@ -181,3 +184,72 @@ class MetricPrinter(CommonMetricPrinter):
         if self._last_write is not None and self._last_write[0] == get_event_storage().iter:
             return
         super().write()
+
+
+class NotLearningError(MDPRError, RuntimeError):
+    """No trainable parameter changed over the first iterations of a run."""
+
+
+class StopIfNotLearning(HookBase):
+    """Stops training when none of the model's trainable parameters has changed after ``patience`` iterations
+    (or at the end of a shorter run).
+
+    A few elements of every trainable parameter of the model the trainer runs are kept before the first step and
+    compared after each step (one host sync per step) until one differs; from then on the hook does nothing.
+    Everything frozen, a learning rate of 0, or an optimizer stepping on copies of the parameters (fastreid's
+    contiguous parameter buffer on torch 2) show as no change at all. ``patience`` leaves room for the first
+    steps AMP's gradient scaler skips while it finds its scale.
+
+    The plugin's trainer runs it; a stock fastreid ``DefaultTrainer`` takes it with
+    ``trainer.register_hooks([StopIfNotLearning()])``.
+    """
+
+    def __init__(self, patience=20, samples_per_tensor=4):
+        self.patience = patience
+        self.samples_per_tensor = samples_per_tensor
+        self._watched = None
+
+    def before_train(self):
+        model = self.trainer.model
+        model = model.module if isinstance(model, (DataParallel, DistributedDataParallel)) else model
+        trainable = [p for p in model.parameters() if p.requires_grad and p.numel()]
+        if not trainable:
+            raise NotLearningError(
+                f"Training stopped before it started: the model has no trainable parameter (every parameter has "
+                f"requires_grad False). {self.causes()}")
+        generator = np.random.default_rng(0)
+        self._watched = []
+        for p in trainable:
+            flat = generator.choice(p.numel(), min(self.samples_per_tensor, p.numel()), replace=False)
+            index = tuple(torch.as_tensor(i, device=p.device) for i in np.unravel_index(flat, p.shape))
+            self._watched.append((p, index, p.detach()[index].clone()))
+        self._first_iter = self.trainer.iter
+
+    def after_step(self):
+        if not self._watched:
+            return
+        changed = torch.stack([(p.detach()[index] != before).any() for p, index, before in self._watched])
+        if changed.any().item():
+            self._watched = None  # learning: nothing more to check
+            return
+        steps = self.trainer.iter - self._first_iter + 1
+        last = self.trainer.iter >= getattr(self.trainer, "max_iter", float("inf")) - 1
+        if steps < self.patience and not last:
+            return
+        scaler = getattr(self.trainer, "grad_scaler", None)
+        if steps < self.patience and scaler is not None and scaler.is_enabled():
+            # a short AMP run may end inside the steps the gradient scaler skips
+            logger.warning("No trainable parameter changed in this %d-iteration AMP run (the gradient scaler may "
+                           "have skipped every step). %s", steps, self.causes())
+            return
+        raise NotLearningError(
+            f"Training stopped at iteration {self.trainer.iter}: none of the {len(self._watched)} trainable "
+            f"parameters changed over {steps} iterations. {self.causes()}")
+
+    @staticmethod
+    def causes():
+        return ("Likely causes: every parameter frozen (requires_grad False, or MODEL.FREEZE_LAYERS covering the "
+                "whole model for SOLVER.FREEZE_ITERS); a learning rate of 0 or too small to change float32 weights "
+                "(SOLVER.BASE_LR, the LR factors, the warm-up); or an optimizer holding copies of the parameters, as "
+                "fastreid's build_optimizer does on torch 2 with its contiguous buffer (the plugin's trainer and "
+                "patch_fastreid() build it on the parameters).")

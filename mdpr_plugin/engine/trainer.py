@@ -11,6 +11,7 @@ seeds the initialisation, the sampler stream and each sample's augmentation; the
 checkpointed; ``--resume`` continues the stream where the checkpoint was written, and the global
 generators are re-seeded from (seed, iteration, rank) before every step.
 """
+import contextlib
 import logging
 import math
 import os
@@ -33,7 +34,7 @@ from ..config import build_config, config_file
 from ..data import test_loader, test_loader_parts, train_loader, train_loader_parts
 from ..data.samplers import ResumableSampler, SeededDataset, seed_all
 from ..devices import on_available_device, resolve_device
-from ..errors import InputError
+from ..errors import InputError, MDPRError
 from ..evaluation import ReidEvaluator, inference_on_dataset
 from ..evaluation.evaluator import EmptyEvaluationSetError
 from ..evaluation.rank import query_validity
@@ -41,7 +42,7 @@ from .checkpointer import MDPRCheckpointer
 from .output_dir import lock_output_dir, remove_partial_checkpoints
 from .distributed import broadcast_buffers, check_batch_sizes, distributed_data_parallel, setup_worker_logging
 from .train_loop import (BestCheckpointer, CheckedAMPTrainer, CheckedTrainer, EvalHook, MetricPrinter,
-                         PeriodicCheckpointer)
+                         NotLearningError, PeriodicCheckpointer, StopIfNotLearning)
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +112,8 @@ def _log_setup(cfg, args):
     with open(path) as f:
         fastreid_logger.info("Contents of args.config_file=%s (%s):\n%s", args.config_file, path, f.read())
     fastreid_logger.info("Running with full config:\n%s", cfg)
+    if cfg.IMPORTS:
+        fastreid_logger.info("Imported the modules IMPORTS names: %s", ", ".join(cfg.IMPORTS))
 
 
 # a scheduler's state that records how far it got, not what the schedule is (base_lrs: see resume_or_load)
@@ -143,6 +146,27 @@ def check_test_sets(cfg):
         if not valid.all():
             logger.warning("%s: %d of %d queries have no gallery image of their person from another camera; the "
                            "metrics leave them out.", name, int((~valid).sum()), num_query)
+
+
+class _PluginErrorRecords(logging.Filter):
+    """Drops the records that log a plugin error with its traceback."""
+
+    def filter(self, record):
+        return not (record.exc_info and isinstance(record.exc_info[1], MDPRError))
+
+
+@contextlib.contextmanager
+def _plugin_errors_not_logged_by_fastreid():
+    """fastreid logs whatever ends training with its traceback (engine/train_loop.py:149); a plugin error (a NaN loss,
+    a run that does not learn) already says what happened and the fix, and is reported in one line by whoever
+    catches it (train_net.py: ``ERROR: ...``)."""
+    fastreid_loop = logging.getLogger("fastreid.engine.train_loop")
+    records = _PluginErrorRecords()
+    fastreid_loop.addFilter(records)
+    try:
+        yield
+    finally:
+        fastreid_loop.removeFilter(records)
 
 
 class _SeedEachIteration(HookBase):
@@ -271,7 +295,8 @@ class Trainer(DefaultTrainer):
         """fastreid's training; a resumed run with nothing left to train says so and makes sure model_final is
         there (a kill while it was written leaves the checkpoint before it)."""
         if self.start_epoch < self.max_epoch:
-            return super().train()
+            with _plugin_errors_not_logged_by_fastreid():
+                return super().train()
         final = os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")
         logger.info("OUTPUT_DIR %s holds a finished run (its checkpoint ends epoch %d of SOLVER.MAX_EPOCH %d): "
                     "nothing left to train.", self.cfg.OUTPUT_DIR, self.start_epoch - 1, self.max_epoch)
@@ -282,8 +307,9 @@ class Trainer(DefaultTrainer):
     def build_hooks(self):
         """fastreid's hooks with the plugin's subclasses, ordered so that an evaluation never costs a
         checkpoint: the epoch's checkpoint is written before its evaluation, and model_best after it, from
-        that evaluation's metric. First, a hook that re-seeds every step."""
-        before, evaluation, after = [_SeedEachIteration()], [], []
+        that evaluation's metric. First, a hook that re-seeds every step and one that stops a run that does not
+        learn."""
+        before, evaluation, after = [_SeedEachIteration(), StopIfNotLearning()], [], []
         for hook in super().build_hooks():
             if type(hook) is hooks.EvalHook:
                 evaluation.append(EvalHook(hook._period, hook._func))
@@ -336,6 +362,9 @@ class Trainer(DefaultTrainer):
         torch's multi-tensor (foreach) optimizers give the speed the buffer was for, and with SOLVER.FUSED (the
         default) its fused ones, faster still here: fastreid gives every parameter its own group.
         """
+        if not any(p.requires_grad for p in model.parameters()):  # torch's message would not name the cause
+            raise NotLearningError(f"The model has no trainable parameter (every parameter has requires_grad False): "
+                                   f"there is nothing to train. {StopIfNotLearning.causes()}")
         optimizer, param_wrapper = fastreid.solver.build_optimizer(cfg, model, contiguous=False)
         if cfg.SOLVER.FUSED:
             use_fused_steps(optimizer)

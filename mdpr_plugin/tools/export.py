@@ -137,6 +137,8 @@ def main(argv=None):
     setup_tool_logging()
     args = parse_args(argv)
     with reporting_errors("mdpr-export"):
+        for module in ("onnx", "onnxscript", "onnxruntime"):  # before minutes of model building, not after
+            require(module, "onnx")
         if args.check_batch < 1:
             raise InputError(f"--check-batch must be at least 1, got {args.check_batch}")
         cfg = setup_tool_config(args)
