@@ -408,9 +408,10 @@ def test_tiny_images_are_upscaled_with_a_warning(market, market_cfg):
         loader = Trainer.build_train_loader(market_cfg)
     assert any("2 images of Market1501's training set are more than 4x smaller than the input size 64x128" in w
                for w in warnings), warnings
-    for item, (path, _, _) in enumerate(loader.dataset.img_items):
-        if path in tiny:
-            assert loader.dataset[item]["images"].shape == (3, 128, 64)
+    kept = [item for item, (path, _, _) in enumerate(loader.dataset.img_items) if path in tiny]
+    assert sorted(loader.dataset.img_items[item][0] for item in kept) == tiny  # kept, not left out
+    for item in kept:
+        assert loader.dataset[item]["images"].shape == (3, 128, 64)
 
 
 # (e) too few identities or images for the identity sampler ----------------------------------------
