@@ -151,8 +151,10 @@ def test_the_model_reads_the_declared_policy_rather_than_head_names(monkeypatch)
 
 def test_eval_computes_neither_bap_nor_attention_unless_output_all():
     model = build(small_cfg()).eval()
-    rec = Recorder(model, ["soft_branch.bap4", "soft_branch.bap3", "soft_branch.attention4",
-                           "soft_branch.attention3", "heads.attn_bap4", "heads.attn_bap3"])
+    watched = ["soft_branch.bap4", "soft_branch.bap3", "soft_branch.attention4", "soft_branch.attention3",
+               "heads.attn_bap4", "heads.attn_bap3"]
+    rec = Recorder(model, watched)
+    assert len(rec.handles) == len(watched)  # Recorder skips names the model lacks: a rename would watch nothing
     with torch.no_grad():
         model(batch()["images"])
     assert rec.out == {} and model.last_attention_maps is None
