@@ -20,7 +20,8 @@ from mdpr_plugin.data.checks import DatasetLayoutError, DatasetNotFoundError, Sa
 from mdpr_plugin.data.images import BadImageError
 from mdpr_plugin.engine import Trainer
 from mdpr_plugin.errors import InputError, MDPRError, run_reporting_errors
-from mdpr_plugin.engine.train_loop import NonFiniteLossError, NonFiniteWeightsError
+from mdpr_plugin.engine.train_loop import (CheckedAMPTrainer, CheckedTrainer, NonFiniteLossError,
+                                          NonFiniteWeightsError)
 from mdpr_plugin.evaluation import ReidEvaluator
 from mdpr_plugin.evaluation.evaluator import EmptyEvaluationSetError
 from mdpr_plugin.serialization import CheckpointError, safe_load
@@ -407,9 +408,10 @@ def test_tiny_images_are_upscaled_with_a_warning(market, market_cfg):
         loader = Trainer.build_train_loader(market_cfg)
     assert any("2 images of Market1501's training set are more than 4x smaller than the input size 64x128" in w
                for w in warnings), warnings
-    for item, (path, _, _) in enumerate(loader.dataset.img_items):
-        if path in tiny:
-            assert loader.dataset[item]["images"].shape == (3, 128, 64)
+    kept = [item for item, (path, _, _) in enumerate(loader.dataset.img_items) if path in tiny]
+    assert sorted(loader.dataset.img_items[item][0] for item in kept) == tiny  # kept, not left out
+    for item in kept:
+        assert loader.dataset[item]["images"].shape == (3, 128, 64)
 
 
 # (e) too few identities or images for the identity sampler ----------------------------------------
@@ -448,11 +450,15 @@ def test_fewer_images_per_identity_than_num_instance_warns_with_counts(market_cf
 
 
 # (f) a non-finite loss ---------------------------------------------------------------------------
-@pytest.mark.parametrize("amp", [False, True])
+# SOLVER.AMP.ENABLED picks the AMP loop; on the CPU it trains in float32, so the second case checks that loop's
+# wiring, not float16. Real AMP is trained on CUDA by the GPU check (python -m mdpr_plugin.benchmarks.gpu_check).
+@pytest.mark.parametrize("amp", [False, True], ids=["float32_loop", "amp_loop_in_float32_on_cpu"])
 def test_a_nan_loss_stops_training_naming_the_term_and_keeps_the_checkpoints(demo_cfg, earlier_run, amp):
     demo_cfg.merge_from_list(["OUTPUT_DIR", earlier_run.path, "SOLVER.MAX_EPOCH", 2, "SOLVER.CHECKPOINT_PERIOD", 1,
                               "TEST.EVAL_PERIOD", 100, "SOLVER.AMP.ENABLED", amp])
     trainer = Trainer(demo_cfg)
+    assert type(trainer._trainer) is (CheckedAMPTrainer if amp else CheckedTrainer)
+    assert not getattr(trainer._trainer, "amp_enabled", False)  # no autocast on the CPU
     forward = trainer.model.forward
 
     def nan_from_iteration_2(batch):

@@ -156,17 +156,23 @@ def test_the_checkpoint_is_written_before_an_evaluation_that_fails(demo_cfg, mon
 
 
 def test_model_best_is_chosen_by_the_epochs_own_evaluation(demo_cfg, monkeypatch):
-    demo_cfg.merge_from_list(["SOLVER.MAX_EPOCH", 2, "SOLVER.CHECKPOINT_PERIOD", 1, "TEST.EVAL_PERIOD", 1])
-    evaluated, evaluate = [], Trainer.test.__func__
-    monkeypatch.setattr(Trainer, "test", classmethod(
-        lambda cls, cfg, model: evaluated.append(evaluate(cls, cfg, model)) or evaluated[-1]))
+    """Three epochs whose evaluations give 10, 30, 20: model_best is epoch 1's model, neither the first
+    evaluated nor the last."""
+    demo_cfg.merge_from_list(["SOLVER.MAX_EPOCH", 3, "SOLVER.CHECKPOINT_PERIOD", 1, "TEST.EVAL_PERIOD", 1])
+    metrics = iter([10.0, 30.0, 20.0])
+    monkeypatch.setattr(Trainer, "test", classmethod(lambda cls, cfg, model: {"metric": next(metrics)}))
     _train(demo_cfg)
-    assert len(evaluated) == 2
-    metrics = [result["metric"] for result in evaluated]
-    best_epoch = metrics.index(max(metrics))
+    assert next(metrics, None) is None  # one evaluation per epoch
+
     folder = demo_cfg.OUTPUT_DIR
-    best = torch.load(os.path.join(folder, "model_best.pth"), weights_only=False)
-    assert (best["epoch"], best["metric"]) == (best_epoch, pytest.approx(metrics[best_epoch]))
+    best, *epochs = (torch.load(os.path.join(folder, name), weights_only=False)
+                     for name in ("model_best.pth", "model_0000.pth", "model_0001.pth", "model_final.pth"))
+    assert (best["epoch"], best["metric"]) == (1, 30.0)
+    assert [epoch["epoch"] for epoch in epochs] == [0, 1, 2]
+
+    def same_weights(a, b):
+        return a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+    assert [same_weights(best["model"], epoch["model"]) for epoch in epochs] == [False, True, False]
     assert open(os.path.join(folder, "last_checkpoint")).read() == "model_final.pth"
 
 

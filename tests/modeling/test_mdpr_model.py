@@ -7,7 +7,7 @@ from torch import nn
 
 from fastreid.utils.events import EventStorage
 from helpers import logged
-from mdpr_plugin.modeling import Fusion, HardContentBranch, SoftContentBranch, mdpr
+from mdpr_plugin.modeling import Fusion, HardContentBranch, MDPRHead, SoftContentBranch, mdpr
 from modeling.mdpr_testutils import E, batch, build, small_cfg
 
 HARD = {"loss_hard_global_cls", "loss_hard_global_triplet",
@@ -151,8 +151,10 @@ def test_the_model_reads_the_declared_policy_rather_than_head_names(monkeypatch)
 
 def test_eval_computes_neither_bap_nor_attention_unless_output_all():
     model = build(small_cfg()).eval()
-    rec = Recorder(model, ["soft_branch.bap4", "soft_branch.bap3", "soft_branch.attention4",
-                           "soft_branch.attention3", "heads.attn_bap4", "heads.attn_bap3"])
+    watched = ["soft_branch.bap4", "soft_branch.bap3", "soft_branch.attention4", "soft_branch.attention3",
+               "heads.attn_bap4", "heads.attn_bap3"]
+    rec = Recorder(model, watched)
+    assert len(rec.handles) == len(watched)  # Recorder skips names the model lacks: a rename would watch nothing
     with torch.no_grad():
         model(batch()["images"])
     assert rec.out == {} and model.last_attention_maps is None
@@ -290,10 +292,20 @@ def test_backbone_is_one_child_that_fastreids_layer_freeze_covers():
     assert all(m.training for m in model.backbone.modules())
 
 
-def test_heads_lr_factor_groups_all_heads():
-    # fastreid's optimizer applies HEADS_LR_FACTOR to the top-level child named "heads".
-    model = build(small_cfg())
-    head_params = {n for n, _ in model.named_parameters() if n.startswith("heads.")}
-    assert len(head_params) == sum(1 for _ in model.heads.parameters())
-    assert list(model.heads) == ["hard_global", "hard_part_0", "hard_part_1", "attn_feature4", "attn_bap4",
-                                 "attn_feature3", "attn_bap3", "fusion"]
+def test_heads_lr_factor_applies_to_every_head_and_nothing_else():
+    """In the trainer's optimizer every parameter of every MDPR head, wherever the model holds it, learns at
+    SOLVER.HEADS_LR_FACTOR x BASE_LR and every other one at BASE_LR (fastreid applies the factor to the
+    top-level child named "heads")."""
+    from mdpr_plugin.engine import Trainer
+    cfg = small_cfg("SOLVER.HEADS_LR_FACTOR", 10.0, "SOLVER.BIAS_LR_FACTOR", 1.0)
+    model = build(cfg)
+    heads = [module for module in model.modules() if isinstance(module, MDPRHead)]
+    assert len(heads) == 8
+    head_params = {id(p) for head in heads for p in head.parameters()}
+    optimizer, _ = Trainer.build_optimizer(cfg, model)
+    lr = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    assert lr.keys() == {id(p) for _, p in trainable}
+    for name, p in trainable:
+        factor = 10 if id(p) in head_params else 1
+        assert lr[id(p)] == pytest.approx(factor * cfg.SOLVER.BASE_LR, rel=1e-12), name

@@ -13,10 +13,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from helpers import BUNDLED_IMAGES, MDPR_DEMO_CONFIG, REPO
+from helpers import BUNDLED_IMAGES, MDPR_DEMO_CONFIG, REPO, load_config
 from PIL import Image
 
 from mdpr_plugin import FeatureExtractor
+from mdpr_plugin.evaluation import evaluate_rank, pairwise_distance, rerank_distance
 from mdpr_plugin.tools import common
 from mdpr_plugin.tools.visualize import attention, drawing, main, ranking
 from mdpr_plugin.tools.visualize.cli import run_command
@@ -126,13 +127,41 @@ def test_ap_descending_with_num_queries_takes_the_best_queries(ascending, descen
     assert aps == sorted(every_ap, reverse=True)[:5]
 
 
-def test_rerank_flag_turns_on_the_evaluation_s_re_ranking(monkeypatch, tmp_path):
-    seen = {}
-    monkeypatch.setattr(ranking, "run", lambda cfg, *args: seen.update(rerank=cfg.TEST.RERANK.ENABLED))
-    run_command("ranking", ["--config-file", MDPR_DEMO_CONFIG, "--output-dir", str(tmp_path), "--rerank"])
-    assert seen == {"rerank": True}
-    run_command("ranking", ["--config-file", MDPR_DEMO_CONFIG, "--output-dir", str(tmp_path)])
-    assert seen == {"rerank": False}
+def test_rerank_flag_turns_on_the_evaluation_s_re_ranking(ascending, demo_weights, tmp_path, monkeypatch):
+    """With --rerank, the drawn distances and the printed mAP / Rank-1 are those of k-reciprocal re-ranking
+    (TEST.RERANK's k1, k2 and lambda) of the evaluation's features; without it (``ascending``), those of the
+    plain distance."""
+    scored = {}  # the evaluator's features, pids and camids, recorded as it computes its distance
+    distance = ranking._DistanceKeepingEvaluator.distance
+
+    def recording_distance(self, query, gallery):
+        scored.update(query=query.clone(), gallery=gallery.clone(), ids=self._features()[1:])
+        return distance(self, query, gallery)
+
+    monkeypatch.setattr(ranking._DistanceKeepingEvaluator, "distance", recording_distance)
+    reranked = run_ranking(tmp_path, "--topk", "3", "--num-queries", "5", "--rerank", weights=demo_weights)
+    test = load_config(MDPR_DEMO_CONFIG).TEST
+    query, gallery = scored["query"], scored["gallery"]
+    expected = {"re-ranked": np.asarray(rerank_distance(query, gallery, test.METRIC, test.RERANK.K1, test.RERANK.K2,
+                                                        test.RERANK.LAMBDA)),
+                "plain": np.asarray(pairwise_distance(query, gallery, test.METRIC))}
+    assert not np.allclose(expected["re-ranked"], expected["plain"], atol=0.01)  # the two can be told apart
+    pids, camids = (np.asarray(ids) for ids in scored["ids"])
+    nq = len(query)
+    q_pids, g_pids, q_cams, g_cams = pids[:nq], pids[nq:], camids[:nq], camids[nq:]
+
+    for (ranked, printed, _), kind in ((reranked, "re-ranked"), (ascending[1:], "plain")):
+        dist = expected[kind]
+        for drawn in ranked:
+            q = drawn.index
+            allowed = (g_pids != q_pids[q]) | (g_cams != q_cams[q])  # not its identity under its own camera
+            np.testing.assert_allclose(drawn.distances, dist[q, drawn.gallery], atol=1e-5, err_msg=kind)
+            np.testing.assert_allclose(drawn.distances, np.sort(dist[q][allowed])[:3], atol=1e-5, err_msg=kind)
+        cmc, aps, _ = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams)
+        reported = re.search(r"mAP ([\d.]+)%, Rank-1 ([\d.]+)%", printed)
+        assert float(reported.group(1)) == pytest.approx(np.mean(aps) * 100, abs=0.006), kind
+        assert float(reported.group(2)) == pytest.approx(cmc[0] * 100, abs=0.006), kind
+        assert ("re-ranked" in printed) == (kind == "re-ranked")
 
 
 def test_summary_matches_the_evaluation(ascending):
