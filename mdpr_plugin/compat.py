@@ -155,10 +155,9 @@ PATCHES = (
     Patch("fastreid.utils.checkpoint:Checkpointer._load_file", lambda original: MDPRCheckpointer._load_file,
           "checkpoints are read with a bare torch.load (utils/checkpoint.py:216): torch >= 2.6 loads weights "
           "only by default and refuses fastreid's own best-model checkpoints (a numpy scalar). The replacement "
-          "reads tensors, containers and numpy scalars only, and the MDPR authors' key layout.",
+          "reads tensors, containers and numpy scalars only.",
           "1dd8e8a299b5122a",
-          without=("torch >= 2.6 refuses fastreid's own best-model checkpoints, and the MDPR authors' checkpoints load "
-                   "nothing")),
+          without="torch >= 2.6 refuses fastreid's own best-model checkpoints"),
 )
 
 _applied = []  # (holder, name, original) in the order set

@@ -20,6 +20,7 @@ from .data import build_transforms, read_image
 from .data.images import to_rgb
 from .devices import resolve_device
 from .errors import InputError, MissingFileError
+from .onnx_runtime import INPUT_NAME, OUTPUT_NAME, onnx_cuda_available, onnx_session
 
 IMAGES_HELP = ("a path, a PIL image, an H x W x 3 uint8 array (RGB, or BGR with bgr=True) or a 3 x H x W tensor "
                "of 0-255 values, or a list of them, or a B x 3 x H x W tensor")
@@ -86,8 +87,6 @@ def crop_regions(frame, boxes_xyxy):
 def _onnx_session(path, size, device):
     """An ONNX Runtime session for an mdpr-export graph taking ``size`` (h, w) images, on torch's thread count,
     with the CUDA provider for a CUDA ``device``."""
-    from .tools.export import INPUT_NAME, onnx_session  # the onnx extra's import stays off the PyTorch path
-
     cuda = device.type == "cuda"
     session = onnx_session(path, threads=torch.get_num_threads(), cuda=cuda, device_id=device.index or 0)
     if cuda and "CUDAExecutionProvider" not in session.get_providers():
@@ -164,8 +163,6 @@ class FeatureExtractor:
         if onnx is not None and device.type not in ("cpu", "cuda"):
             raise InputError(f"device {device}: the ONNX backend runs on the CPU or a CUDA GPU")
         if onnx is not None and device.type == "cuda":
-            from .tools.export import onnx_cuda_available
-
             if not onnx_cuda_available():
                 raise InputError(f"device {device}: this ONNX Runtime has no CUDA provider; install onnxruntime-gpu "
                                  "in place of onnxruntime, or give device 'cpu'")
@@ -230,8 +227,6 @@ class FeatureExtractor:
     def _run(self, batch):
         if self.session is None:
             return self.model(batch)
-        from .tools.export import INPUT_NAME, OUTPUT_NAME
-
         return torch.from_numpy(self.session.run([OUTPUT_NAME], {INPUT_NAME: batch.cpu().numpy()})[0])
 
     # ---------------------------------------------------------------------------------------- images

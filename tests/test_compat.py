@@ -89,7 +89,13 @@ def test_importing_the_plugin_rebinds_no_fastreid_name():
     assert int(summary.split()[1]) > 50 and int(summary.split()[3]) > 3000, summary  # it looked at everything
 
 
-def test_the_plugin_has_no_import_cycle():
+# The tools and the benchmarks sit above the library: they import it, it never imports them.
+ABOVE_THE_LIBRARY = ("mdpr_plugin.tools", "mdpr_plugin.benchmarks")
+
+
+def _plugin_import_graph():
+    """``{module: modules of the plugin it imports}``, from every import statement, those inside functions too:
+    a lazy import is still a dependency, and a cycle through one is still a cycle."""
     package = os.path.join(REPO, "mdpr_plugin")
     modules = {}
     for folder, _, files in os.walk(package):
@@ -100,10 +106,10 @@ def test_the_plugin_has_no_import_cycle():
                 is_package = parts[-1] == "__init__"
                 modules[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
 
-    def imported_at_import_time(name):
+    def imported(name):
         path, is_package = modules[name]
         base = name.split(".") if is_package else name.split(".")[:-1]
-        for node in ast.parse(open(path).read()).body:  # module level only: imports inside functions are lazy
+        for node in ast.walk(ast.parse(open(path).read())):
             if isinstance(node, ast.Import):
                 yield from (alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
@@ -112,20 +118,47 @@ def test_the_plugin_has_no_import_cycle():
                 for alias in node.names:
                     yield f"{origin}.{alias.name}" if f"{origin}.{alias.name}" in modules else origin
 
-    graph = {name: {m for m in imported_at_import_time(name) if m in modules and m != name} for name in modules}
+    graph = {name: {m for m in imported(name) if m in modules and m != name} for name in modules}
     assert len(graph) > 50 and sum(map(len, graph.values())) > 80  # the walk found the package
+    assert "mdpr_plugin.engine" in graph["mdpr_plugin.inference"]  # ... and the imports inside functions
+    return graph
 
-    def cycle_from(start, path, on_path):
-        for nxt in sorted(graph[start]):
+
+def _a_cycle(graph):
+    """One import cycle of ``graph`` as ``[a, b, ..., a]``, or None."""
+    done, on_path = set(), []
+
+    def visit(name):
+        on_path.append(name)
+        for nxt in sorted(graph[name]):
             if nxt in on_path:
-                return path[path.index(nxt):] + [nxt]
-            found = cycle_from(nxt, path + [nxt], on_path | {nxt})
-            if found:
-                return found
+                return on_path[on_path.index(nxt):] + [nxt]
+            if nxt not in done:
+                found = visit(nxt)
+                if found:
+                    return found
+        done.add(on_path.pop())
         return None
 
-    cycles = [c for c in (cycle_from(name, [name], {name}) for name in sorted(graph)) if c]
-    assert not cycles, f"import cycle: {' -> '.join(cycles[0])}"
+    return next(filter(None, (visit(name) for name in sorted(graph) if name not in done)), None)
+
+
+def _is_above_the_library(name):
+    return any(name == top or name.startswith(top + ".") for top in ABOVE_THE_LIBRARY)
+
+
+def test_the_plugin_has_no_import_cycle():
+    assert _a_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the search finds one
+    cycle = _a_cycle(_plugin_import_graph())
+    assert not cycle, f"import cycle: {' -> '.join(cycle)}"
+
+
+def test_the_library_never_imports_a_tool_or_a_benchmark():
+    graph = _plugin_import_graph()
+    assert any(map(_is_above_the_library, graph)) and not _is_above_the_library("mdpr_plugin.toolsets")
+    upward = [f"{name} imports {imported}" for name, imports in sorted(graph.items()) if not _is_above_the_library(name)
+              for imported in sorted(imports) if _is_above_the_library(imported)]
+    assert upward == [], "; ".join(upward)
 
 
 def _calls_patch_fastreid(path):

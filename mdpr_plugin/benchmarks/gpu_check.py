@@ -623,7 +623,7 @@ def extractor_case(settings, device, workdir, onnx, tf32=None):
 
 
 def check_extractor(settings, device, results, workdir):
-    from ..tools.export import onnx_cuda_available
+    from ..onnx_runtime import onnx_cuda_available
 
     h, w = settings.size
 

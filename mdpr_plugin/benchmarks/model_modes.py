@@ -65,7 +65,8 @@ class OnnxRuntimeModel:
 
     def __init__(self, model, path, height, width, threads, device):
         try:
-            from ..tools.export import export_onnx, onnx_session
+            from ..onnx_runtime import onnx_session
+            from ..tools.export import export_onnx
             export_onnx(model, path, height, width)
             # the session mdpr-extract uses, with the benchmark's thread count
             self.session = onnx_session(path, threads, cuda=device.type == "cuda")

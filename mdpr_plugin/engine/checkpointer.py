@@ -4,8 +4,8 @@ the model and writes atomically.
 - Reading: fastreid loads with a bare ``torch.load`` (utils/checkpoint.py:216), which unpickles arbitrary
   objects, and on torch >= 2.6 (``weights_only=True`` by default) fails on fastreid's own best-model
   checkpoints, which hold a numpy scalar. Here every file is read with
-  :func:`mdpr_plugin.serialization.safe_load`, checked to be a checkpoint, and converted from the MDPR
-  authors' key layout when it is in that layout.
+  :func:`mdpr_plugin.serialization.safe_load` and checked to be a checkpoint. (The MDPR authors' key layout
+  is the model's to convert: :class:`mdpr_plugin.modeling.MDPR` does it when it loads a state dict.)
 - A missing file: fastreid asserts (``Checkpoint x not found!``, utils/checkpoint.py:119), naming neither
   the config key nor the folder it was looked for from.
 - Weights that do not fit: fastreid loads what matches, drops keys of another shape and leaves missing ones
@@ -27,7 +27,7 @@ from fastreid.modeling.heads.embedding_head import EmbeddingHead
 from fastreid.modeling.meta_arch.build import META_ARCH_REGISTRY
 from fastreid.utils.checkpoint import Checkpointer
 
-from ..modeling.authors_layout import convert_authors_state_dict, is_authors_layout
+from ..modeling.mdpr import state_dict_as_loaded
 from ..serialization import CheckpointError, safe_load
 
 logger = logging.getLogger(__name__)
@@ -63,9 +63,6 @@ def load_checkpoint_file(path):
     if not isinstance(checkpoint["model"], dict):
         raise CheckpointError(f"{path}: checkpoint['model'] is a {type(checkpoint['model']).__name__}, "
                               "expected a state dict.")
-
-    if is_authors_layout(checkpoint["model"]):
-        checkpoint["model"] = convert_authors_state_dict(checkpoint["model"])
     return checkpoint
 
 
@@ -159,9 +156,8 @@ def atomic_open(path, mode="wb"):
 
 
 class MDPRCheckpointer(Checkpointer):
-    """fastreid's ``Checkpointer`` with safe reading (and the authors' layout), weights that must fit the
-    model (:func:`check_weights_fit`; ``allow_partial`` is ``MODEL.ALLOW_PARTIAL_WEIGHTS``) and atomic
-    writing.
+    """fastreid's ``Checkpointer`` with safe reading, weights that must fit the model (:func:`check_weights_fit`;
+    ``allow_partial`` is ``MODEL.ALLOW_PARTIAL_WEIGHTS``) and atomic writing.
 
     Works for any fastreid model, not only MDPR; its state-dict keys are fastreid's own.
     """
@@ -190,6 +186,9 @@ class MDPRCheckpointer(Checkpointer):
         return load_checkpoint_file(f)
 
     def _load_model(self, checkpoint):
+        # the keys as the model loads them (the authors' layout renamed), so that the fit check and fastreid's
+        # shape check compare the model's own names
+        checkpoint["model"] = state_dict_as_loaded(self.model, checkpoint["model"])
         check_weights_fit(self.model, checkpoint["model"], self._source, self.allow_partial)
         return super()._load_model(checkpoint)
 

@@ -14,6 +14,7 @@ from fastreid.modeling.meta_arch.build import META_ARCH_REGISTRY
 from fastreid.utils.file_io import PathManager
 
 from ..errors import MDPRError
+from ..modeling.mdpr import state_dict_as_loaded
 from .checkpointer import (MDPRCheckpointer, check_weights_file, classifier_keys, load_checkpoint_file,
                            without_module_prefix)
 from .trainer import build_model
@@ -21,12 +22,12 @@ from .trainer import build_model
 logger = logging.getLogger(__name__)
 
 
-def _classifier_names(cfg):
-    """The classifier keys of the model ``cfg`` describes, from a copy built on the meta device (no
-    memory, no initialisation); None for a model that cannot be built there."""
+def _meta_model(cfg):
+    """The model ``cfg`` describes, built on the meta device (no memory, no initialisation); None for a model
+    that cannot be built there."""
     try:
         with torch.device("meta"):
-            return classifier_keys(META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg))
+            return META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)
     except (NotImplementedError, RuntimeError) as error:
         if isinstance(error, MDPRError):
             raise
@@ -38,9 +39,12 @@ def _classifier_names(cfg):
 def classes_in_checkpoint(cfg, state_dict):
     """The number of identities the checkpoint's classifiers were trained on; None when they are absent
     or disagree."""
-    names = _classifier_names(cfg)
-    state_dict = without_module_prefix(state_dict)
-    counts = {state_dict[name].shape[0] for name in names or () if name in state_dict and state_dict[name].ndim == 2}
+    model = _meta_model(cfg)
+    if model is None:
+        return None
+    state_dict = state_dict_as_loaded(model, without_module_prefix(state_dict))
+    counts = {state_dict[name].shape[0] for name in classifier_keys(model)
+              if name in state_dict and state_dict[name].ndim == 2}
     return counts.pop() if len(counts) == 1 else None
 
 

@@ -1,7 +1,8 @@
 """Key mapping between the authors' released MDPR checkpoints and this model.
 
-Pure functions on state dicts; the checkpoint loader decides when to call them. Keys that no rule
-covers pass through unchanged, so the loader's missing / unexpected report still shows them.
+Functions on state dicts; the MDPR module calls them when it loads a state dict (``MDPR._load_from_state_dict``),
+so every loader converts the authors' layout. Keys that no rule covers pass through unchanged, so the loader's
+missing / unexpected report still shows them.
 """
 import re
 
@@ -119,6 +120,17 @@ def is_authors_layout(state_dict):
 def convert_authors_state_dict(state_dict):
     """The authors' keys (either predictor variant, optional ``module.`` prefix) renamed to this model's."""
     return _rename(_strip_module(state_dict), _TO_OURS)
+
+
+def convert_authors_keys(state_dict, prefix=""):
+    """Rename in place the keys of ``state_dict`` under ``prefix`` from the authors' layout to this model's, when
+    they are in it (torch hands each module the keys under its prefix while loading). Returns whether they were."""
+    own = {key[len(prefix):]: key for key in state_dict if key.startswith(prefix)}
+    if not is_authors_layout(own):
+        return False
+    converted = convert_authors_state_dict({name: state_dict.pop(key) for name, key in own.items()})
+    state_dict.update((prefix + name, value) for name, value in converted.items())
+    return True
 
 
 def to_authors_state_dict(state_dict):

@@ -10,6 +10,7 @@ from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from fastreid.utils import events
 
 from ..errors import InputError
+from .authors_layout import convert_authors_keys
 from .backbone import build_split_backbone
 from .blocks import blocks_norm
 from .branches import Fusion, HardContentBranch, SoftContentBranch
@@ -33,7 +34,14 @@ class MDPR(nn.Module):
     Each branch declares the heads it feeds (``head_specs``): every head is trained with cross-entropy
     and, unless its HeadSpec says otherwise (the soft branch's BAP heads), triplet loss, as the paper does;
     ``MODEL.LOSSES.NAME`` is not consulted, their CE / TRI settings are.
+
+    Loading a state dict in the authors' layout (``generate.backbone.*``, ...) converts it, whoever loads it:
+    ``load_state_dict``, fastreid's ``Checkpointer``, ``DefaultPredictor``.
     """
+
+    # The version torch records for this module in a state dict's metadata: 2, this plugin's key names. Version
+    # 1 (torch's default, as the authors' code wrote) or none (a plain dict) may be in the authors' layout.
+    _version = 2
 
     @configurable
     def __init__(self, *, backbone, hard_branch, soft_branch, fusion, distillation, heads, head_specs,
@@ -111,6 +119,34 @@ class MDPR(nn.Module):
             },
             "output_all": cfg.OUTPUT_ALL,
         }
+
+    # ------------------------------------------------------------------------------- loading a state dict
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        if self.renames_authors_keys(state_dict, prefix, local_metadata):
+            self._leave_out_classifiers_of_another_size(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    @staticmethod
+    def renames_authors_keys(state_dict, prefix="", local_metadata=None):
+        """Rename in place the keys of ``state_dict`` under ``prefix`` from the authors' layout, when the version
+        in ``local_metadata`` (this module's entry of the state dict's metadata) is older than this layout's and
+        they are in it. Returns whether they were renamed."""
+        version = (local_metadata or {}).get("version") or 1
+        return version < MDPR._version and convert_authors_keys(state_dict, prefix)
+
+    def _leave_out_classifiers_of_another_size(self, state_dict, prefix):
+        """Leave out a classifier sized for another number of identities (fastreid evaluates with
+        NUM_CLASSES 0), as fastreid's checkpointer skips one in this model's names: it compares shapes by name
+        before loading, while the names are still the authors'. A strict load then reports it missing; the
+        eval feature does not use the classifiers."""
+        for name, head in self.heads.items():
+            key = f"{prefix}heads.{name}.weight"
+            if key in state_dict and state_dict[key].shape != head.weight.shape:
+                logger.warning("Not loading the classifier %s of the authors' checkpoint: %s identities, the model "
+                               "has %s (MODEL.HEADS.NUM_CLASSES)", key, state_dict[key].shape[0], head.weight.shape[0])
+                del state_dict[key]
 
     @property
     def device(self):
@@ -219,3 +255,14 @@ class MDPR(nn.Module):
             return {"attention4": attention4, "attention3": attention3}
         return {"attention4": attention4[:, :-1], "attention3": attention3[:, :-1],
                 "background4": attention4[:, -1:], "background3": attention3[:, -1:]}
+
+
+def state_dict_as_loaded(model, state_dict):
+    """``state_dict`` with its keys renamed as the MDPR modules of ``model`` rename them when loading it (the
+    authors' layout), without loading anything: for checks that compare a checkpoint's keys with the model's
+    before loading. ``state_dict`` itself when nothing is renamed."""
+    metadata = getattr(state_dict, "_metadata", None) or {}
+    renamed = dict(state_dict)
+    converted = [module.renames_authors_keys(renamed, f"{name}." if name else "", metadata.get(name))
+                 for name, module in model.named_modules() if isinstance(module, MDPR)]
+    return renamed if any(converted) else state_dict

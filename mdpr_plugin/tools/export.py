@@ -19,14 +19,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InputError, MissingFileError, reporting_errors, require
+from ..errors import InputError, reporting_errors, require
 from ..data.datasets import BUNDLED_ROOT
 from ..inference import FeatureExtractor
+from ..onnx_runtime import INPUT_NAME, OUTPUT_NAME, onnx_session
 from .common import list_images, setup_tool_config, setup_tool_logging, tool_parser
 
 logger = logging.getLogger(__name__)
 
-INPUT_NAME, OUTPUT_NAME = "images", "features"
 MAX_REL_DIFF = 1e-4       # parity the CLI demands of the exported graph
 EXPORT_BATCH = 2          # batch of the example input; the check runs other sizes
 PROTOBUF_LIMIT = 2 << 30  # a single .onnx file cannot hold more (weights then go to <path>.data)
@@ -71,32 +71,6 @@ def export_onnx(model, path, height, width, opset=None):
                           external_data=_parameter_bytes(model) > 0.9 * PROTOBUF_LIMIT)
     logger.info("Exported in %.1f s", time.perf_counter() - start)
     return path
-
-
-def onnx_session(path, threads=None, cuda=False, device_id=0):
-    """An onnxruntime session for ``path`` (CPU; CUDA first when ``cuda`` and ONNX Runtime has it, on GPU
-    ``device_id``), with ``threads`` intra-op threads (None: ONNX Runtime's default), and a clear message if it
-    is not there."""
-    ort = require("onnxruntime", "onnx")
-    if not os.path.isfile(path):
-        raise MissingFileError(f"ONNX model {path} does not exist; make it with mdpr-export")
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    providers = ["CPUExecutionProvider"]
-    if cuda and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
-    return ort.InferenceSession(path, options, providers=providers)
-
-
-def onnx_cuda_available():
-    """Whether the installed ONNX Runtime has a CUDA provider (onnxruntime-gpu) and torch sees a GPU."""
-    try:
-        import onnxruntime
-    except ImportError:
-        return False
-    return torch.cuda.is_available() and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
 
 def check_onnx(path, model, images):
