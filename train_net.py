@@ -12,7 +12,9 @@ import mdpr_plugin  # noqa: F401  (registers MDPR; adds the import names fastrei
 from fastreid.engine import default_argument_parser
 from fastreid.utils import comm
 from mdpr_plugin.engine import Trainer, build_eval_model, setup_config
-from mdpr_plugin.engine.output_dir import release_output_dir, write_config
+from mdpr_plugin.engine.output_dir import abandon_output_dir, release_output_dir, remove_partial_checkpoints, \
+    write_config
+from mdpr_plugin.engine.trainer import start_log_file
 from mdpr_plugin.errors import run_reporting_errors
 from mdpr_plugin.engine.launch import launch, training_device_type
 
@@ -25,10 +27,18 @@ def main(args):
         model, cfg = build_eval_model(cfg, build=Trainer.build_model)
         return Trainer.test(cfg, model)
 
-    trainer = Trainer(cfg)  # checks the training and test sets
-    trainer.resume_or_load(resume=args.resume)  # checks the weights
+    try:
+        trainer = Trainer(cfg)  # checks the training and test sets
+        trainer.resume_or_load(resume=args.resume)  # checks the weights
+    except BaseException:
+        abandon_output_dir(cfg.OUTPUT_DIR)  # refused before training: OUTPUT_DIR as it was
+        raise
     if comm.is_main_process():
-        write_config(cfg)  # only now: a run that failed its checks leaves the folder's config.yaml as it was
+        # only now that every check passed: log.txt, config.yaml (the trainer's, with MODEL.HEADS.NUM_CLASSES from
+        # the training set, as fastreid saves it), the leftovers of an interrupted run removed
+        start_log_file(cfg.OUTPUT_DIR)
+        write_config(trainer.cfg)
+        remove_partial_checkpoints(cfg.OUTPUT_DIR)
     results = trainer.train()
     release_output_dir(cfg.OUTPUT_DIR)
     return results

@@ -4,6 +4,7 @@ The model switches live at the config root (``ATTN_NUM``, ``PART_NUM``, ...) bec
 authors' YAML files put them; keeping them there lets those files load unchanged.
 """
 import difflib
+import math
 import os
 
 import yaml
@@ -252,7 +253,13 @@ _MINIMUMS = {
     "DATALOADER.NUM_INSTANCE": (1, "images of each identity in a training batch"),
     "DATALOADER.NUM_WORKERS": (0, "loader processes; 0 loads in the main process"),
     "SOLVER.MAX_EPOCH": (1, "epochs to train"),
+    "SOLVER.CHECKPOINT_PERIOD": (1, "epochs between checkpoints"),
+    "TEST.EVAL_PERIOD": (1, "epochs between evaluations; the last epoch is always evaluated"),
 }
+# Learning rates and factors: a negative one ascends the loss (0 is allowed: a frozen part, or a run that only
+# collects statistics)
+_NOT_NEGATIVE = ("SOLVER.BASE_LR", "SOLVER.BIAS_LR_FACTOR", "SOLVER.HEADS_LR_FACTOR", "SOLVER.ETA_MIN_LR",
+                 "SOLVER.WEIGHT_DECAY", "SOLVER.WEIGHT_DECAY_BIAS", "SOLVER.WEIGHT_DECAY_NORM")
 _SIZES = ("INPUT.SIZE_TRAIN", "INPUT.SIZE_TEST")
 
 
@@ -266,6 +273,19 @@ def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _check_device(device):
+    """MODEL.DEVICE as torch reads it, and a CPU or CUDA device (the ones fastreid and the plugin run on)."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise InputError(f"MODEL.DEVICE {device!r} is not allowed: give cuda (the first GPU; cuda:N for another) "
+                         "or cpu. Fix it in the config file or the command line.")
+
+
 def check_config(cfg):
     """Refuse values no run can use, naming the key, the value and what is allowed; returns ``cfg``."""
     for key, (minimum, meaning) in _MINIMUMS.items():
@@ -273,6 +293,12 @@ def check_config(cfg):
         if value < minimum:
             raise InputError(f"{key} {value!r} is not allowed: it must be an integer >= {minimum} ({meaning}). "
                              "Fix it in the config file or the command line.")
+    for key in _NOT_NEGATIVE:
+        value = _value(cfg, key)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise InputError(f"{key} {value!r} is not allowed: it must be a number >= 0 (a negative learning rate or "
+                             "weight decay ascends the loss). Fix it in the config file or the command line.")
+    _check_device(cfg.MODEL.DEVICE)
     for key in _SIZES:
         value = _value(cfg, key)
         if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_int(v) and v > 0 for v in value)):

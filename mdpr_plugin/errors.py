@@ -39,7 +39,13 @@ def require(module, extra, what=None):
 
 def _message(error):
     # KeyError's str() quotes its argument
-    return error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    if "in DataLoader worker process" in text and "Original Traceback" in text:
+        # raised in a loader worker, re-raised by torch with the worker's traceback as its message: the plugin's
+        # message is the traceback's last line, after the class name
+        last = text.rstrip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
 
 
 @contextlib.contextmanager

@@ -179,11 +179,9 @@ def earlier_run(tmp_path):
 
         @staticmethod
         def unchanged():
-            """The earlier files byte for byte, and no new checkpoint. (New logs are fine: fastreid writes
-            config.yaml, metrics.json and an event file as it starts, before any check could run.)"""
-            now = {p.name: p.read_bytes() for p in output.iterdir()}
-            new_checkpoints = [name for name in now if name.endswith(".pth") and name not in before]
-            return all(now.get(name) == data for name, data in before.items()) and not new_checkpoints
+            """The folder byte for byte as it was: the earlier files, and nothing new (a refused run writes neither
+            a checkpoint nor its log, config.yaml, metrics.json or events)."""
+            return {p.name: p.read_bytes() for p in output.iterdir()} == before
 
     return EarlierRun
 

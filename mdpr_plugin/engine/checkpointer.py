@@ -18,8 +18,10 @@ the model and writes atomically.
   written to a temporary file in the same folder and renamed over the old one.
 """
 import contextlib
+import errno
 import logging
 import os
+import shutil
 
 import numpy as np
 import torch
@@ -27,6 +29,7 @@ from fastreid.modeling.heads.embedding_head import EmbeddingHead
 from fastreid.modeling.meta_arch.build import META_ARCH_REGISTRY
 from fastreid.utils.checkpoint import Checkpointer
 
+from ..errors import MDPRError
 from ..modeling.mdpr import state_dict_as_loaded
 from ..serialization import CheckpointError, safe_load
 
@@ -155,6 +158,21 @@ def atomic_open(path, mode="wb"):
             os.remove(temporary)
 
 
+class CheckpointWriteError(MDPRError, OSError):
+    """A checkpoint could not be written (the disk is full); the checkpoints written before are intact."""
+
+
+def _tensor_bytes(value):
+    """Bytes of the tensors in ``value`` (nested dicts, lists and tuples): about a checkpoint's size."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
 class MDPRCheckpointer(Checkpointer):
     """fastreid's ``Checkpointer`` with safe reading, weights that must fit the model (:func:`check_weights_fit`;
     ``allow_partial`` is ``MODEL.ALLOW_PARTIAL_WEIGHTS``) and atomic writing.
@@ -166,6 +184,7 @@ class MDPRCheckpointer(Checkpointer):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.allow_partial = allow_partial
         self._source = None  # the file being loaded, named by the fit check
+        self.on_folder_recreated = None  # called after save_dir, removed during training, was made again
 
     def load(self, path, checkpointables=None):
         if path:  # an empty MODEL.WEIGHTS means training from scratch
@@ -195,15 +214,35 @@ class MDPRCheckpointer(Checkpointer):
     def save(self, name, **kwargs):
         if not self.save_dir or not self.save_to_disk:
             return
+        if not os.path.isdir(self.save_dir):
+            self.logger.warning("OUTPUT_DIR %s was removed during training: recreating it for this checkpoint (the "
+                                "files it held are gone).", self.save_dir)
+            os.makedirs(self.save_dir, exist_ok=True)
+            if self.on_folder_recreated:
+                self.on_folder_recreated()
         data = {"model": self.model.state_dict()}
         data.update((key, obj.state_dict()) for key, obj in self.checkpointables.items())
         data.update(kwargs)
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {save_file}")
-        with atomic_open(save_file, "wb") as f:
-            torch.save(data, f)
+        try:
+            with atomic_open(save_file, "wb") as f:
+                torch.save(data, f)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise self._disk_full(basename, data) from None
         self.tag_last_checkpoint(basename)
+
+    def _disk_full(self, basename, data):
+        last = self.get_checkpoint_file() if self.has_checkpoint() else ""
+        kept = (f"the last checkpoint written, {os.path.basename(last)}, is intact" if last else
+                "no checkpoint was written before")
+        return CheckpointWriteError(
+            f"No space left in OUTPUT_DIR {self.save_dir} to save {basename}: it needs about "
+            f"{_tensor_bytes(data) / 2 ** 20:.0f} MiB and {shutil.disk_usage(self.save_dir).free / 2 ** 20:.0f} MiB "
+            f"are free; {kept}. Free space there (or move the folder), then continue with --resume.")
 
     def tag_last_checkpoint(self, last_filename_basename):
         with atomic_open(os.path.join(self.save_dir, "last_checkpoint"), "w") as f:

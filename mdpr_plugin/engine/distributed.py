@@ -80,25 +80,29 @@ def broadcast_buffers(model):
         dist.broadcast(buffer.data, src=0)
 
 
+IDENTITY_SAMPLERS = ("NaiveIdentitySampler", "BalancedIdentitySampler")
+
+
 def check_batch_sizes(cfg, world_size):
-    """Refuse batch sizes fastreid would split unevenly over ``world_size`` processes."""
-    if world_size == 1:
-        return
+    """Refuse batch sizes fastreid would split unevenly over ``world_size`` processes, and per-process batches an
+    identity sampler cannot fill with whole identities (its loader would wait forever); the suggestion given
+    passes both."""
     total = cfg.SOLVER.IMS_PER_BATCH
-    if total % world_size:
-        suggestion = total // world_size * world_size or world_size
-        raise InputError(
-            f"SOLVER.IMS_PER_BATCH {total} is the total over {world_size} processes and must be divisible by "
-            f"it (fastreid would drop the remainder). Use e.g. SOLVER.IMS_PER_BATCH {suggestion}.")
-    per_process = total // world_size
-    if cfg.DATALOADER.SAMPLER_TRAIN in ("NaiveIdentitySampler", "BalancedIdentitySampler") \
-            and per_process % cfg.DATALOADER.NUM_INSTANCE:
-        # the identity samplers would never complete a batch: the loader hangs
-        raise InputError(
-            f"SOLVER.IMS_PER_BATCH {total} over {world_size} processes gives {per_process} images per process, "
-            f"not a multiple of DATALOADER.NUM_INSTANCE {cfg.DATALOADER.NUM_INSTANCE}: "
-            f"{cfg.DATALOADER.SAMPLER_TRAIN} needs whole identities per process. Change SOLVER.IMS_PER_BATCH "
-            f"to a multiple of {world_size * cfg.DATALOADER.NUM_INSTANCE}.")
+    instances = cfg.DATALOADER.NUM_INSTANCE if cfg.DATALOADER.SAMPLER_TRAIN in IDENTITY_SAMPLERS else 1
+    step = world_size * instances
+    if total % step:
+        suggestion = max(total // step * step, step)
+        processes = f" over {world_size} processes" if world_size > 1 else ""
+        if total % world_size:
+            problem = (f"SOLVER.IMS_PER_BATCH {total} is the total{processes} and must be divisible by {world_size} "
+                       "(fastreid would drop the remainder)")
+        else:
+            per_process = (f"{processes} gives {total // world_size} images per process, which is"
+                           if world_size > 1 else " is")
+            problem = (f"SOLVER.IMS_PER_BATCH {total}{per_process} not a multiple of DATALOADER.NUM_INSTANCE "
+                       f"{instances}: {cfg.DATALOADER.SAMPLER_TRAIN} takes whole identities, and its loader would "
+                       "wait forever for the rest")
+        raise InputError(f"{problem}. Use a multiple of {step}, e.g. SOLVER.IMS_PER_BATCH {suggestion}.")
     if cfg.TEST.IMS_PER_BATCH < world_size:
         raise InputError(f"TEST.IMS_PER_BATCH {cfg.TEST.IMS_PER_BATCH} is the total over {world_size} processes; "
                          f"it must be at least {world_size}.")

@@ -27,7 +27,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from fastreid.utils import comm
 
-from ..errors import InputError, MDPRError
+from ..errors import InputError, MDPRError, reporting_errors
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,8 @@ def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist
             "communicate over gloo. This runs multi-process training anywhere, but is not faster than one "
             "process on the same cores.", num_gpus_per_machine, num_gpus_per_machine)
 
-    if dist_url == "auto":
+    if dist_url == "auto" or (dist_url == _fastreid_default_url() and num_machines == 1):
+        # fastreid's default port is derived from the user id: two multi-process runs of one user would collide
         if num_machines != 1:
             raise InputError("--dist-url auto picks a local port and works on one machine only; pass "
                              "--dist-url tcp://<address of machine 0>:<port> on every machine.")
@@ -127,16 +128,26 @@ def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist
             "message, if it printed one, is above.") from None
 
 
+def _fastreid_default_url():
+    """The --dist-url fastreid's argument parser gives when none is passed (a port derived from the user id)."""
+    from fastreid.engine import default_argument_parser
+
+    return default_argument_parser().get_default("dist_url")
+
+
 def _spawned_worker(local_rank, main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args,
                     device_type):
     rank = machine_rank * num_gpus_per_machine + local_rank
     _use_device(device_type, local_rank, num_gpus_per_machine)
-    try:
-        dist.init_process_group(backend_for(device_type), init_method=dist_url, world_size=world_size,
-                                rank=rank, timeout=_TIMEOUT)
-    except Exception:
-        logger.error("Could not join the process group at --dist-url %s (rank %d of %d).", dist_url, rank, world_size)
-        raise
+    with reporting_errors():  # this process's one line; the launcher names the process that stopped
+        try:
+            dist.init_process_group(backend_for(device_type), init_method=dist_url, world_size=world_size,
+                                    rank=rank, timeout=_TIMEOUT)
+        except (RuntimeError, ValueError) as error:  # torch's DistNetworkError, a malformed address
+            raise InputError(
+                f"Process {rank} of {world_size} could not join the process group at --dist-url {dist_url}: "
+                f"{' '.join(str(error).split())[:300]}. If the port is in use (another multi-process run), pass "
+                "--dist-url auto on one machine, or another port.") from None
     _set_local_process_group(machine_rank)
     try:
         main_func(*args)

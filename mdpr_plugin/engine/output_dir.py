@@ -1,13 +1,20 @@
-"""A training run's OUTPUT_DIR: one run at a time, no leftovers, and config.yaml once the run's checks passed.
+"""A training run's OUTPUT_DIR: one run at a time, no leftovers, no files written through links, and config.yaml
+once the run's checks passed.
 
 Two runs started into the same folder used to both run: one config.yaml, metrics.json with every
 iteration twice, log.txt interleaved, model_final from whichever saved last. The main process of a
-training run now holds ``OUTPUT_DIR/run.lock`` (an ``flock``, which the operating system releases when the
-process ends, even by ``kill -9``); the file records who holds it, so that a second run can say which
-process is using the folder, and a run that finds the record of a process that ended without releasing it
-says it takes the folder over. (``flock`` works between processes of one machine; on a network file
-system shared by several machines it may not.)
+training run now holds ``OUTPUT_DIR/run.lock``: a POSIX record lock (``lockf``), which belongs to that process
+alone (DataLoader workers it forks do not hold it) and which the operating system releases when the process
+ends, even by ``kill -9``. The file records who holds it, so that a second run can say which process is using
+the folder, and a run that finds the record of a process that ended without releasing it says it takes the
+folder over.
+
+A shared folder is not trusted: the files a run writes there by name (``run.lock``, ``config.yaml``,
+``log.txt``, ``metrics.json``, ``last_checkpoint``) must not be symbolic links, which would make the run write
+wherever they point.
 """
+import contextlib
+import errno
 import fcntl
 import glob
 import logging
@@ -15,52 +22,125 @@ import os
 import re
 import socket
 import time
+from dataclasses import dataclass
 
 from ..errors import InputError, MDPRError
 
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = "run.lock"
-_held = {}  # absolute folder -> open file descriptor of its lock
+WRITTEN_BY_NAME = (LOCK_NAME, "config.yaml", "log.txt", "metrics.json", "last_checkpoint")
+_held = {}  # absolute folder -> _Lock (its file is never opened twice: closing any descriptor of the file would
+#             release a POSIX lock)
+
+
+@dataclass
+class _Lock:
+    fd: int
+    previous_record: bytes  # what the file held before this run wrote its own
+    created_file: bool
+    created_folder: bool
 
 
 class OutputDirInUseError(MDPRError, RuntimeError):
     """Another training run holds OUTPUT_DIR."""
 
 
+def check_output_dir(folder):
+    """Refuse an empty OUTPUT_DIR and run files in it that are symbolic links."""
+    if not folder:
+        raise InputError("OUTPUT_DIR is empty: a training run writes its checkpoints, log and config.yaml there. Set "
+                         "OUTPUT_DIR to a folder, e.g. OUTPUT_DIR logs/my_run.")
+    links = [name for name in WRITTEN_BY_NAME if os.path.islink(os.path.join(folder, name))]
+    if links:
+        targets = ", ".join(f"{name} -> {os.readlink(os.path.join(folder, name))}" for name in links)
+        raise InputError(f"OUTPUT_DIR {os.path.abspath(folder)} holds symbolic links where the run writes its files "
+                         f"({targets}): the run would write through them. Remove the links, or use another OUTPUT_DIR.")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _refusal(folder, holder):
+    match = re.match(r"pid (\d+) on (\S+),", holder)
+    if match and match.group(2) == socket.gethostname() and not _alive(int(match.group(1))):
+        return (f"OUTPUT_DIR {folder} is locked, but the run its record names ({holder}) has ended: a process it "
+                f"started still holds the lock (see `fuser {os.path.join(folder, LOCK_NAME)}`). Stop that process, "
+                "or set OUTPUT_DIR to another folder.")
+    return (f"OUTPUT_DIR {folder} is in use by another training run ({holder or 'a process that wrote no record'}). "
+            "Wait for it to finish or stop it, or set OUTPUT_DIR to another folder.")
+
+
 def lock_output_dir(folder):
     """Create ``folder`` and hold its lock for this process's lifetime (or until :func:`release_output_dir`)."""
+    check_output_dir(folder)
     folder = os.path.abspath(folder)
     if folder in _held:
         return
+    created_folder = not os.path.isdir(folder)
+    created_file = not os.path.lexists(os.path.join(folder, LOCK_NAME))
     try:
         os.makedirs(folder, exist_ok=True)
-        fd = os.open(os.path.join(folder, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(os.path.join(folder, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except OSError as error:
         raise InputError(f"OUTPUT_DIR {folder} cannot be written ({error.strerror}); set OUTPUT_DIR to a folder "
                          "this user can write to.") from None
-    holder = os.read(fd, 4096).decode(errors="replace").strip()
+    previous = os.read(fd, 4096)
+    holder = previous.decode(errors="replace").strip()
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno not in (errno.EACCES, errno.EAGAIN):
+            raise
         os.close(fd)
-        raise OutputDirInUseError(
-            f"OUTPUT_DIR {folder} is in use by another training run ({holder or 'a process that wrote no record'}). "
-            "Wait for it to finish or stop it, or set OUTPUT_DIR to another folder.") from None
+        raise OutputDirInUseError(_refusal(folder, holder)) from None
     if holder:
         logger.warning("OUTPUT_DIR %s: taking over from a run that ended without releasing it (%s).", folder, holder)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
               .encode(), 0)
-    _held[folder] = fd
+    _held[folder] = _Lock(fd, previous, created_file, created_folder)
 
 
 def release_output_dir(folder):
     """Release the lock of ``folder`` and clear its record (a run that ends normally leaves no record)."""
-    fd = _held.pop(os.path.abspath(folder), None)
-    if fd is not None:
-        os.ftruncate(fd, 0)
-        os.close(fd)
+    lock = _held.pop(os.path.abspath(folder), None)
+    if lock is not None:
+        os.ftruncate(lock.fd, 0)
+        os.close(lock.fd)
+
+
+def relock_output_dir(folder):
+    """Take the lock again after ``folder`` was removed during training (the lock held was on the removed file)."""
+    old = _held.pop(os.path.abspath(folder), None)
+    lock_output_dir(folder)
+    if old is not None:
+        os.close(old.fd)  # a descriptor of the removed file: closing it releases nothing of the new one
+
+
+def abandon_output_dir(folder):
+    """Release the lock of a run refused before training and leave ``folder`` as it found it: the lock file's
+    record put back (or the file, or the folder, removed if the run created them)."""
+    folder = os.path.abspath(folder)
+    lock = _held.pop(folder, None)
+    if lock is None:
+        return
+    if lock.created_file:
+        os.unlink(os.path.join(folder, LOCK_NAME))  # still holding the lock: no other run took the file meanwhile
+    else:
+        os.ftruncate(lock.fd, 0)
+        os.pwrite(lock.fd, lock.previous_record, 0)
+    os.close(lock.fd)
+    if lock.created_folder:
+        with contextlib.suppress(OSError):  # only if empty
+            os.rmdir(folder)
 
 
 _PARTIAL = re.compile(r"\.tmp\d+$")  # what the checkpointer writes before renaming (atomic_open)
@@ -79,8 +159,16 @@ def remove_partial_checkpoints(folder):
 
 
 def write_config(cfg):
-    """``OUTPUT_DIR/config.yaml``, as fastreid's default_setup writes it, once the run's checks have passed."""
+    """``OUTPUT_DIR/config.yaml``, as fastreid's default_setup writes it, once the run's checks have passed: to a
+    temporary file renamed over it, so that neither a kill nor a link planted under that name can make it write
+    anything else."""
     path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
-    with open(path, "w") as f:
-        f.write(cfg.dump())
+    temporary = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(temporary, "x") as f:
+            f.write(cfg.dump())
+        os.replace(temporary, path)
+    finally:
+        if os.path.lexists(temporary):
+            os.remove(temporary)
     logging.getLogger("fastreid.engine.defaults").info("Full config saved to %s", os.path.abspath(path))

@@ -27,7 +27,7 @@ from fastreid.evaluation import print_csv_format
 from fastreid.utils import comm
 from fastreid.utils.collect_env import collect_env_info
 from fastreid.utils.env import seed_all_rng
-from fastreid.utils.events import JSONWriter, TensorboardXWriter
+from fastreid.utils.events import EventWriter, JSONWriter, TensorboardXWriter
 from fastreid.utils.logger import setup_logger
 
 from ..config import build_config, config_file
@@ -39,7 +39,7 @@ from ..evaluation import ReidEvaluator, inference_on_dataset
 from ..evaluation.evaluator import EmptyEvaluationSetError
 from ..evaluation.rank import query_validity
 from .checkpointer import MDPRCheckpointer
-from .output_dir import lock_output_dir, remove_partial_checkpoints
+from .output_dir import check_output_dir, lock_output_dir, relock_output_dir, write_config
 from .distributed import broadcast_buffers, check_batch_sizes, distributed_data_parallel, setup_worker_logging
 from .train_loop import (BestCheckpointer, CheckedAMPTrainer, CheckedTrainer, EvalHook, MetricPrinter,
                          NotLearningError, PeriodicCheckpointer, StopIfNotLearning)
@@ -70,9 +70,10 @@ def setup_config(args):
     """fastreid defaults + the MDPR keys + the YAML file + ``KEY VALUE`` overrides, then the setup of
     fastreid's ``default_setup`` (logging, the seed) on rank 0; other processes write no files.
 
-    A training run first takes OUTPUT_DIR's lock and removes checkpoint files an interrupted run left half
-    written. Unlike ``default_setup``, config.yaml is not written here: train_net.py writes it once the
-    run's checks have passed (:func:`mdpr_plugin.engine.output_dir.write_config`).
+    A training run first takes OUTPUT_DIR's lock. Unlike ``default_setup``, nothing is written into OUTPUT_DIR
+    here: train_net.py starts log.txt, writes config.yaml and removes the files an interrupted run left half
+    written once the run's checks have passed (:func:`start_log_file`, :func:`mdpr_plugin.engine.output_dir.
+    write_config`, :func:`mdpr_plugin.engine.output_dir.remove_partial_checkpoints`).
     """
     cfg = build_config(args.config_file, args.opts)
     cfg.freeze()
@@ -82,8 +83,6 @@ def setup_config(args):
         if not args.eval_only:
             lock_output_dir(cfg.OUTPUT_DIR)
         _log_setup(cfg, args)
-        if not args.eval_only:
-            remove_partial_checkpoints(cfg.OUTPUT_DIR)
     else:
         setup_worker_logging(cfg, rank)
     if not args.eval_only:
@@ -100,11 +99,45 @@ def setup_config(args):
     return cfg
 
 
+def _log_folder(cfg, args):
+    """Where log.txt goes: OUTPUT_DIR; for an evaluation, nowhere when OUTPUT_DIR cannot be written (it writes
+    nothing else there) or holds a link named log.txt."""
+    folder = cfg.OUTPUT_DIR
+    if not folder or not args.eval_only:
+        return folder  # a training run's folder was checked when it was locked
+    try:
+        os.makedirs(folder, exist_ok=True)
+        check_output_dir(folder)
+        writable = os.access(folder, os.W_OK)
+    except (OSError, MDPRError) as error:
+        writable, reason = False, str(error)
+    else:
+        reason = "it cannot be written"
+    if writable:
+        return folder
+    logger.warning("Not writing log.txt into OUTPUT_DIR %s (%s): logging to the console only.", folder, reason)
+    return None
+
+
+class _HeldRecords(logging.Handler):
+    """The records of a training run's set-up, kept for log.txt until the run's checks have passed, so that a run
+    refused before training leaves OUTPUT_DIR as it was."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
 def _log_setup(cfg, args):
-    """What fastreid's ``default_setup`` logs, into OUTPUT_DIR/log.txt; the plugin's lines go there too."""
-    if cfg.OUTPUT_DIR:
-        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    fastreid_logger = setup_logger(cfg.OUTPUT_DIR, distributed_rank=0)  # the plugin's lines go through it
+    """What fastreid's ``default_setup`` logs, into OUTPUT_DIR/log.txt (for a training run, from
+    :func:`start_log_file` on); the plugin's lines go there too."""
+    training = not args.eval_only
+    fastreid_logger = setup_logger(None if training else _log_folder(cfg, args), distributed_rank=0)
+    if training:
+        fastreid_logger.addHandler(_HeldRecords())
     fastreid_logger.info("Rank of current process: 0. World size: %d", comm.get_world_size())
     fastreid_logger.info("Environment info:\n%s", collect_env_info())
     fastreid_logger.info("Command line arguments: %s", args)
@@ -114,6 +147,40 @@ def _log_setup(cfg, args):
     fastreid_logger.info("Running with full config:\n%s", cfg)
     if cfg.IMPORTS:
         fastreid_logger.info("Imported the modules IMPORTS names: %s", ", ".join(cfg.IMPORTS))
+
+
+class _LogFile(logging.StreamHandler):
+    """OUTPUT_DIR/log.txt, reopened if the folder is made again during training."""
+
+    def reopen(self, path):
+        old = self.setStream(open(path, "a"))
+        if old is not None:
+            old.close()
+
+
+def start_log_file(folder):
+    """OUTPUT_DIR/log.txt of a training run whose checks passed, as fastreid's ``setup_logger`` writes it: the
+    lines logged so far, then the rest of the run's."""
+    fastreid_logger = logging.getLogger("fastreid")
+    handler = _LogFile(open(os.path.join(folder, "log.txt"), "a"))
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s",
+                                           datefmt="%m/%d %H:%M:%S"))
+    for held in [h for h in fastreid_logger.handlers if isinstance(h, _HeldRecords)]:
+        fastreid_logger.removeHandler(held)
+        for record in held.records:
+            handler.handle(record)
+    fastreid_logger.addHandler(handler)
+
+
+def _recreate_output_dir(cfg):
+    """After OUTPUT_DIR was removed during training and made again for a checkpoint: its lock, config.yaml and
+    log.txt (from then on) made again too."""
+    relock_output_dir(cfg.OUTPUT_DIR)
+    write_config(cfg)
+    for handler in logging.getLogger("fastreid").handlers:
+        if isinstance(handler, _LogFile):
+            handler.reopen(os.path.join(cfg.OUTPUT_DIR, "log.txt"))
 
 
 # a scheduler's state that records how far it got, not what the schedule is (base_lrs: see resume_or_load)
@@ -180,6 +247,23 @@ class _SeedEachIteration(HookBase):
         seed_all(seed, cuda=True)
 
 
+class _OpenedOnFirstWrite(EventWriter):
+    """A file-writing event writer made at its first write: building the trainer (which a refused ``--resume``
+    does) writes nothing into OUTPUT_DIR."""
+
+    def __init__(self, make):
+        self._make, self._writer = make, None
+
+    def write(self):
+        if self._writer is None:
+            self._writer = self._make()
+        self._writer.write()
+
+    def close(self):
+        if self._writer is not None:
+            self._writer.close()
+
+
 class Trainer(DefaultTrainer):
     """``DefaultTrainer`` that runs on CPUs as on GPUs, checks its data and losses, evaluates with the
     plugin's evaluator (bounded memory, CPU re-ranking, a flip test that normalises once) and resumes
@@ -207,6 +291,7 @@ class Trainer(DefaultTrainer):
         self.checkpointer = MDPRCheckpointer(model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(),
                                              allow_partial=cfg.MODEL.ALLOW_PARTIAL_WEIGHTS, optimizer=optimizer,
                                              **self.scheduler)
+        self.checkpointer.on_folder_recreated = lambda: _recreate_output_dir(cfg)
         self.start_epoch = 0
         self.max_epoch = cfg.SOLVER.MAX_EPOCH
         self.max_iter = self.max_epoch * self.iters_per_epoch
@@ -321,9 +406,26 @@ class Trainer(DefaultTrainer):
         return before + evaluation + after
 
     def build_writers(self):
-        """fastreid's writers, with a progress printer that survives runs of three or fewer iterations."""
-        return [MetricPrinter(self.max_iter), JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
-                TensorboardXWriter(self.cfg.OUTPUT_DIR)]
+        """fastreid's writers, with a progress printer that survives runs of three or fewer iterations; the two
+        that write files open them at their first write, once training runs."""
+        return [MetricPrinter(self.max_iter),
+                _OpenedOnFirstWrite(lambda: JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))),
+                _OpenedOnFirstWrite(lambda: TensorboardXWriter(self.cfg.OUTPUT_DIR))]
+
+    @staticmethod
+    def auto_scale_hyperparams(cfg, num_classes):
+        """fastreid's: ``MODEL.HEADS.NUM_CLASSES`` from the training set when the config leaves it at 0, but without
+        writing config.yaml (fastreid writes it here, before the run's checks: a refused ``--resume`` would leave
+        the wrong values in the file its message points to); train_net.py writes it once every check passed."""
+        cfg = cfg.clone()
+        frozen = cfg.is_frozen()
+        cfg.defrost()
+        if cfg.MODEL.HEADS.NUM_CLASSES == 0:
+            cfg.MODEL.HEADS.NUM_CLASSES = num_classes
+            logging.getLogger("fastreid.engine.defaults").info("Auto-scaling the num_classes=%d", num_classes)
+        if frozen:
+            cfg.freeze()
+        return cfg
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer, iters_per_epoch):

@@ -187,14 +187,21 @@ def test_more_processes_than_gpus_is_refused_with_the_count():
         launch(print, wanted, device_type="cuda")
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (("SOLVER.IMS_PER_BATCH", "15"), r"SOLVER.IMS_PER_BATCH 15 is the total over 2 processes and must be divisible"),
-    (("SOLVER.IMS_PER_BATCH", "12", "DATALOADER.NUM_INSTANCE", "4"),
-     r"6 images per process, not a multiple of DATALOADER.NUM_INSTANCE 4"),
-    (("TEST.IMS_PER_BATCH", "1"), r"TEST.IMS_PER_BATCH 1 is the total over 2 processes"),
+@pytest.mark.parametrize("world_size, overrides, message", [
+    (2, ("SOLVER.IMS_PER_BATCH", "15"), r"SOLVER.IMS_PER_BATCH 15 is the total over 2 processes and must be "
+                                        r"divisible by 2"),
+    (2, ("SOLVER.IMS_PER_BATCH", "12", "DATALOADER.NUM_INSTANCE", "4"),
+     r"6 images per process, which is not a multiple of DATALOADER.NUM_INSTANCE 4"),
+    (3, ("SOLVER.IMS_PER_BATCH", "16"), r"must be divisible by 3"),  # 16 // 3 * 3 = 15 would not split into pairs
+    # one process: the identity sampler would wait forever for the 15th image's identity
+    (1, ("SOLVER.IMS_PER_BATCH", "15"), r"SOLVER.IMS_PER_BATCH 15 is not a multiple of DATALOADER.NUM_INSTANCE 2"),
+    (2, ("TEST.IMS_PER_BATCH", "1"), r"TEST.IMS_PER_BATCH 1 is the total over 2 processes"),
 ])
-def test_batch_sizes_that_do_not_split_over_the_processes_are_refused(overrides, message):
-    cfg = load_config("configs/Baseline-demo.yml", *overrides)
-    with pytest.raises(ValueError, match=message):
-        mdpr_distributed.check_batch_sizes(cfg, 2)
-    mdpr_distributed.check_batch_sizes(cfg, 1)  # one process takes any batch
+def test_batch_sizes_that_do_not_split_are_refused_with_advice_that_works(world_size, overrides, message):
+    cfg = load_config("configs/Baseline-demo.yml", *overrides)  # NaiveIdentitySampler, NUM_INSTANCE 2
+    with pytest.raises(ValueError, match=message) as refused:
+        mdpr_distributed.check_batch_sizes(cfg, world_size)
+    suggested = re.search(r"e\.g\. SOLVER\.IMS_PER_BATCH (\d+)", str(refused.value))
+    if suggested:  # following the advice passes the check
+        followed = load_config("configs/Baseline-demo.yml", *overrides, "SOLVER.IMS_PER_BATCH", suggested.group(1))
+        mdpr_distributed.check_batch_sizes(followed, world_size)

@@ -1,0 +1,250 @@
+"""A training run under faults and bad input, through train_net.py: refused runs leave OUTPUT_DIR byte for byte as
+they found it, in one line; the lock dies with the main process; a removed or full OUTPUT_DIR keeps the last good
+checkpoint; nothing is written through links planted in a shared OUTPUT_DIR."""
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+from helpers import REPO, run_script
+
+from mdpr_plugin.errors import InputError, reporting_errors
+from mdpr_plugin.serialization import safe_load
+
+DEMO = ["train_net.py", "--config-file", "configs/MDPR/demo.yml"]
+SHORT = ["SOLVER.MAX_EPOCH", "4", "SEED", "0"]  # 2 iterations per epoch
+
+
+def snapshot(folder):
+    """Every file under ``folder`` (names and contents), or None when it does not exist."""
+    if not os.path.isdir(folder):
+        return None
+    return {os.path.relpath(os.path.join(root, name), folder):
+            hashlib.sha256(open(os.path.join(root, name), "rb").read()).hexdigest() if not os.path.islink(
+                os.path.join(root, name)) else "link -> " + os.readlink(os.path.join(root, name))
+            for root, _, names in os.walk(folder) for name in names}
+
+
+def one_error_line(output):
+    assert "Traceback" not in output, output[-4000:]
+    errors = [line for line in output.splitlines() if line.startswith("ERROR:")]
+    assert len(errors) == 1, output[-4000:]
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished 4-epoch demo run with a checkpoint after every epoch."""
+    output = tmp_path_factory.mktemp("runs") / "finished"
+    status, log = run_script(*DEMO, *SHORT, "SOLVER.CHECKPOINT_PERIOD", "1", "OUTPUT_DIR", str(output))
+    assert status == 0, log[-4000:]
+    return output
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(finished_run, copy)
+    return copy
+
+
+# ------------------------------------------------------------------------------ refused: nothing changes
+def _truncate_last_checkpoint(folder):
+    last = folder / (folder / "last_checkpoint").read_text()
+    data = last.read_bytes()
+    last.write_bytes(data[:len(data) // 2])
+
+
+def _text_checkpoint(folder):
+    (folder / "model_final.pth").write_text("not a checkpoint\n")
+
+
+BAD_RUNS = [  # (name, how the folder is prepared, the command line's additions, what the one line says)
+    ("a changed schedule on --resume", None, ["--resume", "SOLVER.MAX_EPOCH", "6"],
+     "--resume continues the learning-rate schedule"),
+    ("a checkpoint of another width on --resume", None, ["--resume", "MODEL.BACKBONE.EMBEDDING_DIM", "64"],
+     "does not fit the model"),
+    ("a truncated checkpoint on --resume", _truncate_last_checkpoint, ["--resume"], "could not be read"),
+    ("a text file as the checkpoint", _text_checkpoint, ["--resume"], "could not be read"),
+    ("a batch the sampler cannot fill", None, ["SOLVER.IMS_PER_BATCH", "15"],
+     "is not a multiple of DATALOADER.NUM_INSTANCE 2"),
+    ("a negative learning rate", None, ["SOLVER.BASE_LR", "-0.00035"], "SOLVER.BASE_LR -0.00035 is not allowed"),
+    ("checkpoints every 0 epochs", None, ["SOLVER.CHECKPOINT_PERIOD", "0"], "SOLVER.CHECKPOINT_PERIOD 0 is not allowed"),
+    ("evaluations every 0 epochs", None, ["TEST.EVAL_PERIOD", "0"], "TEST.EVAL_PERIOD 0 is not allowed"),
+    ("MODEL.DEVICE gpu", None, ["MODEL.DEVICE", "gpu"], "MODEL.DEVICE 'gpu' is not allowed"),
+    ("an unknown backbone", None, ["MODEL.BACKBONE.NAME", "build_resnet_backbon"], "Did you mean"),
+    ("a missing IMPORTS module", None, ["IMPORTS", "no_such_module"], "IMPORTS: module no_such_module"),
+    ("a missing dataset folder", None, ["DATASETS.NAMES", "('Market1501',)"], "FASTREID_DATASETS"),
+    ("a symbolic link planted as log.txt", lambda f: _replace_by_link(f / "log.txt", f / "model_final.pth"), [],
+     "holds symbolic links where the run writes its files (log.txt -> "),
+]
+
+
+def _replace_by_link(path, target):
+    path.unlink()
+    os.symlink(target, path)
+
+
+@pytest.mark.parametrize("prepare, additions, expected", [case[1:] for case in BAD_RUNS],
+                         ids=[case[0] for case in BAD_RUNS])
+def test_a_refused_run_says_why_in_one_line_and_leaves_output_dir_as_it_was(run_copy, prepare, additions,
+                                                                             expected):
+    if prepare:
+        prepare(run_copy)
+    before = snapshot(run_copy)
+    flags = [a for a in additions if a.startswith("--")]
+    opts = [a for a in additions if not a.startswith("--")]
+    status, output = run_script(*DEMO, *flags, *SHORT, *opts, "OUTPUT_DIR", str(run_copy))
+    assert status == 1
+    assert expected in one_error_line(output)
+    assert snapshot(run_copy) == before
+
+
+def test_a_run_refused_into_a_new_folder_leaves_no_folder(tmp_path):
+    status, output = run_script(*DEMO, *SHORT, "DATASETS.NAMES", "('Market1501',)", "OUTPUT_DIR",
+                                str(tmp_path / "new"), env={"FASTREID_DATASETS": str(tmp_path / "nothing")})
+    assert status == 1 and "FASTREID_DATASETS" in one_error_line(output)
+    assert not os.path.exists(tmp_path / "new")
+
+
+def test_an_empty_output_dir_is_refused_and_writes_nothing_where_it_runs(tmp_path):
+    status, output = run_script(os.path.join(REPO, "train_net.py"), "--config-file", "MDPR/demo.yml", "OUTPUT_DIR",
+                                "", cwd=tmp_path)
+    assert status == 1 and "OUTPUT_DIR is empty" in one_error_line(output)
+    assert os.listdir(tmp_path) == []  # no stray run.lock, log.txt or checkpoint in the working folder
+
+
+# ----------------------------------------------------------------------------------------- the lock
+def test_the_lock_dies_with_the_main_process_though_its_loader_workers_live_on(tmp_path):
+    output = tmp_path / "run"
+    log = open(tmp_path / "first.out", "w")
+    first = subprocess.Popen([sys.executable, *DEMO, "DATALOADER.NUM_WORKERS", "2", "SOLVER.MAX_EPOCH", "20",
+                              "OUTPUT_DIR", str(output)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    deadline = time.monotonic() + 600
+    while "epoch/iter:" not in open(tmp_path / "first.out").read():  # training, its workers running
+        assert first.poll() is None and time.monotonic() < deadline, open(tmp_path / "first.out").read()[-3000:]
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)  # the main process only: its workers are orphaned for a while
+    first.wait()
+    status, resumed = run_script(*DEMO, "--resume", "DATALOADER.NUM_WORKERS", "2", "SOLVER.MAX_EPOCH", "20",
+                                 "OUTPUT_DIR", str(output))
+    assert status == 0, resumed[-4000:]
+    assert "taking over from a run that ended without releasing it (pid" in resumed
+
+
+# ------------------------------------------------------------------------- a removed or full folder
+FAULTS = textwrap.dedent("""
+    # IMPORTS module of the tests: a fault at one checkpoint of the run
+    import errno, os, shutil, torch
+    from mdpr_plugin.engine.checkpointer import MDPRCheckpointer
+
+    FAULT, AT = os.environ["MDPR_TEST_FAULT"], os.environ["MDPR_TEST_FAULT_AT"]
+    save, torch_save = MDPRCheckpointer.save, torch.save
+
+    def faulty_save(self, name, **kwargs):
+        if name == AT and FAULT == "remove-folder":
+            shutil.rmtree(self.save_dir)
+        if name == AT and FAULT == "disk-full":
+            torch.save = lambda *args, **kwargs: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left"))
+        try:
+            return save(self, name, **kwargs)
+        finally:
+            torch.save = torch_save
+
+    MDPRCheckpointer.save = faulty_save
+""")
+
+
+def _run_with_fault(tmp_path, fault, at):
+    (tmp_path / "faults.py").write_text(FAULTS)
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
+           "MDPR_TEST_FAULT": fault, "MDPR_TEST_FAULT_AT": at}
+    output = tmp_path / "run"
+    status, log = run_script(*DEMO, *SHORT, "SOLVER.CHECKPOINT_PERIOD", "1", "IMPORTS", "faults", "OUTPUT_DIR",
+                             str(output), env=env)
+    return status, log, output
+
+
+def test_an_output_dir_removed_during_training_is_made_again(tmp_path):
+    status, log, output = _run_with_fault(tmp_path, "remove-folder", "model_0001")
+    assert status == 0, log[-4000:]
+    assert "was removed during training: recreating it for this checkpoint" in log
+    files = set(os.listdir(output))
+    assert {"model_0001.pth", "model_final.pth", "last_checkpoint", "config.yaml", "log.txt", "run.lock"} <= files
+    assert "model_0000.pth" not in files  # removed with the folder
+    assert "Saving checkpoint to" in (output / "log.txt").read_text()  # the log goes on in the new folder
+    assert safe_load(str(output / "model_final.pth"))["model"]
+
+
+def test_a_full_disk_stops_in_one_line_and_keeps_the_last_checkpoint(tmp_path):
+    status, log, output = _run_with_fault(tmp_path, "disk-full", "model_0002")
+    assert status == 1
+    line = one_error_line(log)
+    assert f"No space left in OUTPUT_DIR {output} to save model_0002.pth: it needs about" in line
+    assert "the last checkpoint written, model_0001.pth, is intact" in line
+    assert (output / "last_checkpoint").read_text() == "model_0001.pth"
+    assert not [name for name in os.listdir(output) if ".tmp" in name]  # the partial file is gone
+    assert torch.is_tensor(next(iter(safe_load(str(output / "model_0001.pth"))["model"].values())))
+
+
+# ------------------------------------------------------------------------------- processes and workers
+def test_a_process_group_port_in_use_is_one_line(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        status, output = run_script("train_net.py", "--config-file", "configs/Baseline-demo.yml", "--num-gpus", "2",
+                                    "--dist-url", f"tcp://127.0.0.1:{port}", "MODEL.DEVICE", "cpu", "OUTPUT_DIR",
+                                    str(tmp_path / "run"), env={"OMP_NUM_THREADS": "1"})
+    assert status == 1 and "Traceback" not in output, output[-4000:]
+    assert f"could not join the process group at --dist-url tcp://127.0.0.1:{port}" in output
+    assert "--dist-url auto" in output
+
+
+def test_fastreid_s_default_address_becomes_a_free_port_on_one_machine(monkeypatch):
+    from fastreid.engine import default_argument_parser
+
+    from mdpr_plugin.engine import launch as launcher
+
+    started = {}
+    monkeypatch.setattr(launcher.mp, "spawn", lambda fn, nprocs, daemon, args: started.update(url=args[4]))
+    default = default_argument_parser().get_default("dist_url")
+    launcher.launch(print, 2, dist_url=default, device_type="cpu")
+    assert started["url"] != default and started["url"].startswith("tcp://127.0.0.1:")
+    launcher.launch(print, 2, dist_url="tcp://127.0.0.1:29999", device_type="cpu")  # a port given is kept
+    assert started["url"] == "tcp://127.0.0.1:29999"
+
+
+def test_an_error_in_a_loader_worker_is_reported_as_its_own_line():
+    from torch._utils import ExceptionWrapper
+
+    try:
+        raise InputError("image /data/0001_c1.jpg could not be read: truncated")
+    except InputError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(SystemExit) as stop, reporting_errors():
+        wrapped.reraise()  # what the main process of a loader with workers raises
+    assert stop.value.code == "ERROR: image /data/0001_c1.jpg could not be read: truncated"
+
+
+# ---------------------------------------------------------------------------------------------- links
+def test_eval_only_does_not_log_through_a_link(finished_run, tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(finished_run, folder)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (folder / "log.txt").unlink()
+    os.symlink(victim, folder / "log.txt")
+    status, output = run_script(*DEMO, "--eval-only", "MODEL.WEIGHTS", str(folder / "model_final.pth"), "OUTPUT_DIR",
+                                str(folder))
+    assert status == 0, output[-3000:]
+    assert "Not writing log.txt into OUTPUT_DIR" in output
+    assert victim.read_text() == "precious\n"
