@@ -1,5 +1,6 @@
 """mdpr_plugin.FeatureExtractor: the features train_net.py --eval-only computes, for every kind of input and for the
-boxes of a frame; one clear error for bad input; the README's tracker example runs as written."""
+boxes of a frame, and for a tracker (BoxMOT's get_features); one clear error for bad input; the README's tracker
+example runs as written, against BoxMOT itself."""
 import os
 import shutil
 import sys
@@ -274,15 +275,20 @@ def test_bad_tracker_input_gives_one_clear_error(extractor, frame):
 # ------------------------------------------------------------------------------------------ the README
 def run_example(code, weights, folder, monkeypatch):
     """Run ``code`` in ``folder``, where the checkpoint it names is ``weights``; return its variables."""
+    from boxmot.structures import Tracks
+
     os.makedirs(os.path.join(folder, os.path.dirname(EXAMPLE_WEIGHTS)))
     shutil.copy(weights, os.path.join(folder, EXAMPLE_WEIGHTS))
     monkeypatch.chdir(folder)
     variables = {"__name__": "__example__"}
     exec(compile(code, "the tracker example", "exec"), variables)
-    features, embs, dets = variables["features"], variables["embs"], variables["dets"]
-    assert features.shape[0] == 4 and embs.shape == (len(dets), features.shape[1])
-    np.testing.assert_allclose(np.linalg.norm(np.concatenate([features, embs]), axis=1), 1, atol=1e-5)
-    assert variables["tracks"].shape == (len(dets), 5)
+    features, extractor, tracker = variables["features"], variables["extractor"], variables["tracker"]
+    assert features.shape[0] == 4
+    np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1, atol=1e-5)
+    assert tracker._reid_model is extractor, "the tracker owns the extractor"
+    assert variables["tracks"].ndim == 2 and variables["tracks"].shape[1] == 8 and len(variables["tracks"])
+    assert isinstance(variables["stream_tracks"], Tracks) and len(variables["stream_tracks"])
+    assert [t._reid_model for t in variables["trackers"]] == [None, None], "the streams' trackers have no model"
     return variables
 
 
@@ -296,5 +302,5 @@ def readme_example(path=os.path.join(REPO, "README.md")):
     return "\n".join(rest[1:rest.index("```", 1)]) + "\n"
 
 
-def test_readme_tracker_example_runs_as_written(demo_weights, tmp_path, monkeypatch):
+def test_readme_tracker_example_runs_as_written(demo_weights, tmp_path, monkeypatch, no_downloads):
     run_example(readme_example(), demo_weights, tmp_path, monkeypatch)
