@@ -220,8 +220,9 @@ def test_get_features_takes_boxmot_s_boxes_and_equals_crops_of_the_bgr_frame(ext
     boxes = np.array([box for box, _ in BOXES])
     reference = extractor.crops(bgr, boxes, bgr=True)
     detections = np.hstack([boxes, np.full((len(boxes), 1), 0.9), np.zeros((len(boxes), 1))])  # x1..y2, conf, class
-    for given, what in ((boxes, "float64"), (boxes.astype(np.float32), "float32"), (boxes.astype(np.float16), "float16"),
-                        (torch.tensor(boxes, dtype=torch.float32), "a tensor"), (detections, "N x 6 detections")):
+    for given, what in ((boxes, "float64"), (boxes.astype(np.float32), "float32"),
+                        (boxes.astype(np.float16), "float16"), (torch.tensor(boxes, dtype=torch.float32), "a tensor"),
+                        (detections, "N x 6 detections")):
         assert_close(extractor.get_features(given, bgr), reference, f"get_features, boxes as {what}")
     assert extractor.get_features(np.zeros((0, 4), np.float32), bgr).shape == (0, reference.shape[1])
 
