@@ -40,7 +40,10 @@ setup(
         "onnx": ["onnx", "onnxscript", "onnxruntime"],
         # build_timm_backbone: timm's CNNs as MDPR backbones (MODEL.BACKBONE.TIMM_MODEL)
         "timm": ["timm"],
-        "test": ["pytest", "onnx", "onnxscript", "onnxruntime", "timm"],
+        # FeatureExtractor as the appearance model of BoxMOT's trackers (BotSort(reid_model=extractor), ...); its
+        # torch / torchvision requirements are lower bounds that the environment's builds meet
+        "trackers": ["boxmot>=25"],
+        "test": ["pytest", "onnx", "onnxscript", "onnxruntime", "timm", "boxmot>=25"],
     },
     entry_points={
         "console_scripts": [

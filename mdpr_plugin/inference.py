@@ -1,11 +1,13 @@
 """MDPR features from Python: ``FeatureExtractor(config, weights)(images)``, and one feature per detector box of
-a video frame for multi-object trackers (``extractor.crops(frame, boxes)``).
+a video frame (``extractor.crops(frame, boxes)``); for multi-object trackers, the extractor is a BoxMOT appearance
+model itself (``extractor.get_features(boxes, bgr_frame)``: ``BotSort(reid_model=extractor)``).
 
 Every input takes the path ``train_net.py --eval-only`` takes: files through the plugin's image reader, an RGB
 PIL image, the test transforms (resize to INPUT.SIZE_TEST), the eval model, TEST.FLIP as the evaluation does it.
 The rows are L2-normalised: an inner product is the cosine similarity, ``1 - inner product`` fastreid's cosine
 distance.
 """
+import logging
 import numbers
 import os
 
@@ -21,6 +23,8 @@ from .data.images import to_rgb
 from .devices import resolve_device
 from .errors import InputError, MissingFileError
 from .onnx_runtime import INPUT_NAME, OUTPUT_NAME, onnx_cuda_available, onnx_session
+
+logger = logging.getLogger(__name__)
 
 IMAGES_HELP = ("a path, a PIL image, an H x W x 3 uint8 array (RGB, or BGR with bgr=True) or a 3 x H x W tensor "
                "of 0-255 values, or a list of them, or a B x 3 x H x W tensor")
@@ -55,27 +59,67 @@ def _image_list(images):
     raise InputError(f"images is of type {type(images).__name__}; give {IMAGES_HELP}")
 
 
-def pixel_boxes(boxes_xyxy, width, height):
-    """N x 4 integer crops ``x1, y1, x2, y2`` of a ``width`` x ``height`` frame for boxes in pixels: clipped to
-    the frame, then rounded outward (x1, y1 floored, x2, y2 ceiled), so that a crop covers every pixel its box
-    touches. A box that is empty after clipping (zero width or height) is an error naming it."""
+def _box_array(boxes_xyxy, columns=(4,)):
+    """``boxes_xyxy`` as an N x 4 float64 array (the first four columns of an N x ``columns`` one)."""
     try:
         boxes = np.asarray(boxes_xyxy, dtype=np.float64)
     except (TypeError, ValueError) as error:
         raise InputError(f"boxes_xyxy must be an N x 4 array of x1, y1, x2, y2 pixels ({error})") from None
     if boxes.size == 0:
         boxes = boxes.reshape(0, 4)
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise InputError(f"boxes_xyxy has shape {boxes.shape}; it must be N x 4 (x1, y1, x2, y2 in pixels), "
-                         "e.g. dets[:, :4] of N x 6 detections")
-    clipped = np.clip(boxes, 0, [width, height, width, height])
+    if boxes.ndim != 2 or boxes.shape[1] not in columns:
+        accepted = ("N x 4 (x1, y1, x2, y2 in pixels), e.g. dets[:, :4] of N x 6 detections" if columns == (4,) else
+                    " or ".join(f"N x {n}" for n in columns) + " (x1, y1, x2, y2 in pixels, then any other columns)")
+        raise InputError(f"boxes_xyxy has shape {boxes.shape}; it must be {accepted}")
+    return boxes[:, :4]
+
+
+def _clipped(boxes, width, height):
+    return np.clip(boxes, 0, [width, height, width, height])
+
+
+def _rounded_outward(clipped):
+    """Integer crops covering every pixel the clipped boxes touch: x1, y1 floored, x2, y2 ceiled."""
+    return np.concatenate([np.floor(clipped[:, :2]), np.ceil(clipped[:, 2:])], axis=1).astype(np.int64)
+
+
+def _named_boxes(boxes, rows):
+    return [f"box {i} ({', '.join(f'{v:g}' for v in boxes[i])})" for i in rows]
+
+
+def pixel_boxes(boxes_xyxy, width, height):
+    """N x 4 integer crops ``x1, y1, x2, y2`` of a ``width`` x ``height`` frame for boxes in pixels: clipped to
+    the frame, then rounded outward (x1, y1 floored, x2, y2 ceiled), so that a crop covers every pixel its box
+    touches. A box that is empty after clipping (zero width or height) is an error naming it."""
+    boxes = _box_array(boxes_xyxy)
+    clipped = _clipped(boxes, width, height)
     empty = ~np.isfinite(boxes).all(axis=1) | (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
     if empty.any():
-        named = [f"box {i} ({', '.join(f'{v:g}' for v in boxes[i])})" for i in np.flatnonzero(empty)]
+        named = _named_boxes(boxes, np.flatnonzero(empty))
         raise InputError(f"{len(named)} of {len(boxes)} boxes are empty in the {width} x {height} frame after "
                          f"clipping to it (zero width or height, or not finite): {first_few(named)}; boxes are "
                          "x1, y1, x2, y2 in pixels: drop these, or check the detector's box format")
-    return np.concatenate([np.floor(clipped[:, :2]), np.ceil(clipped[:, 2:])], axis=1).astype(np.int64)
+    return _rounded_outward(clipped)
+
+
+def tracker_pixel_boxes(boxes_xyxy, width, height):
+    """``(crops, outside)`` for a tracker's boxes (N x 4, or the first four columns of N x 6 detections): the
+    crops of :func:`pixel_boxes`, except that a box with no pixel left in the frame after clipping is not an error
+    (a detection drifting out of view must not stop a tracking loop): each side that has no pixel becomes the one
+    pixel row or column of the frame nearest to it (at x1 / y1 for a box whose x2 / y2 lies before them), so its
+    crop is the 1-pixel-wide strip of the frame nearest to the box. ``outside`` marks those boxes. A box that is
+    not finite is still an error (a tracker refuses such detections before asking for features)."""
+    boxes = _box_array(boxes_xyxy, columns=(4, 6))
+    not_finite = ~np.isfinite(boxes).all(axis=1)
+    if not_finite.any():
+        named = _named_boxes(boxes, np.flatnonzero(not_finite))
+        raise InputError(f"{len(named)} of {len(boxes)} boxes are not finite: {first_few(named)}; drop these, or "
+                         "check the detector's output")
+    crops = _rounded_outward(_clipped(boxes, width, height))
+    outside = (crops[:, 2] <= crops[:, 0]) | (crops[:, 3] <= crops[:, 1])
+    crops[:, :2] = np.minimum(crops[:, :2], [width - 1, height - 1])
+    crops[:, 2:] = np.maximum(crops[:, 2:], crops[:, :2] + 1)
+    return crops, outside
 
 
 def crop_regions(frame, boxes_xyxy):
@@ -148,6 +192,7 @@ class FeatureExtractor:
         self.flip = cfg.TEST.FLIP.ENABLED
         self.transform = build_transforms(cfg, is_train=False)
         self._feature_dim = None
+        self._warned_outside = False
 
     @staticmethod
     def _device(device, cfg, onnx):
@@ -177,8 +222,41 @@ class FeatureExtractor:
     def crops(self, frame, boxes_xyxy, bgr=False):
         """One feature per box of ``frame`` (H x W x 3 uint8; ``bgr`` for OpenCV frames): N x D, rows
         L2-normalised. Boxes are N x 4 ``x1, y1, x2, y2`` pixels, clipped to the frame and rounded outward (see
-        :func:`pixel_boxes`); zero boxes give a 0 x D array."""
+        :func:`pixel_boxes`); zero boxes give a 0 x D array; a box with no pixel in the frame is an error (a
+        tracker's :meth:`get_features` gives it a feature instead)."""
         return self._concatenated(self._feature_batches(crop_regions(frame, boxes_xyxy), bgr, "box"))
+
+    def get_features(self, boxes_xyxy, image):
+        """A tracker's call (BoxMOT's appearance-model protocol, so ``BotSort(reid_model=extractor)`` works): one
+        feature per box of ``image``, an OpenCV frame (H x W x 3 uint8, BGR), as an N x D float32 array, rows
+        L2-normalised. ``boxes_xyxy``: N x 4 ``x1, y1, x2, y2`` pixels of any dtype (or N x 6 detections), clipped
+        and rounded as :meth:`crops` does, whose features these equal (``crops(image, boxes, bgr=True)``). Unlike
+        :meth:`crops`, a box with no pixel left in the frame does not raise: its row is the feature of the frame's
+        1-pixel-wide strip nearest to it (see :func:`tracker_pixel_boxes`), with a warning the first time."""
+        return self.get_features_batch([boxes_xyxy], [image])[0]
+
+    def get_features_batch(self, boxes_per_frame, images):
+        """:meth:`get_features` for several frames (of one stream or several) in one batched pass: one N_i x D
+        array per frame, for embeddings computed before the trackers' updates (BoxMOT's ``Detections``)."""
+        if len(boxes_per_frame) != len(images):
+            raise InputError(f"{len(boxes_per_frame)} box arrays for {len(images)} images; give one N x 4 array of "
+                             "boxes per image")
+        regions = [self._tracker_regions(image, boxes) for boxes, image in zip(boxes_per_frame, images)]
+        features = self._concatenated(self._feature_batches([r for frame in regions for r in frame], True, "box"))
+        return np.split(features, np.cumsum([len(frame) for frame in regions])[:-1])
+
+    def _tracker_regions(self, image, boxes_xyxy):
+        """The regions of ``image`` that :func:`tracker_pixel_boxes` gives, the first box outside it reported."""
+        frame = _checked_array(np.asarray(image), "image")
+        height, width = frame.shape[:2]
+        crops, outside = tracker_pixel_boxes(boxes_xyxy, width, height)
+        if outside.any() and not self._warned_outside:
+            self._warned_outside = True  # once: a tracker calls this every frame
+            named = _named_boxes(_box_array(boxes_xyxy, columns=(4, 6)), np.flatnonzero(outside))
+            logger.warning("%d of %d boxes have no pixel in the %d x %d frame (%s): each gets the feature of the "
+                           "frame's 1-pixel-wide strip nearest to it. Said once per FeatureExtractor.",
+                           len(named), len(crops), width, height, first_few(named))
+        return [frame[y1:y2, x1:x2] for x1, y1, x2, y2 in crops]
 
     def feature_batches(self, images, bgr=False):
         """The features of ``images`` one batch (``batch_size`` images) at a time, for progress over long lists."""

@@ -1,5 +1,6 @@
 """mdpr_plugin.FeatureExtractor: the features train_net.py --eval-only computes, for every kind of input and for the
-boxes of a frame; one clear error for bad input; the README's tracker example runs as written."""
+boxes of a frame, and for a tracker (BoxMOT's get_features); one clear error for bad input; the README's tracker
+example runs as written, against BoxMOT itself."""
 import os
 import shutil
 import sys
@@ -7,12 +8,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import MDPR_DEMO_CONFIG, REPO, evaluation_features, load_config, market1501_copy, save_demo_checkpoint
+from helpers import (MDPR_DEMO_CONFIG, REPO, evaluation_features, load_config, logged, market1501_copy,
+                     save_demo_checkpoint)
 from PIL import Image
 
 from mdpr_plugin import FeatureExtractor
 from mdpr_plugin.errors import InputError, MDPRError, MissingExtraError, MissingFileError
-from mdpr_plugin.inference import pixel_boxes
+from mdpr_plugin.inference import pixel_boxes, tracker_pixel_boxes
 
 TOLERANCE = 1e-5      # the extractor against the evaluation, on unit rows
 SIZE = (128, 64)      # the demo's INPUT.SIZE_TEST (height, width)
@@ -55,7 +57,7 @@ def rgb(path):
 
 def assert_close(features, reference, what):
     assert features.dtype == np.float32 and features.shape == reference.shape, what
-    difference = float(np.abs(features - reference).max())
+    difference = float(np.abs(features - reference).max(initial=0))
     print(f"{what}: max abs diff {difference:.2g}")
     assert difference < TOLERANCE, what
 
@@ -212,18 +214,82 @@ def test_non_finite_features_name_the_images(demo_weights, market):
                                                                f"{market[2]}")
 
 
+# ------------------------------------------------------------------------------------------ trackers
+def test_get_features_takes_boxmot_s_boxes_and_equals_crops_of_the_bgr_frame(extractor, frame):
+    bgr = np.ascontiguousarray(frame[:, :, ::-1])
+    boxes = np.array([box for box, _ in BOXES])
+    reference = extractor.crops(bgr, boxes, bgr=True)
+    detections = np.hstack([boxes, np.full((len(boxes), 1), 0.9), np.zeros((len(boxes), 1))])  # x1..y2, conf, class
+    for given, what in ((boxes, "float64"), (boxes.astype(np.float32), "float32"),
+                        (boxes.astype(np.float16), "float16"), (torch.tensor(boxes, dtype=torch.float32), "a tensor"),
+                        (detections, "N x 6 detections")):
+        assert_close(extractor.get_features(given, bgr), reference, f"get_features, boxes as {what}")
+    assert extractor.get_features(np.zeros((0, 4), np.float32), bgr).shape == (0, reference.shape[1])
+
+
+# boxes with no pixel in the FRAME_W x FRAME_H frame, and the 1-pixel-wide strip of the frame nearest to each
+OUTSIDE = [((400.0, 10.0, 450.0, 90.0), (359, 10, 360, 90)),     # right of the frame: its last column
+           ((10.0, -40.0, 60.0, -1.0), (10, 0, 60, 1)),           # above: its first row
+           ((-50.0, 300.0, -5.0, 320.0), (0, 239, 1, 240)),      # below left: the corner pixel
+           ((50.0, 20.0, 50.0, 90.0), (50, 20, 51, 90)),         # zero width: the column at x1
+           ((60.0, 80.0, 10.0, 30.0), (60, 80, 61, 81))]         # x2, y2 before x1, y1: the pixel at x1, y1
+
+
+def test_tracker_pixel_boxes_give_a_box_outside_the_frame_its_nearest_strip():
+    crops, outside = tracker_pixel_boxes([box for box, _ in BOXES + OUTSIDE], FRAME_W, FRAME_H)
+    assert crops.tolist() == [list(expected) for _, expected in BOXES + OUTSIDE]
+    assert outside.tolist() == [False] * len(BOXES) + [True] * len(OUTSIDE)
+
+
+def test_a_box_outside_the_frame_does_not_stop_a_tracker_and_is_reported_once(demo_weights, frame):
+    extractor = FeatureExtractor("MDPR/demo.yml", demo_weights, device="cpu")  # new: it warns once in its life
+    boxes = [BOXES[0][0]] + [box for box, _ in OUTSIDE]
+    with logged() as warnings:
+        features = extractor.get_features(boxes, frame)
+        extractor.get_features(boxes, frame)
+    assert_close(features[1:], extractor.crops(frame, [strip for _, strip in OUTSIDE], bgr=True),
+                 "boxes outside: their strips' features")
+    assert_close(features[:1], extractor.crops(frame, [BOXES[0][0]], bgr=True), "the box inside")
+    assert len(warnings) == 1, warnings
+    assert f"5 of 6 boxes have no pixel in the {FRAME_W} x {FRAME_H} frame (box 1 (400, 10, 450, 90)" in warnings[0]
+
+
+def test_get_features_batch_equals_get_features_frame_by_frame(extractor, frame):
+    other = np.ascontiguousarray(frame[::-1])
+    boxes = [np.array([box for box, _ in BOXES]), np.zeros((0, 4)), np.array([box for box, _ in BOXES[1:3]])]
+    batched = extractor.get_features_batch(boxes, [frame, other, other])
+    for features, frame_boxes, image in zip(batched, boxes, [frame, other, other]):
+        assert_close(features, extractor.get_features(frame_boxes, image), "a frame of the batch")
+
+
+def test_bad_tracker_input_gives_one_clear_error(extractor, frame):
+    one_clear_error(InputError, lambda: extractor.get_features([(0, 0, 10, 10), (10, np.nan, 60, 90)], frame),
+                    "1 of 2 boxes are not finite: box 1 (10, nan, 60, 90)")
+    one_clear_error(InputError, lambda: extractor.get_features(np.zeros((2, 5)), frame),
+                    "boxes_xyxy has shape (2, 5); it must be N x 4 or N x 6")
+    one_clear_error(InputError, lambda: extractor.get_features_batch([np.zeros((0, 4))] * 2, [frame]),
+                    "2 box arrays for 1 images")
+    one_clear_error(InputError, lambda: extractor.get_features([(0, 0, 10, 10)], frame[:, :, 0]),
+                    "image is a uint8 array of shape")
+
+
 # ------------------------------------------------------------------------------------------ the README
 def run_example(code, weights, folder, monkeypatch):
     """Run ``code`` in ``folder``, where the checkpoint it names is ``weights``; return its variables."""
+    from boxmot.structures import Tracks
+
     os.makedirs(os.path.join(folder, os.path.dirname(EXAMPLE_WEIGHTS)))
     shutil.copy(weights, os.path.join(folder, EXAMPLE_WEIGHTS))
     monkeypatch.chdir(folder)
     variables = {"__name__": "__example__"}
     exec(compile(code, "the tracker example", "exec"), variables)
-    features, embs, dets = variables["features"], variables["embs"], variables["dets"]
-    assert features.shape[0] == 4 and embs.shape == (len(dets), features.shape[1])
-    np.testing.assert_allclose(np.linalg.norm(np.concatenate([features, embs]), axis=1), 1, atol=1e-5)
-    assert variables["tracks"].shape == (len(dets), 5)
+    features, extractor, tracker = variables["features"], variables["extractor"], variables["tracker"]
+    assert features.shape[0] == 4
+    np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1, atol=1e-5)
+    assert tracker._reid_model is extractor, "the tracker owns the extractor"
+    assert variables["tracks"].ndim == 2 and variables["tracks"].shape[1] == 8 and len(variables["tracks"])
+    assert isinstance(variables["stream_tracks"], Tracks) and len(variables["stream_tracks"])
+    assert [t._reid_model for t in variables["trackers"]] == [None, None], "the streams' trackers have no model"
     return variables
 
 
@@ -237,5 +303,5 @@ def readme_example(path=os.path.join(REPO, "README.md")):
     return "\n".join(rest[1:rest.index("```", 1)]) + "\n"
 
 
-def test_readme_tracker_example_runs_as_written(demo_weights, tmp_path, monkeypatch):
+def test_readme_tracker_example_runs_as_written(demo_weights, tmp_path, monkeypatch, no_downloads):
     run_example(readme_example(), demo_weights, tmp_path, monkeypatch)

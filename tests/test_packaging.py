@@ -60,6 +60,17 @@ def test_installing_into_an_environment_with_faiss_gpu_and_newer_termcolor_and_t
     assert installed == {"mdpr-plugin": "0.1.0"}
 
 
+def test_the_trackers_extra_changes_neither_torch_nor_torchvision(tmp_path):
+    """BoxMOT (the trackers extra, also in the test extra) requires torch and torchvision: pip's report of installing
+    the extra here, over this environment's torch builds, replaces neither."""
+    report = tmp_path / "report.json"
+    result = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-build-isolation", "--quiet",
+                             "--report", str(report), f"{REPO}[trackers]"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    installed = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    assert "mdpr-plugin" in installed and not installed & {"torch", "torchvision"}, installed
+
+
 @pytest.mark.parametrize("missing, message", [
     ("torch", "mdpr_plugin needs PyTorch 2.0 or newer, and this environment has 1.13.1"),
     ("faiss", "faiss is not installed; install it with `pip install 'mdpr-plugin[cpu]'` (faiss-cpu) or "

@@ -7,10 +7,12 @@
 The model is --config-file's (default configs/MDPR/demo.yml) with untrained weights (the speed does not depend on
 them), saved in a temporary folder and exported there with mdpr-export's ``export_onnx``. Inputs: the bundled
 images by path, in one call (batches of --batch-size); and a 1920 x 1080 BGR frame with 16 bundled people pasted
-in at 120 x 300 pixels, their 16 boxes in one ``crops`` call. Everything runs in this one process on --threads
-threads (torch's; the extractor gives its ONNX Runtime session as many): per case an untimed warm-up call, then
-timed calls until --repeats of them or --budget seconds, the median reported. The preprocessing alone (reading or
-cropping, resizing: ``extractor.preprocess``) is timed the same way, to show where the time goes.
+in at 120 x 300 pixels, their 16 boxes in one ``crops`` call; and a tracker's call per frame,
+``get_features(boxes, frame)`` on that frame with 1 to 32 of the boxes (the 16 repeated past 16). Everything runs
+in this one process on --threads threads (torch's; the extractor gives its ONNX Runtime session as many): per case
+an untimed warm-up call, then timed calls until --repeats of them or --budget seconds, the median reported. The
+preprocessing alone (reading or cropping, resizing: ``extractor.preprocess``) is timed the same way, to show where
+the time goes.
 """
 import logging
 import os
@@ -25,6 +27,7 @@ PROG = "python -m mdpr_plugin.benchmarks.extractor"
 FRAME_SIZE = (1080, 1920)  # height, width
 PERSON_SIZE = (300, 120)   # height, width of a pasted person
 PEOPLE = 16
+TRACKER_BOXES = (1, 2, 4, 8, 16, 32)  # boxes per frame a tracker asks features for
 
 
 def frame_with_people(paths):
@@ -77,6 +80,7 @@ def demo_model_files(config_file, folder):
 
 def run_case(case):
     """One (backend, input) case in this process: its timings and throughput."""
+    import numpy as np
     import torch
 
     from ..data import BUNDLED_ROOT
@@ -96,7 +100,12 @@ def run_case(case):
         def prepare():  # what crops() does before the model: cut the boxes out, resize them
             return extractor.preprocess(crop_regions(frame, boxes), bgr=True)
 
-        count, call = len(boxes), lambda: extractor.crops(frame, boxes, bgr=True)
+        if case["input"] == "crops":
+            call = lambda: extractor.crops(frame, boxes, bgr=True)  # noqa: E731
+        else:  # a tracker's call: the boxes of one frame, as many as the case says
+            boxes = np.resize(boxes, (case["boxes"], 4))
+            call = lambda: extractor.get_features(boxes, frame)  # noqa: E731
+        count = len(boxes)
     seconds, calls = timed(call, case["repeats"], case["budget"])
     preprocess_seconds, _ = timed(prepare, case["repeats"], case["budget"])
     return {**case, "images": count, "call_s": seconds, "images_per_s": count / seconds, "timed_calls": calls,
@@ -112,6 +121,8 @@ def run_all(args):
     cases = [{"backend": backend, "input": kind, "config_file": args.config_file, "weights": weights, "onnx": onnx,
               "batch": args.batch_size, "threads": args.threads, "repeats": args.repeats, "budget": args.budget}
              for backend in ("torch", "onnx") if backend == "torch" or onnx for kind in ("files", "crops")]
+    cases += [{**case, "input": "tracker", "boxes": boxes} for case in cases if case["input"] == "crops"
+              for boxes in TRACKER_BOXES]
     info = machine("onnxruntime")
     command = f"{PROG} --threads {args.threads} --batch-size {args.batch_size}" + (" --small" if args.small else "")
     with recording_run(command=command, threads=args.threads, repeats=args.repeats, budget=args.budget) as run:
@@ -129,6 +140,7 @@ INPUT_NAMES = {"files": "image files (bundled, by path)",
 
 
 def table(results):
+    results = [r for r in results if r["input"] != "tracker"]
     lines = ["| backend | device | input | images per call | batch size | call (s, median) | images/s | "
              "of which preprocessing (s, median) | timed calls |", "|" + "---|" * 9]
     for r in results:
@@ -136,6 +148,21 @@ def table(results):
                      f"{INPUT_NAMES[r['input']]} | {r['images']} | {r['batch']} | {r['call_s']:.3f} | "
                      f"{r['images_per_s']:.1f} | {r['preprocess_s']:.3f} | {r['timed_calls']} |")
     return "\n".join(lines)
+
+
+def tracker_table(results):
+    """Per-crop time of a tracker's get_features call, by boxes per frame (columns) and backend (rows)."""
+    rows = {}
+    for r in results:
+        if r["input"] == "tracker":
+            rows.setdefault(r["backend"], {})[r["boxes"]] = r
+    lines = ["| backend | " + " | ".join(f"{n} box{'es' if n > 1 else ''}" for n in TRACKER_BOXES) + " |",
+             "|" + "---|" * (len(TRACKER_BOXES) + 1)]
+    for backend, by_boxes in rows.items():
+        cells = [f"{1000 * by_boxes[n]['call_s'] / n:.1f} ms ({1000 * by_boxes[n]['call_s']:.0f} ms)"
+                 if n in by_boxes else "-" for n in TRACKER_BOXES]
+        lines.append(f"| {BACKEND_NAMES[backend]} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def render(data):
@@ -154,6 +181,12 @@ def render(data):
         "`extractor.preprocess` (reading or cropping, resizing) on the same input, timed alike.",
         "",
         table(results),
+        "",
+        "A tracker's call: `get_features(boxes, frame)` (what `BotSort(reid_model=extractor)` calls once per frame) "
+        "on the same frame with 1 to 32 of the people's boxes (the 16 repeated past 16), one forward pass: time per "
+        "crop (median call time / boxes; the call's median in brackets).",
+        "",
+        *tracker_table(results),
         "",
     ])
 
