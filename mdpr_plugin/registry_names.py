@@ -58,6 +58,18 @@ def _lookups(cfg):
     ]
 
 
+def _shared_affix(name, choices, suffix=False):
+    """The longest ``_``-delimited prefix (or suffix) of ``name`` that at least half of ``choices`` share
+    (``build_`` and ``_backbone`` for backbones, whatever names of their own users registered besides)."""
+    flip = (lambda text: text[::-1]) if suffix else (lambda text: text)
+    parts = flip(name).split("_")
+    for count in range(len(parts) - 1, 0, -1):
+        affix = "_".join(parts[:count]) + "_"
+        if sum(flip(choice).startswith(affix) for choice in choices) * 2 >= len(choices):
+            return flip(affix)
+    return ""
+
+
 def _core(name, prefix, suffix):
     if prefix and name.startswith(prefix):
         name = name[len(prefix):]
@@ -67,11 +79,10 @@ def _core(name, prefix, suffix):
 
 
 def close_names(name, choices):
-    """The registered names ``name`` may be a typo of. What all choices share (``build_`` ... ``_backbone``) is
-    compared too, so ``build_my_backbone`` is close to none of fastreid's backbones while ``build_resnet_backbon``
-    is close to ``build_resnet_backbone``."""
-    prefix = os.path.commonprefix(choices) if len(choices) > 1 else ""
-    suffix = os.path.commonprefix([c[::-1] for c in choices])[::-1] if len(choices) > 1 else ""
+    """The registered names ``name`` may be a typo of. The affixes most choices share (``build_`` ...
+    ``_backbone``) are also compared without, so ``build_my_backbone`` is close to none of fastreid's backbones
+    while ``build_resnet_backbon`` is close to ``build_resnet_backbone``."""
+    prefix, suffix = _shared_affix(name, choices), _shared_affix(name, choices, suffix=True)
     cores = {_core(c, prefix, suffix): c for c in choices}
     close = set(difflib.get_close_matches(name, choices, n=3, cutoff=0.9))
     close |= {cores[c] for c in difflib.get_close_matches(_core(name, prefix, suffix), list(cores), n=3, cutoff=0.6)}

@@ -190,3 +190,15 @@ def test_fastreid_s_own_trainer_takes_the_check_in_one_line(exclude, tmp_path):
         assert "optimizer holding copies of the parameters" in output
     else:
         assert status == 0 and "trained to the end" in output, output[-3000:]
+
+
+def test_names_users_registered_do_not_change_what_is_close():
+    from fastreid.modeling.backbones.build import BACKBONE_REGISTRY
+
+    from mdpr_plugin.registry_names import _registered, close_names
+
+    fastreid_names = _registered(BACKBONE_REGISTRY)
+    with_users = fastreid_names + ["build_test_user_net", "build_test_not_a_chain", "build_reid_net_v2"]
+    for choices in (fastreid_names, with_users):
+        assert close_names("build_my_backbone", choices) == []
+        assert close_names("build_resnet_backbon", choices)[0] == "build_resnet_backbone"
