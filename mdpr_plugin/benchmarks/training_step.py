@@ -162,7 +162,15 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args(argv)
+    if args.command == "profile" and argv is None and "KINETO_LOG_LEVEL" not in os.environ:
+        # torch's profiler (kineto) prints an "ERROR: ... gpuGetDeviceCount failed" line on a machine without a GPU,
+        # and trace lines, though profiling the CPU works; its log level is read when torch loads, so run again
+        # with it set
+        os.execve(sys.executable, [sys.executable, "-m", "mdpr_plugin.benchmarks.training_step", *sys.argv[1:]],
+                  dict(os.environ, KINETO_LOG_LEVEL="7"))
     from mdpr_plugin.errors import reporting_errors
+
+    started = time.perf_counter()
 
     with reporting_errors("python -m mdpr_plugin.benchmarks.training_step"):
         if args.command == "measure":
@@ -172,6 +180,7 @@ def main(argv=None):
         else:
             result = compare(os.path.abspath(args.repo), args.rounds, args.repeats, args.warmup)
     print(json.dumps(result))
+    _log(f"{args.command} took {time.perf_counter() - started:.0f} s")
     return 0
 
 

@@ -21,6 +21,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import shutil
 
 import numpy as np
@@ -44,9 +45,14 @@ def check_weights_file(path):
         raise CheckpointError("MODEL.WEIGHTS is empty: pass the trained checkpoint, e.g. MODEL.WEIGHTS "
                               "logs/demo/mdpr/model_final.pth.")
     if "://" not in path and not os.path.isfile(path):
+        authors = re.search(r"duke|market|msmt", os.path.basename(path), re.I) and not os.path.basename(
+            path).startswith("model_")
+        where = (" The MDPR authors' released weights (DukeMTMC-reID.pth, ...) are published through the links in "
+                 "GETTING_STARTED.md of https://github.com/KuilongCui/MDPR (a BaiduYun folder, password mdpr): "
+                 "download the file and pass its path as MODEL.WEIGHTS." if authors else "")
         raise CheckpointError(
             f"Checkpoint {path} not found (absolute: {os.path.abspath(path)}). Check MODEL.WEIGHTS, or with "
-            "--resume the file named in OUTPUT_DIR/last_checkpoint.")
+            f"--resume the file named in OUTPUT_DIR/last_checkpoint.{where}")
 
 
 def load_checkpoint_file(path):

@@ -383,8 +383,9 @@ class Trainer(DefaultTrainer):
             with _plugin_errors_not_logged_by_fastreid():
                 return super().train()
         final = os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")
+        # epochs counted as SOLVER.MAX_EPOCH counts them, from 1 (fastreid numbers them from 0)
         logger.info("OUTPUT_DIR %s holds a finished run (its checkpoint ends epoch %d of SOLVER.MAX_EPOCH %d): "
-                    "nothing left to train.", self.cfg.OUTPUT_DIR, self.start_epoch - 1, self.max_epoch)
+                    "nothing left to train.", self.cfg.OUTPUT_DIR, self.start_epoch, self.max_epoch)
         if comm.is_main_process() and not os.path.isfile(final):
             self.checkpointer.save("model_final", epoch=self.start_epoch - 1)
         return {}

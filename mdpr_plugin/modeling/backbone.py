@@ -133,15 +133,36 @@ def pretrain_file(cfg):
     if not path:
         raise InputError(
             "MODEL.BACKBONE.PRETRAIN is True but MODEL.BACKBONE.PRETRAIN_PATH is empty: the plugin loads pretrained "
-            "weights only from a file, with a reader that refuses pickled code, and never downloads them. Save the "
-            "weights to a file and set MODEL.BACKBONE.PRETRAIN_PATH, or train without them: "
-            "MODEL.BACKBONE.PRETRAIN False.")
+            "weights only from a file, with a reader that refuses pickled code, and never downloads them. "
+            f"{_where_to_get(cfg)}Or train without them: MODEL.BACKBONE.PRETRAIN False.")
     if not os.path.isfile(path):
+        lup = " The LUPerson MoCo weights (lup_moco_r101.pth) are published by the LUPerson project " \
+              f"({LUPERSON}) and with the MDPR authors' weights ({AUTHORS_WEIGHTS})." if "lup" in path.lower() else ""
         raise MissingFileError(
             f"MODEL.BACKBONE.PRETRAIN_PATH {path!r} does not exist (resolved to {os.path.abspath(path)!r}). "
-            "Put the pretrained weights there, point MODEL.BACKBONE.PRETRAIN_PATH at them, or train "
-            "without them with `MODEL.BACKBONE.PRETRAIN False`.")
+            f"Put the pretrained weights there, point MODEL.BACKBONE.PRETRAIN_PATH at them, or train "
+            f"without them with `MODEL.BACKBONE.PRETRAIN False`.{lup}")
     return path
+
+
+LUPERSON = "https://github.com/DengpanFu/LUPerson"
+AUTHORS_WEIGHTS = "the links in GETTING_STARTED.md of https://github.com/KuilongCui/MDPR, a BaiduYun folder, password mdpr"
+
+
+def _where_to_get(cfg):
+    """Where fastreid's model zoo has the ImageNet weights of a ResNet backbone as configured, and the commands that
+    fetch them into MODEL.BACKBONE.PRETRAIN_PATH; a generic sentence for other backbones."""
+    backbone = cfg.MODEL.BACKBONE
+    if backbone.NAME == "build_resnet_backbone":
+        from fastreid.modeling.backbones.resnet import model_urls
+
+        key = ("se_" if backbone.WITH_SE else "") + ("ibn_" if backbone.WITH_IBN else "") + backbone.DEPTH
+        if key in model_urls:
+            url = model_urls[key]
+            file = os.path.join("pretrained", url.rsplit("/", 1)[-1])
+            return (f"fastreid downloads this backbone's weights from {url}: fetch them once with `mkdir -p pretrained "
+                    f"&& curl -L -o {file} {url}` and pass MODEL.BACKBONE.PRETRAIN_PATH {file}. ")
+    return "Save the weights to a file and set MODEL.BACKBONE.PRETRAIN_PATH. "
 
 
 def load_pretrained_weights(backbone, path):

@@ -4,7 +4,6 @@ import argparse
 import logging
 import os
 import sys
-import warnings
 
 from ..config import build_config
 from ..errors import MissingFileError
@@ -49,5 +48,3 @@ def setup_tool_logging(level=logging.INFO):
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for name in ("mdpr_plugin", "fastreid", "__main__"):
         logging.getLogger(name).setLevel(level)
-    # fastreid's ToTensor (data/transforms/functional.py) warns on every image; harmless
-    warnings.filterwarnings("ignore", message="TypedStorage is deprecated")

@@ -187,7 +187,7 @@ def test_a_finished_run_resumed_says_so_and_writes_a_missing_model_final(tmp_pat
     open(os.path.join(out, "last_checkpoint"), "w").write("model_0000.pth")
     returncode, output = run_script("train_net.py", *DEMO, "--resume", *short)
     assert returncode == 0, output[-3000:]
-    assert "holds a finished run (its checkpoint ends epoch 0 of SOLVER.MAX_EPOCH 1): nothing left to train" in output
+    assert "holds a finished run (its checkpoint ends epoch 1 of SOLVER.MAX_EPOCH 1): nothing left to train" in output
     assert torch.load(os.path.join(out, "model_final.pth"), weights_only=False)["epoch"] == 0
 
 
