@@ -23,11 +23,18 @@ from .errors import InputError, MissingFileError
 
 IMAGES_HELP = ("a path, a PIL image, an H x W x 3 uint8 array (RGB, or BGR with bgr=True) or a 3 x H x W tensor "
                "of 0-255 values, or a list of them, or a B x 3 x H x W tensor")
+NORM_EPS = 1e-12  # what torch's F.normalize and mdpr-search divide by at the least
 
 
 def non_finite_rows(features):
     """Indices of the rows of ``features`` holding a NaN or an infinity."""
     return np.flatnonzero(~np.isfinite(features.reshape(len(features), -1)).all(axis=1))
+
+
+def zero_rows(features):
+    """Indices of the rows of ``features`` that are all zero (L2 norm below ``NORM_EPS``): normalising leaves them
+    at zero, and a zero row is at the same cosine distance from every feature, so a search ranks it at random."""
+    return np.flatnonzero(np.linalg.norm(features.reshape(len(features), -1).astype(np.float64), axis=1) < NORM_EPS)
 
 
 def first_few(names, shown=5):
@@ -103,6 +110,14 @@ def _onnx_session(path, size, device):
         raise InputError(f"{path} takes {graph_size[0]}x{graph_size[1]} images but INPUT.SIZE_TEST is "
                          f"{size[0]}x{size[1]}; pass the config the model was exported with")
     return session
+
+
+_UNUSABLE_FEATURES = [  # (rows found by, what they are, the fix) for the extractor's error
+    (non_finite_rows, "non-finite features (NaN or inf)",
+     "Check the model's weights for NaN (a diverged training run) and those images."),
+    (zero_rows, "all-zero features (at the same distance from every feature)",
+     "Check the model's weights (an untrained or broken head) and those images."),
+]
 
 
 class FeatureExtractor:
@@ -208,13 +223,12 @@ class FeatureExtractor:
         for start in range(0, len(items), self.batch_size):
             chunk = items[start:start + self.batch_size]
             features = self._features(self._batch(chunk, bgr, label, start))
-            bad = non_finite_rows(features)
-            if len(bad):
-                names = [self._name(chunk[i], label, start + i) for i in bad]
-                raise InputError(
-                    f"The model {self.source} gave non-finite features (NaN or inf) for {len(bad)} of {len(chunk)} "
-                    f"images: {first_few(names)}. Check the model's weights for NaN (a diverged training run) and "
-                    "those images.")
+            for find, what, fix in _UNUSABLE_FEATURES:
+                bad = find(features)
+                if len(bad):
+                    names = [self._name(chunk[i], label, start + i) for i in bad]
+                    raise InputError(f"The model {self.source} gave {what} for {len(bad)} of {len(chunk)} images: "
+                                     f"{first_few(names)}. {fix}")
             yield features
 
     @torch.no_grad()

@@ -212,6 +212,21 @@ def test_non_finite_features_name_the_images(demo_weights, market):
                                                                f"{market[2]}")
 
 
+def test_all_zero_features_name_the_images(demo_weights, market):
+    extractor = FeatureExtractor("MDPR/demo.yml", demo_weights, device="cpu", batch_size=4)
+    model = extractor.model
+
+    def zero_in_row_1(images):
+        features = model(images)
+        features[1] = 0
+        return features
+
+    extractor.model = zero_in_row_1
+    one_clear_error(InputError, lambda: extractor(market[:4]),
+                    f"gave all-zero features (at the same distance from every feature) for 1 of 4 images: "
+                    f"{market[1]}. Check the model's weights")
+
+
 # ------------------------------------------------------------------------------------------ the README
 def run_example(code, weights, folder, monkeypatch):
     """Run ``code`` in ``folder``, where the checkpoint it names is ``weights``; return its variables."""

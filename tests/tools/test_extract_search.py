@@ -251,19 +251,26 @@ def test_extract_gives_the_features_eval_only_computes_for_every_kind_of_image(d
 
 
 # ------------------------------------------------------------------------------------- non-finite, .npy, fit
-def features_file(path, rows=5, bad=()):
-    """An .npz as mdpr-extract writes it, with NaN / inf in the rows ``bad``."""
+def features_file(path, rows=5, bad=(), zero=()):
+    """An .npz as mdpr-extract writes it, with NaN / inf in the rows ``bad`` and the rows ``zero`` all zero."""
     features = np.random.default_rng(0).standard_normal((rows, 8)).astype(np.float32)
     for row, value in zip(bad, (np.nan, np.inf, -np.inf)):
         features[row, 3] = value
+    features[list(zero)] = 0
     np.savez(path, features=features, paths=np.array([f"person_{i}.jpg" for i in range(rows)]))
     return str(path)
 
 
-def test_search_refuses_non_finite_features_naming_the_rows(tmp_path):
-    bad = features_file(tmp_path / "bad.npz", bad=(1, 3))
-    message = r"bad\.npz: 2 of 5 feature rows are not finite \(NaN or inf\): row 1 \(person_1\.jpg\), row 3 " \
-              r"\(person_3\.jpg\); extract those images again with mdpr-extract"
+@pytest.mark.parametrize("rows, message", [
+    ({"bad": (1, 3)}, r"2 of 5 feature rows are not finite \(NaN or inf\): row 1 \(person_1\.jpg\), row 3 "
+                      r"\(person_3\.jpg\); extract those images again with mdpr-extract"),
+    # a zero row was normalised to zero and found at distance 0.5 from every gallery image
+    ({"zero": (2,)}, r"1 of 5 feature rows are all zero \(at the same distance from every feature\): row 2 "
+                     r"\(person_2\.jpg\); extract those images again with mdpr-extract"),
+], ids=["non-finite", "zero"])
+def test_search_refuses_unusable_feature_rows_naming_them(tmp_path, rows, message):
+    bad = features_file(tmp_path / "bad.npz", **rows)
+    message = r"bad\.npz: " + message
     with pytest.raises(SystemExit, match=r"^mdpr-search: error: .*" + message):
         search.main(["index", "--features", bad, "--output", str(tmp_path / "bad.index")])
     assert not (tmp_path / "bad.index").exists()
@@ -273,6 +280,21 @@ def test_search_refuses_non_finite_features_naming_the_rows(tmp_path):
     for extra in ([], ["--rerank", "--k1", "3", "--k2", "2"]):
         with pytest.raises(SystemExit, match=message):
             search.main(["query", "--index", index, "--features", bad, *extra])
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"features": np.ones((2, 0), np.float32), "paths": np.array(["a", "b"])},
+     r"'features' must be a non-empty N x D array, got shape \(2, 0\)"),
+    ({"features": np.ones((2, 4), np.float32), "paths": np.array([["a", "b"], ["c", "d"]])},
+     r"'paths' must be a list of N image paths, got an array of shape \(2, 2\)"),
+    ({"features": np.ones((1, 4), np.float32), "paths": np.array("a")},
+     r"'paths' must be a list of N image paths, got an array of shape \(\)"),
+], ids=["no columns", "2-d paths", "0-d paths"])
+def test_features_files_of_other_shapes_are_refused(tmp_path, arrays, message):
+    np.savez(tmp_path / "odd.npz", **arrays)
+    with pytest.raises(SystemExit, match=r"^mdpr-search: error: .*odd\.npz: " + message):
+        search.main(["index", "--features", str(tmp_path / "odd.npz"), "--output", str(tmp_path / "odd.index")])
+    assert not (tmp_path / "odd.index").exists()
 
 
 def test_a_npy_features_file_is_refused_in_one_line(tmp_path):
