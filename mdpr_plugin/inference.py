@@ -19,7 +19,7 @@ from .config import build_config, prepare_user_code
 from .data import build_transforms, read_image
 from .data.images import to_rgb
 from .devices import resolve_device
-from .errors import InputError, MissingFileError
+from .errors import InputError, MDPRError, MissingFileError
 
 IMAGES_HELP = ("a path, a PIL image, an H x W x 3 uint8 array (RGB, or BGR with bgr=True) or a 3 x H x W tensor "
                "of 0-255 values, or a list of them, or a B x 3 x H x W tensor")
@@ -90,13 +90,68 @@ def crop_regions(frame, boxes_xyxy):
     return [frame[y1:y2, x1:x2] for x1, y1, x2, y2 in pixel_boxes(boxes_xyxy, frame.shape[1], frame.shape[0])]
 
 
+def _loaded_onnx_session(path, **options):
+    """``tools.export.onnx_session(path, **options)``; a file ONNX Runtime cannot load is the one error naming it."""
+    from .tools.export import onnx_session  # the onnx extra's import stays off the PyTorch path
+
+    try:
+        return onnx_session(path, **options)
+    except MDPRError:
+        raise
+    except Exception as error:  # noqa: BLE001  ONNX Runtime's errors (InvalidProtobuf, ...) derive from Exception
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise InputError(f"{path} could not be loaded as an ONNX model: it is truncated, corrupt or not an ONNX "
+                         f"file; export it again with mdpr-export ({reason})") from None
+
+
+def eval_feature_width(cfg):
+    """D, the width of the eval feature of ``cfg``'s model, without weights: the model is built and run on the
+    meta device, which computes shapes alone (0.2 s for the demo, 0.5 s for a ResNet-50 MDPR; on the CPU, 0.4 and
+    1.4 s). A model that cannot run there (data-dependent code of a user's module) runs once on the CPU."""
+    from fastreid.modeling.meta_arch.build import META_ARCH_REGISTRY
+
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.BACKBONE.PRETRAIN = False  # the width does not depend on the weights
+    build = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+
+    def width_on(device):
+        with torch.device(device), torch.no_grad():
+            return int(build(cfg).eval()(torch.zeros(1, 3, *cfg.INPUT.SIZE_TEST)).shape[1])
+
+    try:
+        return width_on("meta")
+    except (NotImplementedError, RuntimeError):  # a meta tensor's values were asked for
+        return width_on("cpu")
+
+
+def _check_onnx_features(session, path, cfg):
+    """Refuse an ONNX model whose ``features`` output is not the width of the config's eval feature: a graph
+    exported from another model (or config) would otherwise run and give features of another space."""
+    from .tools.export import INPUT_NAME, OUTPUT_NAME
+
+    outputs = {o.name: o.shape for o in session.get_outputs()}
+    if OUTPUT_NAME not in outputs or len(outputs[OUTPUT_NAME]) != 2:
+        raise InputError(f"{path} has no B x D output named '{OUTPUT_NAME}' (its outputs: {outputs}); export the "
+                         "model with mdpr-export")
+    width = outputs[OUTPUT_NAME][1]
+    if not isinstance(width, int):  # a symbolic width: run the graph once
+        image = np.zeros((1, 3, *cfg.INPUT.SIZE_TEST), np.float32)
+        width = session.run([OUTPUT_NAME], {INPUT_NAME: image})[0].shape[1]
+    expected = eval_feature_width(cfg)
+    if width != expected:
+        raise InputError(f"{path} gives {width}-d features but the config's model ({cfg.MODEL.META_ARCHITECTURE}) "
+                         f"gives {expected}-d: the file was exported from another model or config; pass the config "
+                         "it was exported with, or export this model with mdpr-export")
+
+
 def _onnx_session(path, size, device):
     """An ONNX Runtime session for an mdpr-export graph taking ``size`` (h, w) images, on torch's thread count,
     with the CUDA provider for a CUDA ``device``."""
-    from .tools.export import INPUT_NAME, onnx_session  # the onnx extra's import stays off the PyTorch path
+    from .tools.export import INPUT_NAME  # the onnx extra's import stays off the PyTorch path
 
     cuda = device.type == "cuda"
-    session = onnx_session(path, threads=torch.get_num_threads(), cuda=cuda, device_id=device.index or 0)
+    session = _loaded_onnx_session(path, threads=torch.get_num_threads(), cuda=cuda, device_id=device.index or 0)
     if cuda and "CUDAExecutionProvider" not in session.get_providers():
         raise InputError(f"device {device}: ONNX Runtime could not run {path} on the GPU (its providers: "
                          f"{session.get_providers()}); check that onnxruntime-gpu matches this machine's CUDA, or "
@@ -153,6 +208,7 @@ class FeatureExtractor:
             if weights is not None:
                 raise InputError("give weights (PyTorch) or onnx (ONNX Runtime), not both")
             self.session = _onnx_session(os.fspath(onnx), cfg.INPUT.SIZE_TEST, self.device)
+            _check_onnx_features(self.session, os.fspath(onnx), cfg)
             self.backend, self.source = "onnx", onnx
         else:
             from .engine import build_eval_model  # the trainer's imports, only for the PyTorch backend

@@ -227,6 +227,56 @@ def test_all_zero_features_name_the_images(demo_weights, market):
                     f"{market[1]}. Check the model's weights")
 
 
+def graph_file(path, width):
+    """A small ONNX graph with mdpr-export's interface (``images`` B x 3 x 128 x 64 in, ``features`` out) whose
+    features are ``width`` wide (a string: a symbolic width): the image's mean colour, repeated."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    repeats = helper.make_tensor("repeats", TensorProto.INT64, [2], [1, 1 if width == 3 else 2])
+    nodes = [helper.make_node("GlobalAveragePool", ["images"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["colour"]),
+             helper.make_node("Tile", ["colour", "repeats"], ["features"])]
+    graph = helper.make_graph(nodes, "colour", [helper.make_tensor_value_info("images", TensorProto.FLOAT,
+                                                                              ["batch", 3, *SIZE])],
+                              [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", width])],
+                              initializer=[repeats])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("width, shown", [(3, 3), (6, 6), ("dim", 6)], ids=["3", "6", "symbolic"])
+def test_an_onnx_file_of_another_width_is_refused(tmp_path, width, shown):
+    """The demo's eval feature is 1152 wide; a graph of another model ran and gave features of another space."""
+    path = graph_file(tmp_path / "other.onnx", width)
+    one_clear_error(InputError, lambda: FeatureExtractor("MDPR/demo.yml", onnx=path),
+                    f"{path} gives {shown}-d features but the config's model (MDPR) gives 1152-d",
+                    "pass the config it was exported with")
+
+
+def test_eval_feature_width_is_the_model_s_for_each_config():
+    from mdpr_plugin.inference import eval_feature_width
+
+    widths = {name: eval_feature_width(load_config(name)) for name in
+              ("configs/MDPR/demo.yml", "configs/Baseline-demo.yml", "configs/MDPR/market.yml")}
+    assert widths == {"configs/MDPR/demo.yml": 1152, "configs/Baseline-demo.yml": 512, "configs/MDPR/market.yml": 4608}
+
+
+@pytest.mark.parametrize("damage", ["text", "cut", "checkpoint"])
+def test_a_corrupt_onnx_file_is_one_error_naming_it(tmp_path, demo_weights, damage):
+    path = tmp_path / "model.onnx"
+    if damage == "text":
+        path.write_text("not a model\n")
+    elif damage == "cut":
+        data = open(graph_file(tmp_path / "whole.onnx", 3), "rb").read()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        shutil.copy(demo_weights, path)
+    one_clear_error(InputError, lambda: FeatureExtractor("MDPR/demo.yml", onnx=path),
+                    f"{path} could not be loaded as an ONNX model: it is truncated, corrupt or not an ONNX file; "
+                    "export it again with mdpr-export")
+
+
 # ------------------------------------------------------------------------------------------ the README
 def run_example(code, weights, folder, monkeypatch):
     """Run ``code`` in ``folder``, where the checkpoint it names is ``weights``; return its variables."""
