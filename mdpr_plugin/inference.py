@@ -50,6 +50,24 @@ def _checked_array(array, name):
     return array
 
 
+def _checked_pixel_values(tensor, name):
+    """``tensor`` if its values can be 0-255 pixels. The model normalises its input itself, so a tensor on
+    another scale runs without error and gives wrong features: a float tensor of 0-1 values (torchvision's
+    ``ToTensor``) or a normalised one (negative values) is refused, naming the image and its range."""
+    low, high = (float(v) for v in torch.aminmax(tensor.detach().float()))
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise InputError(f"{name} is a tensor holding NaN or inf; give 0-255 pixel values")
+    if low < 0 or high > 255:
+        raise InputError(f"{name} is a tensor of values from {low:.3g} to {high:.3g}, outside 0-255: give "
+                         "unnormalised 0-255 RGB values (the model normalises them itself; clamp(0, 255) after a "
+                         "resize that overshoots)")
+    if tensor.is_floating_point() and 0 < high <= 1:
+        raise InputError(f"{name} is a float tensor of values from {low:.3g} to {high:.3g}: the 0-1 scale of "
+                         "torchvision's ToTensor, but the model takes 0-255 values; multiply it by 255 (or give a "
+                         "uint8 tensor, e.g. from PILToTensor)")
+    return tensor
+
+
 def _image_list(images):
     """``images`` (one image or many, see ``IMAGES_HELP``) as a list of single images."""
     if isinstance(images, (str, os.PathLike, Image.Image)):
@@ -184,7 +202,13 @@ class FeatureExtractor:
     (MODEL.DEVICE where this machine has it, else the CPU; the CPU with ``onnx``) or a torch device; ``onnx``: an
     .onnx file written by mdpr-export, run by ONNX Runtime instead of PyTorch, on the CPU (with as many threads as
     torch uses) or, with a CUDA ``device``, by onnxruntime-gpu's CUDA provider;
-    ``opts``: ``KEY VALUE`` config overrides. ``model`` is the PyTorch eval model (None with ``onnx``).
+    ``opts``: ``KEY VALUE`` config overrides. ``model`` is the PyTorch eval model (None with ``onnx``). An
+    ``onnx`` file whose feature width is not that of the config's model is refused.
+
+    Tensors must hold 0-255 RGB values, as the model takes them (it normalises them itself): a float tensor of
+    values within 0-1 (torchvision's ``ToTensor``; multiply it by 255) or one with values outside 0-255 (a
+    normalised tensor) is refused, naming the image, rather than guessed at. An all-black float tensor (all zero)
+    is the same on both scales and accepted. Features that come out all zero, or not finite, are refused.
     """
 
     def __init__(self, config, weights=None, device="auto", batch_size=64, onnx=None, opts=()):
@@ -322,6 +346,7 @@ class FeatureExtractor:
             if item.ndim != 3 or item.shape[0] != 3 or min(item.shape[1:]) == 0:
                 raise InputError(f"{name} is a tensor of shape {tuple(item.shape)}; give 3 x H x W (or a B x 3 x H x W "
                                  "batch) of 0-255 values")
+            _checked_pixel_values(item, name)
             item = item.detach().float().flip(0) if bgr else item.detach().float()
             if tuple(item.shape[1:]) == self.size:
                 return item

@@ -212,6 +212,38 @@ def test_non_finite_features_name_the_images(demo_weights, market):
                                                                f"{market[2]}")
 
 
+@pytest.mark.parametrize("scale, fragments", [
+    ("to_tensor", ["image 0 is a float tensor of values from 0", "to 1: the 0-1 scale of torchvision's ToTensor",
+                   "multiply it by 255"]),
+    ("normalised", ["image 0 is a tensor of values from -2", "outside 0-255: give unnormalised 0-255 RGB values"]),
+    ("above_255", ["image 0 is a tensor of values from 2 to 510, outside 0-255"]),
+    ("nan", ["image 0 is a tensor holding NaN or inf"]),
+])
+def test_tensors_on_another_scale_are_refused(extractor, market, scale, fragments):
+    """The model normalises 0-255 input itself: ToTensor's 0-1 values gave features at cosine 0.49 from the right
+    ones, without an error."""
+    from torchvision.transforms import functional as TF
+
+    zero_to_one = TF.to_tensor(Image.open(market[2]).convert("RGB"))
+    tensor = {"to_tensor": zero_to_one,
+              "normalised": TF.normalize(zero_to_one, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+              "above_255": zero_to_one * 510,
+              "nan": zero_to_one.clone().fill_(float("nan"))}[scale]
+    one_clear_error(InputError, lambda: extractor(tensor), *fragments)
+    one_clear_error(InputError, lambda: extractor.preprocess(tensor[None]), *fragments)
+
+
+def test_tensors_of_0_255_values_of_either_type_are_the_file_s_features(extractor, market):
+    from torchvision.transforms import functional as TF
+
+    picture = Image.open(market[2]).convert("RGB")
+    expected = extractor(market[2])
+    assert_close(extractor(TF.to_tensor(picture) * 255), expected, "ToTensor's values times 255")
+    assert_close(extractor(TF.pil_to_tensor(picture)), expected, "PILToTensor's uint8 values")
+    black = extractor(torch.zeros(3, *SIZE))  # zero on either scale
+    assert black.shape == expected.shape and np.isfinite(black).all()
+
+
 def test_all_zero_features_name_the_images(demo_weights, market):
     extractor = FeatureExtractor("MDPR/demo.yml", demo_weights, device="cpu", batch_size=4)
     model = extractor.model
