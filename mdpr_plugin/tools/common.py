@@ -4,10 +4,11 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 import warnings
 
 from ..config import build_config
-from ..errors import MissingFileError
+from ..errors import InputError, MissingFileError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -29,6 +30,17 @@ def setup_tool_config(args):
     return cfg
 
 
+def positive_int(text):
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
 def list_images(folder):
     """Every jpg/jpeg/png under ``folder`` (recursive), sorted."""
     if not os.path.isdir(folder):
@@ -40,6 +52,47 @@ def list_images(folder):
     if not paths:
         raise MissingFileError(f"no .jpg/.jpeg/.png images under {folder}")
     return paths
+
+
+def _nearest_existing(path):
+    """``path`` or the closest of its parent folders that exists (where the folders it needs are made)."""
+    path = os.path.abspath(path)
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def _check_can_create_in(folder, option, path):
+    """Refuse ``folder`` (the nearest existing part of ``path``) unless a file can be created in it."""
+    if not os.path.isdir(folder):
+        raise InputError(f"{option} {path} cannot be written: {folder} is a file, not a folder; give another path")
+    try:  # as root, or on a read-only or special file system, permission bits do not say it: try
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise InputError(f"{option} {path} cannot be written: no file can be created in {folder} "
+                         f"({error.strerror or error}); give a path in a folder you can write") from None
+
+
+def check_output_file(path, option="--output"):
+    """Refuse, before any work, an output file the tool could not write at the end: a folder of that name, a
+    file where one of its folders should be, a folder no file can be created in, a read-only file."""
+    if os.path.isdir(path):
+        raise InputError(f"{option} {path} is a folder; give the path of the file to write")
+    existing = _nearest_existing(path)
+    if existing == os.path.abspath(path):
+        if not os.access(path, os.W_OK):
+            raise InputError(f"{option} {path} is a read-only file; give another path, or make it writable")
+        existing = os.path.dirname(existing)
+    _check_can_create_in(existing, option, path)
+
+
+def check_output_folder(path, option="--output-dir"):
+    """Refuse, before any work, an output folder the tool could not write in: a file of that name, a file where
+    one of its parent folders should be, a folder no file can be created in."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise InputError(f"{option} {path} is a file; give a folder")
+    _check_can_create_in(_nearest_existing(path), option, path)
 
 
 def setup_tool_logging(level=logging.INFO):

@@ -22,7 +22,7 @@ from torch import nn
 from ..errors import InputError, MissingFileError, reporting_errors, require
 from ..data.datasets import BUNDLED_ROOT
 from ..inference import FeatureExtractor
-from .common import list_images, setup_tool_config, setup_tool_logging, tool_parser
+from .common import check_output_file, list_images, setup_tool_config, setup_tool_logging, tool_parser
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +141,7 @@ def main(argv=None):
             require(module, "onnx")
         if args.check_batch < 1:
             raise InputError(f"--check-batch must be at least 1, got {args.check_batch}")
+        check_output_file(args.output)  # before the model is built and exported
         cfg = setup_tool_config(args)
         extractor = FeatureExtractor(cfg, device="cpu")  # exported on the CPU: the graph is device-neutral
         height, width = extractor.size

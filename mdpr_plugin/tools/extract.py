@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import InputError, MissingFileError, reporting_errors
 from ..evaluation.progress import Progress
 from ..inference import FeatureExtractor, first_few, non_finite_rows, zero_rows
-from .common import list_images, setup_tool_config, setup_tool_logging, tool_parser
+from .common import check_output_file, list_images, setup_tool_config, setup_tool_logging, tool_parser
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +167,7 @@ def main(argv=None):
     setup_tool_logging()
     args = parse_args(argv)
     with reporting_errors("mdpr-extract"):
+        check_output_file(args.output)  # before the work, not after it
         cfg = setup_tool_config(args)
         paths = list_images(args.input)  # an empty folder fails before the model is loaded
         extractor = build_extractor(cfg, backend_of(args), args.onnx, args.batch_size)

@@ -30,7 +30,7 @@ import torch
 
 from ..errors import InputError, MissingFileError, reporting_errors
 from ..evaluation import rerank_distance
-from .common import setup_tool_config, setup_tool_logging
+from .common import check_output_file, setup_tool_config, setup_tool_logging
 from .extract import add_backend_arguments, backend_of, build_extractor, extract_folder, load_features
 
 logger = logging.getLogger(__name__)
@@ -177,6 +177,8 @@ def result_rows(query_paths, gallery_paths, distances, indices):
 
 # ---------------------------------------------------------------------------------------- commands
 def command_index(args):
+    for path in (args.output, sidecar(args.output)):
+        check_output_file(path)
     record = load_features(args.features)
     index = build_index(record["features"], args.ivf, args.nprobe)
     meta = {"paths": record["paths"], "root": record.get("root", ""),
@@ -215,6 +217,8 @@ def query_record(args, dim):
 def command_query(args):
     if args.topk < 1:
         raise InputError(f"--topk must be at least 1, got {args.topk}")
+    if args.output:
+        check_output_file(args.output)
     index, meta = load_index(args.index)
     if args.nprobe is not None:
         ivf = _faiss().try_extract_index_ivf(index)
