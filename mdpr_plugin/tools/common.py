@@ -11,6 +11,7 @@ from ..config import build_config
 from ..errors import InputError, MissingFileError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula
 
 
 def tool_parser(description):
@@ -93,6 +94,19 @@ def check_output_folder(path, option="--output-dir"):
     if os.path.lexists(path) and not os.path.isdir(path):
         raise InputError(f"{option} {path} is a file; give a folder")
     _check_can_create_in(_nearest_existing(path), option, path)
+
+
+def spreadsheet_safe(cell):
+    """``cell`` for a CSV file that a spreadsheet shows rather than runs: a text starting with =, +, -, @, a tab or a
+    carriage return (an image file name can) gets a leading single quote, which the spreadsheet hides and shows it
+    as text. Numbers, and texts that read as one (-0.5), are left as they are."""
+    if not isinstance(cell, str) or not cell.startswith(FORMULA_STARTS):
+        return cell
+    try:
+        float(cell)
+        return cell
+    except ValueError:
+        return "'" + cell
 
 
 def setup_tool_logging(level=logging.INFO):

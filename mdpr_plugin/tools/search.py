@@ -30,7 +30,7 @@ import torch
 
 from ..errors import InputError, MissingFileError, reporting_errors
 from ..evaluation import rerank_distance
-from .common import check_output_file, setup_tool_config, setup_tool_logging
+from .common import check_output_file, setup_tool_config, setup_tool_logging, spreadsheet_safe
 from .extract import add_backend_arguments, backend_of, build_extractor, extract_folder, load_features
 
 logger = logging.getLogger(__name__)
@@ -236,7 +236,7 @@ def command_query(args):
         with open(args.output, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["query", "rank", "gallery", "distance"])
-            writer.writerows(rows)
+            writer.writerows([spreadsheet_safe(cell) for cell in row] for row in rows)  # paths can start with =
         print(f"{args.output}: top-{args.topk} of {len(record['paths'])} queries ({len(rows)} rows)")
         return rows
     print(f"queries under {record.get('root', '?')}, gallery under {meta.get('root', '?')}; "

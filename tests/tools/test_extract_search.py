@@ -297,6 +297,45 @@ def test_features_files_of_other_shapes_are_refused(tmp_path, arrays, message):
     assert not (tmp_path / "odd.index").exists()
 
 
+FORMULA_NAMES = ["=HYPERLINK(\"http://x\")", "+cmd.jpg", "-1_c1s1_000401_03.jpg", "@SUM(A1).jpg", "\tx.jpg",
+                 "\rx.jpg"]
+
+
+def test_results_csv_cells_a_spreadsheet_would_run_are_quoted(tmp_path):
+    """An image file name starting with = (or +, -, @, a tab, a return) became a formula when results.csv was
+    opened in a spreadsheet."""
+    names = FORMULA_NAMES + ["plain.jpg"]
+    features = np.eye(len(names), 8, dtype=np.float32) + 0.1
+    np.savez(tmp_path / "f.npz", features=features, paths=np.array(names))
+    index, results = str(tmp_path / "g.index"), tmp_path / "results.csv"
+    search.main(["index", "--features", str(tmp_path / "f.npz"), "--output", index])
+    search.main(["query", "--index", index, "--features", str(tmp_path / "f.npz"), "--topk", "1",
+                 "--output", str(results)])
+    with open(results, newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    assert [(row[0], row[2]) for row in rows] == [("'" + n, "'" + n) for n in FORMULA_NAMES] + [("plain.jpg",) * 2]
+    assert all(float(row[3]) < 1e-5 for row in rows)  # the distances stay numbers
+
+
+def test_spreadsheet_safe_quotes_formulas_and_leaves_numbers():
+    from mdpr_plugin.tools.common import spreadsheet_safe
+
+    assert [spreadsheet_safe(c) for c in ["=1+2", "-cmd", "-0.5", "+3", -0.25, 7, "a=b", ""]] == [
+        "'=1+2", "'-cmd", "-0.5", "+3", -0.25, 7, "a=b", ""]
+
+
+def test_the_ranking_summary_quotes_formulas(tmp_path):
+    from mdpr_plugin.tools.visualize.ranking import RankedQuery, write_summary
+
+    query = RankedQuery(index=0, path="=cmd|' /C calc'!A0", pid=1, camid=0, ap=0.5, gallery=[3],
+                        gallery_paths=["@SUM(1+1)*cmd.jpg"], distances=[-1e-7], correct=[True])
+    write_summary(str(tmp_path / "summary.csv"), [query], ["0001_query.png"])
+    with open(tmp_path / "summary.csv", newline="") as f:
+        row = list(csv.reader(f))[1]
+    assert row == ["1", "0001_query.png", "'=cmd|' /C calc'!A0", "1", "0", "0.500000", "1", "'@SUM(1+1)*cmd.jpg",
+                   "-0.000000"]
+
+
 def test_a_npy_features_file_is_refused_in_one_line(tmp_path):
     np.save(tmp_path / "gallery.npy", np.ones((4, 8), np.float32))
     with pytest.raises(SystemExit) as stop:
