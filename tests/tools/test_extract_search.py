@@ -336,6 +336,34 @@ def test_the_ranking_summary_quotes_formulas(tmp_path):
                    "-0.000000"]
 
 
+@pytest.mark.parametrize("options, message", [
+    (["--rerank", "--k1", "0"], r"--k1 and --k2 must be at least 1, got 0 and 6"),
+    (["--rerank", "--k2", "0"], r"--k1 and --k2 must be at least 1, got 20 and 0"),
+    (["--rerank", "--lambda", "1.5"], r"--lambda is the weight of the original distance, from 0 to 1; got 1\.5"),
+    (["--rerank", "--lambda", "-0.1"], r"--lambda is the weight of the original distance, from 0 to 1; got -0\.1"),
+    (["--nprobe", "0"], r"--nprobe must be at least 1, got 0"),
+    (["--nprobe", "-3"], r"--nprobe must be at least 1, got -3"),
+], ids=["k1 0", "k2 0", "lambda above 1", "lambda below 0", "nprobe 0", "nprobe negative"])
+def test_query_settings_out_of_range_are_refused(tmp_path, options, message):
+    """--k1 0 raised IndexError, --k2 0 ZeroDivisionError, --nprobe 0 faiss's RuntimeError, a negative one an
+    OverflowError; a --lambda outside 0-1 ranked by another distance, silently."""
+    features = features_file(tmp_path / "f.npz", rows=40)
+    index = str(tmp_path / "ivf.index")
+    search.main(["index", "--features", features, "--output", index, "--ivf", "2"])
+    with pytest.raises(SystemExit, match=r"^mdpr-search: error: " + message):
+        search.main(["query", "--index", index, "--features", features, *options])
+
+
+@pytest.mark.parametrize("sidecar", ['{"paths": 5}', '[1, 2]', '{"paths": "a.jpg"}'])
+def test_an_index_sidecar_without_a_list_of_paths_is_refused(tmp_path, sidecar):
+    features = features_file(tmp_path / "f.npz")
+    index = str(tmp_path / "g.index")
+    search.main(["index", "--features", features, "--output", index])
+    (tmp_path / "g.index.json").write_text(sidecar)
+    with pytest.raises(SystemExit, match=rf"^mdpr-search: error: {index}\.json has no 'paths' list; rebuild the index"):
+        search.main(["query", "--index", index, "--features", features])
+
+
 def test_a_npy_features_file_is_refused_in_one_line(tmp_path):
     np.save(tmp_path / "gallery.npy", np.ones((4, 8), np.float32))
     with pytest.raises(SystemExit) as stop:
