@@ -44,6 +44,8 @@ def positive_int(text):
 
 def list_images(folder):
     """Every jpg/jpeg/png under ``folder`` (recursive), sorted."""
+    if os.path.isfile(folder):
+        raise InputError(f"{folder} is a file; give the folder of images")
     if not os.path.isdir(folder):
         raise MissingFileError(f"image folder {folder} does not exist")
     paths = sorted(

@@ -179,6 +179,20 @@ def test_empty_folder(tmp_path):
                       "--output", str(tmp_path / "f.npz"), "MODEL.WEIGHTS", "unused.pth"])
 
 
+def test_a_file_given_as_the_image_folder_is_named(tmp_path):
+    (tmp_path / "one.jpg").write_bytes(b"")
+    with pytest.raises(SystemExit, match=rf"^mdpr-extract: error: {tmp_path / 'one.jpg'} is a file; give the folder"):
+        extract.main(["--config-file", MDPR_DEMO_CONFIG, "--input", str(tmp_path / "one.jpg"),
+                      "--output", str(tmp_path / "f.npz"), "MODEL.WEIGHTS", "unused.pth"])
+
+
+def test_a_model_device_torch_does_not_know_is_named():
+    from mdpr_plugin.devices import resolve_device
+
+    with pytest.raises(ValueError, match=r"^MODEL.DEVICE 'abacus' is not a torch device; give 'cuda', 'cuda:N' or"):
+        resolve_device("abacus")
+
+
 def test_missing_weights(image_folder, tmp_path):
     with pytest.raises(SystemExit, match=r"Checkpoint .*missing\.pth not found .*Check MODEL.WEIGHTS"):
         extract.main(["--config-file", MDPR_DEMO_CONFIG, "--input", image_folder, "--output", str(tmp_path / "f.npz"),
