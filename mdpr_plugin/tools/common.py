@@ -6,11 +6,15 @@ import os
 import sys
 import tempfile
 import warnings
+from collections import Counter
 
 from ..config import build_config
+from ..data.images import IMAGE_FILE_SUFFIXES
 from ..errors import InputError, MissingFileError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+logger = logging.getLogger(__name__)
+
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula
 
 
@@ -43,18 +47,27 @@ def positive_int(text):
 
 
 def list_images(folder):
-    """Every jpg/jpeg/png under ``folder`` (recursive), sorted."""
+    """Every jpg/jpeg/png under ``folder`` (recursive), sorted; a warning counts image files of other types."""
     if os.path.isfile(folder):
         raise InputError(f"{folder} is a file; give the folder of images")
     if not os.path.isdir(folder):
         raise MissingFileError(f"image folder {folder} does not exist")
-    paths = sorted(
-        os.path.join(root, name)
-        for root, _, names in os.walk(folder)
-        for name in names if name.lower().endswith(IMAGE_SUFFIXES))
+    paths, others = [], []
+    for root, _, names in os.walk(folder):
+        for name in names:
+            suffix = os.path.splitext(name)[1].lower()
+            if suffix in IMAGE_SUFFIXES:
+                paths.append(os.path.join(root, name))
+            elif suffix in IMAGE_FILE_SUFFIXES:
+                others.append(os.path.join(root, name))
+    if others:
+        suffixes = Counter(os.path.splitext(path)[1] for path in others)
+        logger.warning("Left out %d image files under %s that are not .jpg/.jpeg/.png (%s; e.g. %s): convert them "
+                       "to one of those to use them.", len(others), folder,
+                       ", ".join(f"{count} {suffix}" for suffix, count in sorted(suffixes.items())), min(others))
     if not paths:
         raise MissingFileError(f"no .jpg/.jpeg/.png images under {folder}")
-    return paths
+    return sorted(paths)
 
 
 def _nearest_existing(path):

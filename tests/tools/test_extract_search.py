@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 from fastreid.utils.checkpoint import Checkpointer
-from helpers import BUNDLED_IMAGES, MDPR_DEMO_CONFIG, evaluation_features, load_config, market1501_copy, run_script
+from helpers import (BUNDLED_IMAGES, MDPR_DEMO_CONFIG, evaluation_features, load_config, logged, market1501_copy,
+                     run_script)
 from PIL import Image
 
 from mdpr_plugin import FeatureExtractor
@@ -177,6 +178,18 @@ def test_empty_folder(tmp_path):
     with pytest.raises(SystemExit, match=r"mdpr-extract: error: no \.jpg/\.jpeg/\.png images under .*empty"):
         extract.main(["--config-file", MDPR_DEMO_CONFIG, "--input", str(tmp_path / "empty"),
                       "--output", str(tmp_path / "f.npz"), "MODEL.WEIGHTS", "unused.pth"])
+
+
+def test_image_files_the_tools_do_not_read_are_counted(image_folder, tmp_path):
+    shutil.copytree(image_folder, tmp_path / "images")
+    for name, suffix in (("a", ".bmp"), ("b", ".webp"), ("c", ".BMP")):
+        Image.new("RGB", (64, 128)).save(tmp_path / "images" / "nested" / (name + suffix))
+    with logged("mdpr_plugin.tools") as warnings:
+        paths = extract.list_images(str(tmp_path / "images"))
+    assert len(paths) == 12  # notes.txt is no image: not counted
+    assert warnings == [f"Left out 3 image files under {tmp_path / 'images'} that are not .jpg/.jpeg/.png (1 .BMP, "
+                        f"1 .bmp, 1 .webp; e.g. {tmp_path / 'images' / 'nested' / 'a.bmp'}): convert them to one of "
+                        "those to use them."]
 
 
 def test_a_file_given_as_the_image_folder_is_named(tmp_path):
