@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import MDPR_DEMO_CONFIG, REPO, evaluation_features, load_config, market1501_copy, save_demo_checkpoint
+from helpers import (MDPR_DEMO_CONFIG, REPO, colour_onnx, evaluation_features, load_config, market1501_copy,
+                     save_demo_checkpoint)
 from PIL import Image
 
 from mdpr_plugin import FeatureExtractor
@@ -259,30 +260,12 @@ def test_all_zero_features_name_the_images(demo_weights, market):
                     f"{market[1]}. Check the model's weights")
 
 
-def graph_file(path, width):
-    """A small ONNX graph with mdpr-export's interface (``images`` B x 3 x 128 x 64 in, ``features`` out) whose
-    features are ``width`` wide (a string: a symbolic width): the image's mean colour, repeated."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    repeats = helper.make_tensor("repeats", TensorProto.INT64, [2], [1, 1 if width == 3 else 2])
-    nodes = [helper.make_node("GlobalAveragePool", ["images"], ["pooled"]),
-             helper.make_node("Flatten", ["pooled"], ["colour"]),
-             helper.make_node("Tile", ["colour", "repeats"], ["features"])]
-    graph = helper.make_graph(nodes, "colour", [helper.make_tensor_value_info("images", TensorProto.FLOAT,
-                                                                              ["batch", 3, *SIZE])],
-                              [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", width])],
-                              initializer=[repeats])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
-    return str(path)
-
-
-@pytest.mark.parametrize("width, shown", [(3, 3), (6, 6), ("dim", 6)], ids=["3", "6", "symbolic"])
-def test_an_onnx_file_of_another_width_is_refused(tmp_path, width, shown):
+@pytest.mark.parametrize("repeats, symbolic", [(1, False), (2, False), (2, True)], ids=["3", "6", "symbolic"])
+def test_an_onnx_file_of_another_width_is_refused(tmp_path, repeats, symbolic):
     """The demo's eval feature is 1152 wide; a graph of another model ran and gave features of another space."""
-    path = graph_file(tmp_path / "other.onnx", width)
+    path = colour_onnx(tmp_path / "other.onnx", repeats, symbolic)
     one_clear_error(InputError, lambda: FeatureExtractor("MDPR/demo.yml", onnx=path),
-                    f"{path} gives {shown}-d features but the config's model (MDPR) gives 1152-d",
+                    f"{path} gives {3 * repeats}-d features but the config's model (MDPR) gives 1152-d",
                     "pass the config it was exported with")
 
 
@@ -300,7 +283,7 @@ def test_a_corrupt_onnx_file_is_one_error_naming_it(tmp_path, demo_weights, dama
     if damage == "text":
         path.write_text("not a model\n")
     elif damage == "cut":
-        data = open(graph_file(tmp_path / "whole.onnx", 3), "rb").read()
+        data = open(colour_onnx(tmp_path / "whole.onnx"), "rb").read()
         path.write_bytes(data[: len(data) // 2])
     else:
         shutil.copy(demo_weights, path)
