@@ -34,7 +34,7 @@ def non_finite_rows(features):
 def zero_rows(features):
     """Indices of the rows of ``features`` that are all zero (L2 norm below ``NORM_EPS``): normalising leaves them
     at zero, and a zero row is at the same cosine distance from every feature, so a search ranks it at random."""
-    return np.flatnonzero(np.linalg.norm(features.reshape(len(features), -1).astype(np.float64), axis=1) < NORM_EPS)
+    return np.flatnonzero(np.linalg.norm(features.reshape(len(features), -1), axis=1) < NORM_EPS)
 
 
 def first_few(names, shown=5):

@@ -96,11 +96,10 @@ def check_output_file(path, option="--output"):
     if os.path.isdir(path):
         raise InputError(f"{option} {path} is a folder; give the path of the file to write")
     existing = _nearest_existing(path)
-    if existing == os.path.abspath(path):
-        if not os.access(path, os.W_OK):
-            raise InputError(f"{option} {path} is a read-only file; give another path, or make it writable")
-        existing = os.path.dirname(existing)
-    _check_can_create_in(existing, option, path)
+    if existing != os.path.abspath(path):
+        _check_can_create_in(existing, option, path)
+    elif not os.access(path, os.W_OK):  # the file is rewritten in place: its own permission is what counts
+        raise InputError(f"{option} {path} is a read-only file; give another path, or make it writable")
 
 
 def check_output_folder(path, option="--output-dir"):
@@ -113,8 +112,8 @@ def check_output_folder(path, option="--output-dir"):
 
 def spreadsheet_safe(cell):
     """``cell`` for a CSV file that a spreadsheet shows rather than runs: a text starting with =, +, -, @, a tab or a
-    carriage return (an image file name can) gets a leading single quote, which the spreadsheet hides and shows it
-    as text. Numbers, and texts that read as one (-0.5), are left as they are."""
+    carriage return (an image file name can) gets a leading single quote, which the spreadsheet hides, showing the
+    cell as text. Numbers, and texts that read as one (-0.5), are left as they are."""
     if not isinstance(cell, str) or not cell.startswith(FORMULA_STARTS):
         return cell
     try:
