@@ -334,7 +334,10 @@ def _size(text):
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 128x64 (got {text!r})") from None
+        h = w = 0
+    if min(h, w) < 1:  # a 0 reached the model as a RuntimeError
+        raise argparse.ArgumentTypeError(f"size must be HxW of whole numbers of at least 1, e.g. 128x64 (got "
+                                         f"{text!r})")
     return h, w
 
 

@@ -1,5 +1,6 @@
 """The model speed benchmark (mdpr_plugin.benchmarks.model) in its small mode, its report logic and its
 command line."""
+import argparse
 import contextlib
 import io
 import json
@@ -157,6 +158,9 @@ def test_goals_are_judged_from_the_numbers(values, met):
 
 def test_size_argument_is_checked():
     assert benchmark._size("384x192") == (384, 192)
+    for text in ("0x32", "-3x4", "12"):
+        with pytest.raises(argparse.ArgumentTypeError, match=rf"size must be HxW .*got '{text}'"):
+            benchmark._size(text)
     with pytest.raises(SystemExit):  # argparse's usage error
         benchmark.parse_args(["--size", "384"])
 
