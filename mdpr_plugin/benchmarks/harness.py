@@ -379,5 +379,5 @@ class Benchmark:
         try:
             return self.render(data)
         except (KeyError, TypeError, IndexError, AttributeError) as error:
-            raise InputError(f"--from-json {path} does not hold {self.prog}'s results ({type(error).__name__}: "
+            raise InputError(f"--from-json {path} does not hold this benchmark's results ({type(error).__name__}: "
                              f"{error}); give a file its --json wrote") from None
