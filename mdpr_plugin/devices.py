@@ -3,6 +3,8 @@ import logging
 
 import torch
 
+from .errors import InputError
+
 logger = logging.getLogger(__name__)
 _warned = set()
 
@@ -13,7 +15,10 @@ def resolve_device(device):
     fastreid's default ``MODEL.DEVICE`` is "cuda"; a config written for a GPU machine still runs on a
     CPU-only one.
     """
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"MODEL.DEVICE {device!r} is not a torch device; give 'cuda', 'cuda:N' or 'cpu'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         if str(device) not in _warned:
             _warned.add(str(device))

@@ -21,18 +21,25 @@ from .config import build_config, prepare_user_code
 from .data import build_transforms, read_image
 from .data.images import to_rgb
 from .devices import resolve_device
-from .errors import InputError, MissingFileError
+from .errors import InputError, MDPRError, MissingFileError
 from .onnx_runtime import INPUT_NAME, OUTPUT_NAME, onnx_cuda_available, onnx_session
 
 logger = logging.getLogger(__name__)
 
 IMAGES_HELP = ("a path, a PIL image, an H x W x 3 uint8 array (RGB, or BGR with bgr=True) or a 3 x H x W tensor "
                "of 0-255 values, or a list of them, or a B x 3 x H x W tensor")
+NORM_EPS = 1e-12  # what torch's F.normalize and mdpr-search divide by at the least
 
 
 def non_finite_rows(features):
     """Indices of the rows of ``features`` holding a NaN or an infinity."""
     return np.flatnonzero(~np.isfinite(features.reshape(len(features), -1)).all(axis=1))
+
+
+def zero_rows(features):
+    """Indices of the rows of ``features`` that are all zero (L2 norm below ``NORM_EPS``): normalising leaves them
+    at zero, and a zero row is at the same cosine distance from every feature, so a search ranks it at random."""
+    return np.flatnonzero(np.linalg.norm(features.reshape(len(features), -1), axis=1) < NORM_EPS)
 
 
 def first_few(names, shown=5):
@@ -46,6 +53,24 @@ def _checked_array(array, name):
         raise InputError(f"{name} is a {array.dtype} array of shape {array.shape}; an image must be H x W x 3 "
                          "uint8 (RGB, or BGR with bgr=True as OpenCV gives it)")
     return array
+
+
+def _checked_pixel_values(tensor, name):
+    """``tensor`` if its values can be 0-255 pixels. The model normalises its input itself, so a tensor on
+    another scale runs without error and gives wrong features: a float tensor of 0-1 values (torchvision's
+    ``ToTensor``) or a normalised one (negative values) is refused, naming the image and its range."""
+    low, high = (float(v) for v in torch.aminmax(tensor.detach().float()))
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise InputError(f"{name} is a tensor holding NaN or inf; give 0-255 pixel values")
+    if low < 0 or high > 255:
+        raise InputError(f"{name} is a tensor of values from {low:.3g} to {high:.3g}, outside 0-255: give "
+                         "unnormalised 0-255 RGB values (the model normalises them itself; clamp(0, 255) after a "
+                         "resize that overshoots)")
+    if tensor.is_floating_point() and 0 < high <= 1:
+        raise InputError(f"{name} is a float tensor of values from {low:.3g} to {high:.3g}: the 0-1 scale of "
+                         "torchvision's ToTensor, but the model takes 0-255 values; multiply it by 255 (or give a "
+                         "uint8 tensor, e.g. from PILToTensor)")
+    return tensor
 
 
 def _image_list(images):
@@ -128,11 +153,62 @@ def crop_regions(frame, boxes_xyxy):
     return [frame[y1:y2, x1:x2] for x1, y1, x2, y2 in pixel_boxes(boxes_xyxy, frame.shape[1], frame.shape[0])]
 
 
+def _loaded_onnx_session(path, **options):
+    """``onnx_session(path, **options)``; a file ONNX Runtime cannot load is the one error naming it."""
+    try:
+        return onnx_session(path, **options)
+    except MDPRError:
+        raise
+    except Exception as error:  # noqa: BLE001  ONNX Runtime's errors (InvalidProtobuf, ...) derive from Exception
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise InputError(f"{path} could not be loaded as an ONNX model: it is truncated, corrupt or not an ONNX "
+                         f"file; export it again with mdpr-export ({reason})") from None
+
+
+def eval_feature_width(cfg):
+    """D, the width of the eval feature of ``cfg``'s model, without weights: the model is built and run on the
+    meta device, which computes shapes alone (0.2 s for the demo, 0.5 s for a ResNet-50 MDPR; on the CPU, 0.4 and
+    1.4 s). A model that cannot run there (data-dependent code of a user's module) runs once on the CPU."""
+    from fastreid.modeling.meta_arch.build import META_ARCH_REGISTRY
+
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.BACKBONE.PRETRAIN = False  # the width does not depend on the weights
+    build = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+
+    def width_on(device):
+        with torch.device(device), torch.no_grad():
+            return int(build(cfg).eval()(torch.zeros(1, 3, *cfg.INPUT.SIZE_TEST)).shape[1])
+
+    try:
+        return width_on("meta")
+    except (NotImplementedError, RuntimeError):  # a meta tensor's values were asked for
+        return width_on("cpu")
+
+
+def _check_onnx_features(session, path, cfg):
+    """Refuse an ONNX model whose ``features`` output is not the width of the config's eval feature: a graph
+    exported from another model (or config) would otherwise run and give features of another space."""
+    outputs = {o.name: o.shape for o in session.get_outputs()}
+    if OUTPUT_NAME not in outputs or len(outputs[OUTPUT_NAME]) != 2:
+        raise InputError(f"{path} has no B x D output named '{OUTPUT_NAME}' (its outputs: {outputs}); export the "
+                         "model with mdpr-export")
+    width = outputs[OUTPUT_NAME][1]
+    if not isinstance(width, int):  # a symbolic width: run the graph once
+        image = np.zeros((1, 3, *cfg.INPUT.SIZE_TEST), np.float32)
+        width = session.run([OUTPUT_NAME], {INPUT_NAME: image})[0].shape[1]
+    expected = eval_feature_width(cfg)
+    if width != expected:
+        raise InputError(f"{path} gives {width}-d features but the config's model ({cfg.MODEL.META_ARCHITECTURE}) "
+                         f"gives {expected}-d: the file was exported from another model or config; pass the config "
+                         "it was exported with, or export this model with mdpr-export")
+
+
 def _onnx_session(path, size, device):
     """An ONNX Runtime session for an mdpr-export graph taking ``size`` (h, w) images, on torch's thread count,
     with the CUDA provider for a CUDA ``device``."""
     cuda = device.type == "cuda"
-    session = onnx_session(path, threads=torch.get_num_threads(), cuda=cuda, device_id=device.index or 0)
+    session = _loaded_onnx_session(path, threads=torch.get_num_threads(), cuda=cuda, device_id=device.index or 0)
     if cuda and "CUDAExecutionProvider" not in session.get_providers():
         raise InputError(f"device {device}: ONNX Runtime could not run {path} on the GPU (its providers: "
                          f"{session.get_providers()}); check that onnxruntime-gpu matches this machine's CUDA, or "
@@ -148,6 +224,14 @@ def _onnx_session(path, size, device):
     return session
 
 
+_UNUSABLE_FEATURES = [  # (rows found by, what they are, the fix) for the extractor's error
+    (non_finite_rows, "non-finite features (NaN or inf)",
+     "Check the model's weights for NaN (a diverged training run) and those images."),
+    (zero_rows, "all-zero features (at the same distance from every feature)",
+     "Check the model's weights (an untrained or broken head) and those images."),
+]
+
+
 class FeatureExtractor:
     """``FeatureExtractor(config, weights)(images)``: N x D float32 features, each row L2-normalised, equal to what
     ``train_net.py --eval-only`` computes for the same images.
@@ -157,7 +241,13 @@ class FeatureExtractor:
     (MODEL.DEVICE where this machine has it, else the CPU; the CPU with ``onnx``) or a torch device; ``onnx``: an
     .onnx file written by mdpr-export, run by ONNX Runtime instead of PyTorch, on the CPU (with as many threads as
     torch uses) or, with a CUDA ``device``, by onnxruntime-gpu's CUDA provider;
-    ``opts``: ``KEY VALUE`` config overrides. ``model`` is the PyTorch eval model (None with ``onnx``).
+    ``opts``: ``KEY VALUE`` config overrides. ``model`` is the PyTorch eval model (None with ``onnx``). An
+    ``onnx`` file whose feature width is not that of the config's model is refused.
+
+    Tensors must hold 0-255 RGB values, as the model takes them (it normalises them itself): a float tensor of
+    values within 0-1 (torchvision's ``ToTensor``; multiply it by 255) or one with values outside 0-255 (a
+    normalised tensor) is refused, naming the image, rather than guessed at. An all-black float tensor (all zero)
+    is the same on both scales and accepted. Features that come out all zero, or not finite, are refused.
     """
 
     def __init__(self, config, weights=None, device="auto", batch_size=64, onnx=None, opts=()):
@@ -181,6 +271,7 @@ class FeatureExtractor:
             if weights is not None:
                 raise InputError("give weights (PyTorch) or onnx (ONNX Runtime), not both")
             self.session = _onnx_session(os.fspath(onnx), cfg.INPUT.SIZE_TEST, self.device)
+            _check_onnx_features(self.session, os.fspath(onnx), cfg)
             self.backend, self.source = "onnx", onnx
         else:
             from .engine import build_eval_model  # the trainer's imports, only for the PyTorch backend
@@ -283,13 +374,12 @@ class FeatureExtractor:
         for start in range(0, len(items), self.batch_size):
             chunk = items[start:start + self.batch_size]
             features = self._features(self._batch(chunk, bgr, label, start))
-            bad = non_finite_rows(features)
-            if len(bad):
-                names = [self._name(chunk[i], label, start + i) for i in bad]
-                raise InputError(
-                    f"The model {self.source} gave non-finite features (NaN or inf) for {len(bad)} of {len(chunk)} "
-                    f"images: {first_few(names)}. Check the model's weights for NaN (a diverged training run) and "
-                    "those images.")
+            for find, what, fix in _UNUSABLE_FEATURES:
+                bad = find(features)
+                if len(bad):
+                    names = [self._name(chunk[i], label, start + i) for i in bad]
+                    raise InputError(f"The model {self.source} gave {what} for {len(bad)} of {len(chunk)} images: "
+                                     f"{first_few(names)}. {fix}")
             yield features
 
     @torch.no_grad()
@@ -325,6 +415,7 @@ class FeatureExtractor:
             if item.ndim != 3 or item.shape[0] != 3 or min(item.shape[1:]) == 0:
                 raise InputError(f"{name} is a tensor of shape {tuple(item.shape)}; give 3 x H x W (or a B x 3 x H x W "
                                  "batch) of 0-255 values")
+            _checked_pixel_values(item, name)
             item = item.detach().float().flip(0) if bgr else item.detach().float()
             if tuple(item.shape[1:]) == self.size:
                 return item

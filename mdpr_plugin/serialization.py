@@ -123,6 +123,12 @@ def _refusal(path, offenders):
         "re-save its tensors alone: torch.save({'model': model.state_dict()}, path).")
 
 
+def _reason(error):
+    """One line saying how torch failed: its type where the message alone says little (``KeyError: 101``)."""
+    lines = str(error).splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
 def safe_load(path):
     """``torch.load(path)`` on the CPU, refusing pickled objects; errors name the file."""
     try:
@@ -130,11 +136,14 @@ def safe_load(path):
             # a plain pickle of protocol 4+: torch warns before refusing it; the refusal says it all
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001
+        # a damaged file fails wherever its bytes lead torch's reader: cut or altered files of the legacy
+        # (non-zip) format raise IndexError, KeyError, AssertionError, AttributeError, struct.error, EOFError or
+        # UnpicklingError, a text file KeyError; none of them is a bug of the caller
         reason = error
     offenders = pickled_objects(path)
     if offenders:
         raise _refusal(path, offenders) from None
-    detail = "" if isinstance(reason, pickle.UnpicklingError) else f" ({str(reason).splitlines()[0]})"
+    detail = "" if isinstance(reason, pickle.UnpicklingError) else f" ({_reason(reason)})"
     raise CheckpointError(f"{path} could not be read as a torch checkpoint: it is truncated, corrupt or of another "
                           f"format; re-save or re-download it{detail}.") from None

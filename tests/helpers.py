@@ -103,3 +103,23 @@ def bundled_test_images(cfg, count):
 
     transform = build_transforms(cfg, is_train=False)
     return torch.stack([transform(read_image(path)) for path in list_images(BUNDLED_IMAGES)[:count]])
+
+
+def colour_onnx(path, repeats=1, symbolic_width=False):
+    """A small ONNX graph with mdpr-export's interface at the demo's input size (``images`` B x 3 x 128 x 64 in,
+    ``features`` out) whose features are the image's mean colour repeated ``repeats`` times: 3 x ``repeats``
+    wide, declared so or, with ``symbolic_width``, as a named axis. Returns the path."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    tiles = helper.make_tensor("tiles", TensorProto.INT64, [2], [1, repeats])
+    nodes = [helper.make_node("GlobalAveragePool", ["images"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["colour"]),
+             helper.make_node("Tile", ["colour", "tiles"], ["features"])]
+    width = "width" if symbolic_width else 3 * repeats
+    graph = helper.make_graph(nodes, "colour", [helper.make_tensor_value_info("images", TensorProto.FLOAT,
+                                                                              ["batch", 3, 128, 64])],
+                              [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", width])],
+                              initializer=[tiles])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return str(path)

@@ -222,6 +222,37 @@ def test_images_of_another_format_are_named(market, market_cfg):
         Trainer.build_train_loader(market_cfg)
 
 
+def test_images_of_suffixes_the_dataset_does_not_glob_are_counted_with_their_folder(market, market_cfg):
+    """Market1501 globs *.jpg: .JPG, .jpeg and .png files beside them were left out of training and evaluation
+    without a word."""
+    query, train = market / "query", market / "bounding_box_train"
+    moved = images(query)[:3]
+    for path, suffix in zip(moved, (".png", ".JPG", ".jpeg")):
+        Image.open(path).save(path[:-4] + suffix, format="PNG" if suffix == ".png" else "JPEG")
+        os.remove(path)
+    shutil.move(images(train)[0], str(train / "0002_c1s1_000451_03.PNG"))
+    (query / "notes.txt").write_text("not an image")
+    with logged("mdpr_plugin.data.checks") as warnings:
+        _, num_query = Trainer.build_test_loader(market_cfg, "Market1501")
+        loader = Trainer.build_train_loader(market_cfg)
+    assert (num_query, len(loader.dataset)) == (29, 31)  # fastreid's own reading: the warning changes nothing
+    left_out = [w for w in warnings if "image files were not read" in w]
+    assert left_out == [
+        f"3 image files were not read into Market1501's query set: {query}: 1 .JPG, 1 .jpeg, 1 .png (e.g. "
+        f"{os.path.basename(moved[1])[:-4]}.JPG), next to its .jpg files. The dataset class reads only the suffixes "
+        "it globs, case-sensitively: rename or convert these files to one of those to use them.",
+        f"1 image files were not read into Market1501's training set: {train}: 1 .PNG (e.g. "
+        "0002_c1s1_000451_03.PNG), next to its .jpg files. The dataset class reads only the suffixes it globs, "
+        "case-sensitively: rename or convert these files to one of those to use them."]
+
+
+def test_junk_images_a_dataset_skips_on_purpose_are_not_counted(market, market_cfg):
+    shutil.copy(images(market / "bounding_box_test")[0], market / "bounding_box_test" / "-1_c1s1_000401_03.jpg")
+    with logged("mdpr_plugin.data.checks") as warnings:
+        Trainer.build_test_loader(market_cfg, "Market1501")
+    assert [w for w in warnings if "not read" in w] == []
+
+
 @pytest.mark.parametrize("name", ["person0002.jpg", "0002_c9s1_000451_03.jpg"])
 def test_unparsable_file_names_are_named(market, market_cfg, name):
     shutil.copy(images(market / "bounding_box_train")[0], market / "bounding_box_train" / name)

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import (MDPR_DEMO_CONFIG, REPO, evaluation_features, load_config, logged, market1501_copy,
+from helpers import (MDPR_DEMO_CONFIG, REPO, colour_onnx, evaluation_features, load_config, logged, market1501_copy,
                      save_demo_checkpoint)
 from PIL import Image
 
@@ -271,6 +271,85 @@ def test_bad_tracker_input_gives_one_clear_error(extractor, frame):
                     "2 box arrays for 1 images")
     one_clear_error(InputError, lambda: extractor.get_features([(0, 0, 10, 10)], frame[:, :, 0]),
                     "image is a uint8 array of shape")
+
+
+@pytest.mark.parametrize("scale, fragments", [
+    ("to_tensor", ["image 0 is a float tensor of values from 0", "to 1: the 0-1 scale of torchvision's ToTensor",
+                   "multiply it by 255"]),
+    ("normalised", ["image 0 is a tensor of values from -2", "outside 0-255: give unnormalised 0-255 RGB values"]),
+    ("above_255", ["image 0 is a tensor of values from 2 to 510, outside 0-255"]),
+    ("nan", ["image 0 is a tensor holding NaN or inf"]),
+])
+def test_tensors_on_another_scale_are_refused(extractor, market, scale, fragments):
+    """The model normalises 0-255 input itself: ToTensor's 0-1 values gave features at cosine 0.49 from the right
+    ones, without an error."""
+    from torchvision.transforms import functional as TF
+
+    zero_to_one = TF.to_tensor(Image.open(market[2]).convert("RGB"))
+    tensor = {"to_tensor": zero_to_one,
+              "normalised": TF.normalize(zero_to_one, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+              "above_255": zero_to_one * 510,
+              "nan": zero_to_one.clone().fill_(float("nan"))}[scale]
+    one_clear_error(InputError, lambda: extractor(tensor), *fragments)
+    one_clear_error(InputError, lambda: extractor.preprocess(tensor[None]), *fragments)
+
+
+def test_tensors_of_0_255_values_of_either_type_are_the_file_s_features(extractor, market):
+    from torchvision.transforms import functional as TF
+
+    picture = Image.open(market[2]).convert("RGB")
+    expected = extractor(market[2])
+    assert_close(extractor(TF.to_tensor(picture) * 255), expected, "ToTensor's values times 255")
+    assert_close(extractor(TF.pil_to_tensor(picture)), expected, "PILToTensor's uint8 values")
+    black = extractor(torch.zeros(3, *SIZE))  # zero on either scale
+    assert black.shape == expected.shape and np.isfinite(black).all()
+
+
+def test_all_zero_features_name_the_images(demo_weights, market):
+    extractor = FeatureExtractor("MDPR/demo.yml", demo_weights, device="cpu", batch_size=4)
+    model = extractor.model
+
+    def zero_in_row_1(images):
+        features = model(images)
+        features[1] = 0
+        return features
+
+    extractor.model = zero_in_row_1
+    one_clear_error(InputError, lambda: extractor(market[:4]),
+                    f"gave all-zero features (at the same distance from every feature) for 1 of 4 images: "
+                    f"{market[1]}. Check the model's weights")
+
+
+@pytest.mark.parametrize("repeats, symbolic", [(1, False), (2, False), (2, True)], ids=["3", "6", "symbolic"])
+def test_an_onnx_file_of_another_width_is_refused(tmp_path, repeats, symbolic):
+    """The demo's eval feature is 1152 wide; a graph of another model ran and gave features of another space."""
+    path = colour_onnx(tmp_path / "other.onnx", repeats, symbolic)
+    one_clear_error(InputError, lambda: FeatureExtractor("MDPR/demo.yml", onnx=path),
+                    f"{path} gives {3 * repeats}-d features but the config's model (MDPR) gives 1152-d",
+                    "pass the config it was exported with")
+
+
+def test_eval_feature_width_is_the_model_s_for_each_config():
+    from mdpr_plugin.inference import eval_feature_width
+
+    widths = {name: eval_feature_width(load_config(name)) for name in
+              ("configs/MDPR/demo.yml", "configs/Baseline-demo.yml", "configs/MDPR/market.yml")}
+    assert widths == {"configs/MDPR/demo.yml": 1152, "configs/Baseline-demo.yml": 512, "configs/MDPR/market.yml": 4608}
+
+
+@pytest.mark.parametrize("damage", ["text", "cut", "checkpoint"])
+def test_a_corrupt_onnx_file_is_one_error_naming_it(tmp_path, demo_weights, damage):
+    path = tmp_path / "model.onnx"
+    if damage == "text":
+        path.write_text("not a model\n")
+    elif damage == "cut":
+        data = open(colour_onnx(tmp_path / "whole.onnx"), "rb").read()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        shutil.copy(demo_weights, path)
+    one_clear_error(InputError, lambda: FeatureExtractor("MDPR/demo.yml", onnx=path),
+                    f"{path} could not be loaded as an ONNX model: it is truncated, corrupt or not an ONNX file; "
+                    "export it again with mdpr-export")
 
 
 # ------------------------------------------------------------------------------------------ the README

@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ..errors import MissingFileError, reporting_errors
+from ..errors import InputError, MissingFileError, reporting_errors
+from ..tools.common import check_output_file, positive_int
 
 GIB = 1024 ** 3
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -289,18 +290,32 @@ class Section:
             text = before + section + rest.split(self.end, 1)[1]
         else:
             text = text.rstrip("\n") + "\n\n" + section + "\n"
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # as every tool makes its folders
         with open(path, "w") as f:
             f.write(text)
 
 
 # ------------------------------------------------------------------------------ command line
+def read_results(path):
+    """The results ``--json`` wrote at ``path``, or the one error naming the file."""
+    if not os.path.isfile(path):
+        raise MissingFileError(f"--from-json {path} does not exist")
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise InputError(f"--from-json {path} is not JSON ({error}); give a file written by --json") from None
+
+
 def parser(prog, doc, threads, repeats, budget):
     """The options both benchmarks take; ``threads`` / ``repeats``: the defaults their help texts name."""
     options = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
                                       formatter_class=argparse.RawDescriptionHelpFormatter)
     options.add_argument("--small", action="store_true", help="tiny shapes, few repeats: seconds to minutes, for tests")
-    options.add_argument("--threads", type=int, help=f"threads of torch, BLAS and OpenMP (default {threads})")
-    options.add_argument("--repeats", type=int, help=f"timed runs at most, median reported (default {repeats})")
+    # a 0 was taken as "not given": the default
+    options.add_argument("--threads", type=positive_int, help=f"threads of torch, BLAS and OpenMP (default {threads})")
+    options.add_argument("--repeats", type=positive_int,
+                         help=f"timed runs at most, median reported (default {repeats})")
     options.add_argument("--budget", type=float, default=budget,
                          help="seconds of timed runs after which a case stops repeating")
     options.add_argument("--isolate", dest="isolate", action="store_true", default=None,
@@ -338,18 +353,31 @@ class Benchmark:
                     result = self.run_worker(json.loads(args.worker))
                 print(json.dumps(result))
                 return 0
+            self.check_outputs(args)  # before minutes of measuring, not after
             if args.from_json:
-                if not os.path.isfile(args.from_json):
-                    raise MissingFileError(f"--from-json {args.from_json} does not exist")
-                with open(args.from_json) as f:
-                    data = json.load(f)
+                text = self.render_saved(args.from_json)
             else:
                 limit_threads(args.threads)
                 with contextlib.redirect_stdout(sys.stderr):  # fastreid's ranking prints notes: not the report
                     data = self.run_all(args)
-            text = self.render(data)
+                text = self.render(data)
         print(text)
         if self.writes_docs(args):
             self.section.write(args.output, text)
             log(f"wrote {args.output}")
         return 0
+
+    def check_outputs(self, args):
+        if args.json and not args.from_json:
+            check_output_file(args.json, "--json")
+        if self.writes_docs(args):
+            check_output_file(args.output, "--output")
+
+    def render_saved(self, path):
+        """The section of the results saved at ``path``; a file of other content is the one error naming it."""
+        data = read_results(path)
+        try:
+            return self.render(data)
+        except (KeyError, TypeError, IndexError, AttributeError) as error:
+            raise InputError(f"--from-json {path} does not hold this benchmark's results ({type(error).__name__}: "
+                             f"{error}); give a file its --json wrote") from None

@@ -34,8 +34,9 @@ import argparse
 import logging
 import os
 
-from .harness import GIB, Benchmark, Goal, Section, goals_lines, log, machine, parser, recording_run, \
-    run_cases, run_header, run_isolated, saver
+from ..tools.common import check_output_folder, positive_int
+from .harness import GIB, Benchmark, Goal, Section, goals_lines, log, machine, parser, \
+    recording_run, run_cases, run_header, run_isolated, saver
 
 SECTION = Section("model-benchmark")
 MODULE = "mdpr_plugin.benchmarks.model"
@@ -121,11 +122,15 @@ def run_worker(argument):
         return {**argument, "unavailable": str(error)}
 
 
+def feature_folder(args):
+    return os.path.abspath(args.feature_dir or os.path.join("logs", "model-benchmark-features"))
+
+
 def run_all(args):
     """The ceiling, then every case of ``plan``; the results with the machine and the run's record."""
     import numpy as np
 
-    feature_dir = os.path.abspath(args.feature_dir or os.path.join("logs", "model-benchmark-features"))
+    feature_dir = feature_folder(args)
     os.makedirs(feature_dir, exist_ok=True)
     device = "cuda" if _wants_cuda(args) else "cpu"
     call = (lambda argument: run_isolated(MODULE, argument, args.threads)) if args.isolate else run_worker
@@ -329,7 +334,10 @@ def _size(text):
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 128x64 (got {text!r})") from None
+        h = w = 0
+    if min(h, w) < 1:  # a 0 reached the model as a RuntimeError
+        raise argparse.ArgumentTypeError(f"size must be HxW of whole numbers of at least 1, e.g. 128x64 (got "
+                                         f"{text!r})")
     return h, w
 
 
@@ -340,12 +348,12 @@ def parse_args(argv=None):
     options = parser(PROG, __doc__, threads="2; --small 1", repeats="7; --small 2", budget=60.0)
     options.add_argument("--config-file", default="configs/MDPR/market.yml", metavar="FILE")
     options.add_argument("--size", type=_size, help="input HxW (default 128x64; --small 96x32)")
-    options.add_argument("--batch", type=int, help="images per batch (default 16; --small 4)")
+    options.add_argument("--batch", type=positive_int, help="images per batch (default 16; --small 4)")
     options.add_argument("--modes", nargs="+", choices=MODES,
                          help="MDPR's modes (default: the device's; --small: not compile, nor bf16 on a CPU; "
                               "fp32 always runs)")
     options.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS))
-    options.add_argument("--warmup", type=int, help="untimed calls (default 3; --small 1)")
+    options.add_argument("--warmup", type=positive_int, help="untimed calls (default 3; --small 1)")
     options.add_argument("--write-docs", action="store_true", help="(re)write this benchmark's section of --output")
     options.add_argument("--feature-dir", help="where the modes' eval features are kept "
                                                "(default logs/model-benchmark-features)")
@@ -364,6 +372,7 @@ def parse_args(argv=None):
     if args.isolate is None:
         args.isolate = not args.small
     args.modes = args.modes or default_modes(args)
+    check_output_folder(feature_folder(args), "--feature-dir")
     return args
 
 

@@ -19,7 +19,7 @@ from fastreid.data.samplers import InferenceSampler
 from fastreid.utils import comm
 
 from .checks import (check_folder_not_read_as_ids, check_identity_sampling, check_images, check_not_empty,
-                     explained_dataset_errors)
+                     explained_dataset_errors, warn_images_not_read)
 from .datasets import RGBCommDataset
 from .loader import DeviceDataLoader
 from .transforms import build_transforms
@@ -36,6 +36,7 @@ def _bad_image_policy(cfg):
 def _checked_items(cfg, items, description, is_train):
     size = cfg.INPUT.SIZE_TRAIN if is_train else cfg.INPUT.SIZE_TEST
     kept, _ = check_images(items, description, _bad_image_policy(cfg), size)
+    warn_images_not_read(items, description)
     return kept
 
 

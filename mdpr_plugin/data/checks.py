@@ -15,7 +15,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import InputError, MissingFileError
-from .images import BAD_IMAGE_FIX, BadImageError, inspect_image
+from .images import BAD_IMAGE_FIX, IMAGE_FILE_SUFFIXES, BadImageError, inspect_image
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +219,40 @@ def check_images(items, description, policy, input_size, threads=None):
         logger.warning("%d images of %s are more than 4x smaller than the input size %dx%d (e.g. %s, %dx%d); "
                        "they are upscaled, which blurs them.", len(tiny), description, width, height, path, w, h)
     return items, len(bad)
+
+
+def _left_out_images(folder, read_suffixes):
+    """``{suffix: [file names]}`` of the image files in ``folder`` whose suffix is none of ``read_suffixes``
+    (exact case: a glob of ``*.jpg`` does not find ``x.JPG``)."""
+    left_out = {}
+    for name in sorted(os.listdir(folder)):
+        suffix = os.path.splitext(name)[1]
+        if suffix.lower() in IMAGE_FILE_SUFFIXES and suffix not in read_suffixes:
+            left_out.setdefault(suffix, []).append(name)
+    return dict(sorted(left_out.items()))
+
+
+def warn_images_not_read(items, description):
+    """Warn, naming the folders and the counts, about image files next to the images of ``items`` that the
+    dataset class did not read: fastreid's classes glob one suffix (Market1501 ``*.jpg``, case-sensitive), so
+    ``.JPG``, ``.jpeg`` or ``.png`` files beside them were left out of training and evaluation silently. Files
+    of a read suffix the class skipped on purpose (Market-1501's junk images, id -1) are not counted."""
+    read = {}
+    for item in items:
+        folder, name = os.path.split(item[0])
+        read.setdefault(folder, set()).add(os.path.splitext(name)[1])
+    found = {folder: _left_out_images(folder, suffixes) for folder, suffixes in sorted(read.items())}
+    found = {folder: left_out for folder, left_out in found.items() if left_out}
+    if not found:
+        return
+    total = sum(len(names) for left_out in found.values() for names in left_out.values())
+    places = [f"{folder}: {', '.join(f'{len(names)} {suffix}' for suffix, names in left_out.items())} "
+              f"(e.g. {next(iter(left_out.values()))[0]}), next to its {'/'.join(sorted(read[folder]))} files"
+              for folder, left_out in list(found.items())[:3]]
+    more = f"; and {len(found) - 3} more folders" if len(found) > 3 else ""
+    logger.warning("%d image files were not read into %s: %s%s. The dataset class reads only the suffixes it "
+                   "globs, case-sensitively: rename or convert these files to one of those to use them.",
+                   total, description, "; ".join(places), more)
 
 
 # --------------------------------------------------------------------------------------- sampling

@@ -21,6 +21,9 @@ class BadImageError(InputError):
         self.path, self.reason = path, reason
 
 
+# the suffixes of image files a folder of person crops may hold, lower case
+IMAGE_FILE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
 BAD_IMAGE_FIX = ("Replace the file (re-extract or re-download the dataset), or set DATALOADER.BAD_IMAGES skip "
                  "to leave unreadable images out of the data set.")
 

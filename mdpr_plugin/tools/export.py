@@ -23,13 +23,14 @@ from ..errors import InputError, reporting_errors, require
 from ..data.datasets import BUNDLED_ROOT
 from ..inference import FeatureExtractor
 from ..onnx_runtime import INPUT_NAME, OUTPUT_NAME, onnx_session
-from .common import list_images, setup_tool_config, setup_tool_logging, tool_parser
+from .common import check_output_file, list_images, setup_tool_config, setup_tool_logging, tool_parser
 
 logger = logging.getLogger(__name__)
 
 MAX_REL_DIFF = 1e-4       # parity the CLI demands of the exported graph
 EXPORT_BATCH = 2          # batch of the example input; the check runs other sizes
 PROTOBUF_LIMIT = 2 << 30  # a single .onnx file cannot hold more (weights then go to <path>.data)
+LOWEST_OPSET = 18  # torch's exporter implements no lower one: asked for one, it logs a traceback and writes 18
 
 
 class _ImagesToFeatures(nn.Module):
@@ -94,6 +95,18 @@ def check_onnx(path, model, images):
             "batch": len(images), "feature_dim": int(reference.shape[1])}
 
 
+def check_opset(opset):
+    """Refuse an opset the exporter cannot write: it would log a traceback and write another one, silently."""
+    if opset is None:
+        return
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if not LOWEST_OPSET <= opset <= newest:
+        raise InputError(f"--opset {opset} cannot be written: torch's exporter writes opsets {LOWEST_OPSET} to "
+                         f"{newest} (this onnx's newest); give one of them, or leave --opset out")
+
+
 def parse_args(argv=None):
     parser = tool_parser("Export a trained MDPR (or fastreid) model to ONNX and check it against PyTorch.")
     parser.prog = "mdpr-export"  # also under `python -m`
@@ -115,11 +128,14 @@ def main(argv=None):
             require(module, "onnx")
         if args.check_batch < 1:
             raise InputError(f"--check-batch must be at least 1, got {args.check_batch}")
+        check_opset(args.opset)
+        check_output_file(args.output)  # before the model is built and exported
+        check_images = list_images(args.check_images)[:args.check_batch]  # likewise
         cfg = setup_tool_config(args)
         extractor = FeatureExtractor(cfg, device="cpu")  # exported on the CPU: the graph is device-neutral
         height, width = extractor.size
         export_onnx(extractor.model, args.output, height, width, args.opset)
-        images = extractor.preprocess(list_images(args.check_images)[:args.check_batch])
+        images = extractor.preprocess(check_images)
         result = check_onnx(args.output, extractor.model, images)
     print(f"{args.output}: input '{INPUT_NAME}' B x 3 x {height} x {width} (0-255 RGB), output "
           f"'{OUTPUT_NAME}' B x {result['feature_dim']}")

@@ -23,8 +23,8 @@ import numpy as np
 
 from ..errors import InputError, MissingFileError, reporting_errors
 from ..evaluation.progress import Progress
-from ..inference import FeatureExtractor, first_few, non_finite_rows
-from .common import list_images, setup_tool_config, setup_tool_logging, tool_parser
+from ..inference import FeatureExtractor, first_few, non_finite_rows, zero_rows
+from .common import check_output_file, list_images, setup_tool_config, setup_tool_logging, tool_parser
 
 logger = logging.getLogger(__name__)
 
@@ -116,17 +116,23 @@ def load_features(path):
         raise InputError(f"{path} has no {' or '.join(repr(k) for k in missing)} array (it has "
                          f"{sorted(record)}); make it with mdpr-extract")
     features, paths = record["features"], record["paths"]
-    if features.ndim != 2 or len(features) == 0:
+    if features.ndim != 2 or 0 in features.shape:
         raise InputError(f"{path}: 'features' must be a non-empty N x D array, got shape {features.shape}")
+    if paths.ndim != 1:
+        raise InputError(f"{path}: 'paths' must be a list of N image paths, got an array of shape {paths.shape}; "
+                         "make the file with mdpr-extract")
     if len(paths) != len(features):
         raise InputError(f"{path}: {len(paths)} paths for {len(features)} feature rows")
     if features.dtype.kind not in "fiu":
         raise InputError(f"{path}: 'features' must hold numbers, got {features.dtype}; make it with mdpr-extract")
-    rows = non_finite_rows(features)
-    if len(rows):  # a search would drop these rows or give them NaN distances
-        raise InputError(f"{path}: {len(rows)} of {len(features)} feature rows are not finite (NaN or inf): "
-                         f"{first_few([f'row {i} ({paths[i]})' for i in rows])}; extract those images again "
-                         "with mdpr-extract")
+    # a search would drop non-finite rows or give them NaN distances, and put a zero row at distance 0.5 from all
+    for find, what in ((non_finite_rows, "not finite (NaN or inf)"),
+                       (zero_rows, "all zero (at the same distance from every feature)")):
+        rows = find(features)
+        if len(rows):
+            raise InputError(f"{path}: {len(rows)} of {len(features)} feature rows are {what}: "
+                             f"{first_few([f'row {i} ({paths[i]})' for i in rows])}; extract those images again "
+                             "with mdpr-extract")
     record["features"] = features.astype(np.float32, copy=False)
     record["paths"] = [str(p) for p in paths]
     for key, value in record.items():  # 0-d arrays back to Python scalars
@@ -161,6 +167,7 @@ def main(argv=None):
     setup_tool_logging()
     args = parse_args(argv)
     with reporting_errors("mdpr-extract"):
+        check_output_file(args.output)  # before the work, not after it
         cfg = setup_tool_config(args)
         paths = list_images(args.input)  # an empty folder fails before the model is loaded
         extractor = build_extractor(cfg, backend_of(args), args.onnx, args.batch_size)

@@ -30,7 +30,7 @@ import torch
 
 from ..errors import InputError, MissingFileError, reporting_errors
 from ..evaluation import rerank_distance
-from .common import setup_tool_config, setup_tool_logging
+from .common import check_output_file, setup_tool_config, setup_tool_logging, spreadsheet_safe
 from .extract import add_backend_arguments, backend_of, build_extractor, extract_folder, load_features
 
 logger = logging.getLogger(__name__)
@@ -128,8 +128,8 @@ def load_index(path):
             meta = json.load(f)
         except json.JSONDecodeError as error:
             raise InputError(f"{sidecar(path)} is not valid JSON ({error}); rebuild the index") from None
-    if "paths" not in meta:
-        raise InputError(f"{sidecar(path)} has no 'paths'; rebuild the index with `mdpr-search index`")
+    if not isinstance(meta, dict) or not isinstance(meta.get("paths"), list):
+        raise InputError(f"{sidecar(path)} has no 'paths' list; rebuild the index with `mdpr-search index`")
     try:
         index = _faiss().read_index(path)
     except RuntimeError as error:
@@ -147,6 +147,15 @@ def search(index, queries, topk):
     squared, indices = index.search(normalize(queries), min(topk, index.ntotal))
     # |q - x|^2 / 2 = 1 - cosine for unit rows; clipped: float32 rounding gives -1e-7 for a row and itself
     return np.clip(squared / 2, 0, 2), indices  # IVF may find fewer than topk: index -1
+
+
+def check_rerank_settings(k1, k2, lambda_value):
+    """Refuse settings re-ranking fails on (k1 or k2 below 1) or turns into another distance (lambda outside 0-1:
+    a negative weight on one of the two distances it mixes)."""
+    if k1 < 1 or k2 < 1:
+        raise InputError(f"--k1 and --k2 must be at least 1, got {k1} and {k2}")
+    if not 0 <= lambda_value <= 1:
+        raise InputError(f"--lambda is the weight of the original distance, from 0 to 1; got {lambda_value}")
 
 
 def rerank_search(index, queries, topk, k1=20, k2=6, lambda_value=0.3):
@@ -177,6 +186,8 @@ def result_rows(query_paths, gallery_paths, distances, indices):
 
 # ---------------------------------------------------------------------------------------- commands
 def command_index(args):
+    for path in (args.output, sidecar(args.output)):
+        check_output_file(path)
     record = load_features(args.features)
     index = build_index(record["features"], args.ivf, args.nprobe)
     meta = {"paths": record["paths"], "root": record.get("root", ""),
@@ -215,8 +226,14 @@ def query_record(args, dim):
 def command_query(args):
     if args.topk < 1:
         raise InputError(f"--topk must be at least 1, got {args.topk}")
+    if args.output:
+        check_output_file(args.output)
+    if args.rerank:
+        check_rerank_settings(args.k1, args.k2, args.lambda_value)
     index, meta = load_index(args.index)
     if args.nprobe is not None:
+        if args.nprobe < 1:
+            raise InputError(f"--nprobe must be at least 1, got {args.nprobe}")
         ivf = _faiss().try_extract_index_ivf(index)
         if ivf is None:
             raise InputError(f"--nprobe applies to IVF indexes; {args.index} is exact")
@@ -232,7 +249,7 @@ def command_query(args):
         with open(args.output, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["query", "rank", "gallery", "distance"])
-            writer.writerows(rows)
+            writer.writerows([spreadsheet_safe(cell) for cell in row] for row in rows)  # paths can start with =
         print(f"{args.output}: top-{args.topk} of {len(record['paths'])} queries ({len(rows)} rows)")
         return rows
     print(f"queries under {record.get('root', '?')}, gallery under {meta.get('root', '?')}; "

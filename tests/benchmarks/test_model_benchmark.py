@@ -1,5 +1,6 @@
 """The model speed benchmark (mdpr_plugin.benchmarks.model) in its small mode, its report logic and its
 command line."""
+import argparse
 import contextlib
 import io
 import json
@@ -157,6 +158,9 @@ def test_goals_are_judged_from_the_numbers(values, met):
 
 def test_size_argument_is_checked():
     assert benchmark._size("384x192") == (384, 192)
+    for text in ("0x32", "-3x4", "12"):
+        with pytest.raises(argparse.ArgumentTypeError, match=rf"size must be HxW .*got '{text}'"):
+            benchmark._size(text)
     with pytest.raises(SystemExit):  # argparse's usage error
         benchmark.parse_args(["--size", "384"])
 
@@ -185,3 +189,15 @@ def test_repeat_timed_warms_up_then_times_until_the_repeats_or_the_budget():
     first, times = repeat_timed(lambda: (slow.append(1), time.sleep(0.02)), warmup=3, repeats=50, budget=0.05)
     # the first call takes over a quarter of the budget: no further warm-up; then timed runs until 0.05 s are spent
     assert first >= 0.02 and 2 <= len(times) <= 3 and len(slow) == 1 + len(times)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{results: none", r"is not JSON \(Expecting property name"),
+    ('{"a": 1}', r"does not hold this benchmark's results \(KeyError: 'machine'\); give a file its --json wrote"),
+], ids=["not json", "other json"])
+def test_from_json_of_another_file_is_one_line(tmp_path, content, message):
+    """A file that is not --json's raised JSONDecodeError or KeyError with a traceback."""
+    (tmp_path / "results.json").write_text(content)
+    with pytest.raises(SystemExit, match=rf"^mdpr-benchmark: error: --from-json {tmp_path}/results\.json " + message):
+        benchmark.main(["--from-json", str(tmp_path / "results.json"), "--output", str(tmp_path / "b.md")])
+    assert not (tmp_path / "b.md").exists()

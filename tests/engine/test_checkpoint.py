@@ -127,6 +127,37 @@ def test_truncated_checkpoint_is_refused_with_the_file_named(parts, tmp_path):
         load_checkpoint_file(str(path))
 
 
+@pytest.mark.parametrize("save", [_torch_save_legacy, torch.save], ids=["legacy", "zip"])
+def test_a_checkpoint_cut_anywhere_is_refused_with_the_file_named(tmp_path, save):
+    """Cut at every byte, a file of either format gives the one error: torch's reader raises IndexError,
+    KeyError, struct.error, EOFError or UnpicklingError depending on where the legacy format is cut."""
+    whole = tmp_path / "whole.pth"
+    save({"model": {"w": torch.arange(6.0), "b": torch.ones(2, 3)}, "iteration": 5}, str(whole))
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.pth"
+    failures = {}
+    for length in range(len(data)):
+        cut.write_bytes(data[:length])
+        try:
+            load_checkpoint_file(str(cut))
+        except CheckpointError as error:
+            assert str(error).startswith(f"{cut} could not be read as a torch checkpoint: it is truncated"), error
+        except Exception as error:  # noqa: BLE001  collected, to name every kind that escapes
+            failures.setdefault(type(error).__name__, length)
+        else:
+            failures.setdefault("loaded", length)
+    assert failures == {}
+
+
+@pytest.mark.parametrize("text", ["hello\n", "model: weights\n", ""], ids=["hello", "yaml", "empty"])
+def test_a_text_file_as_checkpoint_is_refused_with_the_file_named(tmp_path, text):
+    path = tmp_path / "notes.pth"
+    path.write_text(text)
+    with pytest.raises(CheckpointError, match=rf"^{path} could not be read as a torch checkpoint: it is truncated, "
+                                              r"corrupt or of another format; re-save or re-download it"):
+        load_checkpoint_file(str(path))
+
+
 @pytest.mark.parametrize("content, message", [
     (b"not a checkpoint at all", "could not be read|not a torch checkpoint"),
     ([1, 2, 3], "holds a list, not a checkpoint"),

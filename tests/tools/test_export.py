@@ -97,3 +97,21 @@ def test_missing_weights_is_a_clear_error(tmp_path):
                      "MODEL.WEIGHTS", str(tmp_path / "nothing.pth")])
     with pytest.raises(SystemExit, match=r"MODEL.WEIGHTS is empty"):
         export.main(["--config-file", MDPR_DEMO_CONFIG, "--output", str(tmp_path / "m.onnx")])
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--opset", "3"], r"--opset 3 cannot be written: torch's exporter writes opsets 18 to \d+"),
+    (["--opset", "99"], r"--opset 99 cannot be written: torch's exporter writes opsets 18 to \d+"),
+    (["--check-images", "nowhere"], r"image folder nowhere does not exist"),
+], ids=["opset 3", "opset 99", "no check images"])
+def test_export_arguments_are_checked_before_the_model_is_built(monkeypatch, tmp_path, options, message):
+    """An opset outside the exporter's range was exported as 18 with a logged traceback and exit status 0; a
+    wrong --check-images folder was found after the export."""
+    def refuse_to_build(*args, **kwargs):
+        raise AssertionError("the model was built before the arguments were checked")
+
+    monkeypatch.setattr(export, "FeatureExtractor", refuse_to_build)
+    with pytest.raises(SystemExit, match=r"^mdpr-export: error: " + message):
+        export.main(["--config-file", MDPR_DEMO_CONFIG, "--output", str(tmp_path / "m.onnx"), *options,
+                     "MODEL.WEIGHTS", "unused.pth"])
+    assert not (tmp_path / "m.onnx").exists()

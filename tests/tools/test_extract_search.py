@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 from fastreid.utils.checkpoint import Checkpointer
-from helpers import BUNDLED_IMAGES, MDPR_DEMO_CONFIG, evaluation_features, load_config, market1501_copy, run_script
+from helpers import (BUNDLED_IMAGES, MDPR_DEMO_CONFIG, evaluation_features, load_config, logged, market1501_copy,
+                     run_script)
 from PIL import Image
 
 from mdpr_plugin import FeatureExtractor
@@ -180,6 +181,32 @@ def test_empty_folder(tmp_path):
                       "--output", str(tmp_path / "f.npz"), "MODEL.WEIGHTS", "unused.pth"])
 
 
+def test_image_files_the_tools_do_not_read_are_counted(image_folder, tmp_path):
+    shutil.copytree(image_folder, tmp_path / "images")
+    for name, suffix in (("a", ".bmp"), ("b", ".webp"), ("c", ".BMP")):
+        Image.new("RGB", (64, 128)).save(tmp_path / "images" / "nested" / (name + suffix))
+    with logged("mdpr_plugin.tools") as warnings:
+        paths = extract.list_images(str(tmp_path / "images"))
+    assert len(paths) == 12  # notes.txt is no image: not counted
+    assert warnings == [f"Left out 3 image files under {tmp_path / 'images'} that are not .jpg/.jpeg/.png (1 .BMP, "
+                        f"1 .bmp, 1 .webp; e.g. {tmp_path / 'images' / 'nested' / 'a.bmp'}): convert them to one of "
+                        "those to use them."]
+
+
+def test_a_file_given_as_the_image_folder_is_named(tmp_path):
+    (tmp_path / "one.jpg").write_bytes(b"")
+    with pytest.raises(SystemExit, match=rf"^mdpr-extract: error: {tmp_path / 'one.jpg'} is a file; give the folder"):
+        extract.main(["--config-file", MDPR_DEMO_CONFIG, "--input", str(tmp_path / "one.jpg"),
+                      "--output", str(tmp_path / "f.npz"), "MODEL.WEIGHTS", "unused.pth"])
+
+
+def test_a_model_device_torch_does_not_know_is_named():
+    from mdpr_plugin.devices import resolve_device
+
+    with pytest.raises(ValueError, match=r"^MODEL.DEVICE 'abacus' is not a torch device; give 'cuda', 'cuda:N' or"):
+        resolve_device("abacus")
+
+
 def test_missing_weights(image_folder, tmp_path):
     with pytest.raises(SystemExit, match=r"Checkpoint .*missing\.pth not found .*Check MODEL.WEIGHTS"):
         extract.main(["--config-file", MDPR_DEMO_CONFIG, "--input", image_folder, "--output", str(tmp_path / "f.npz"),
@@ -258,19 +285,26 @@ def test_extract_gives_the_features_eval_only_computes_for_every_kind_of_image(d
 
 
 # ------------------------------------------------------------------------------------- non-finite, .npy, fit
-def features_file(path, rows=5, bad=()):
-    """An .npz as mdpr-extract writes it, with NaN / inf in the rows ``bad``."""
+def features_file(path, rows=5, bad=(), zero=()):
+    """An .npz as mdpr-extract writes it, with NaN / inf in the rows ``bad`` and the rows ``zero`` all zero."""
     features = np.random.default_rng(0).standard_normal((rows, 8)).astype(np.float32)
     for row, value in zip(bad, (np.nan, np.inf, -np.inf)):
         features[row, 3] = value
+    features[list(zero)] = 0
     np.savez(path, features=features, paths=np.array([f"person_{i}.jpg" for i in range(rows)]))
     return str(path)
 
 
-def test_search_refuses_non_finite_features_naming_the_rows(tmp_path):
-    bad = features_file(tmp_path / "bad.npz", bad=(1, 3))
-    message = r"bad\.npz: 2 of 5 feature rows are not finite \(NaN or inf\): row 1 \(person_1\.jpg\), row 3 " \
-              r"\(person_3\.jpg\); extract those images again with mdpr-extract"
+@pytest.mark.parametrize("rows, message", [
+    ({"bad": (1, 3)}, r"2 of 5 feature rows are not finite \(NaN or inf\): row 1 \(person_1\.jpg\), row 3 "
+                      r"\(person_3\.jpg\); extract those images again with mdpr-extract"),
+    # a zero row was normalised to zero and found at distance 0.5 from every gallery image
+    ({"zero": (2,)}, r"1 of 5 feature rows are all zero \(at the same distance from every feature\): row 2 "
+                     r"\(person_2\.jpg\); extract those images again with mdpr-extract"),
+], ids=["non-finite", "zero"])
+def test_search_refuses_unusable_feature_rows_naming_them(tmp_path, rows, message):
+    bad = features_file(tmp_path / "bad.npz", **rows)
+    message = r"bad\.npz: " + message
     with pytest.raises(SystemExit, match=r"^mdpr-search: error: .*" + message):
         search.main(["index", "--features", bad, "--output", str(tmp_path / "bad.index")])
     assert not (tmp_path / "bad.index").exists()
@@ -280,6 +314,88 @@ def test_search_refuses_non_finite_features_naming_the_rows(tmp_path):
     for extra in ([], ["--rerank", "--k1", "3", "--k2", "2"]):
         with pytest.raises(SystemExit, match=message):
             search.main(["query", "--index", index, "--features", bad, *extra])
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"features": np.ones((2, 0), np.float32), "paths": np.array(["a", "b"])},
+     r"'features' must be a non-empty N x D array, got shape \(2, 0\)"),
+    ({"features": np.ones((2, 4), np.float32), "paths": np.array([["a", "b"], ["c", "d"]])},
+     r"'paths' must be a list of N image paths, got an array of shape \(2, 2\)"),
+    ({"features": np.ones((1, 4), np.float32), "paths": np.array("a")},
+     r"'paths' must be a list of N image paths, got an array of shape \(\)"),
+], ids=["no columns", "2-d paths", "0-d paths"])
+def test_features_files_of_other_shapes_are_refused(tmp_path, arrays, message):
+    np.savez(tmp_path / "odd.npz", **arrays)
+    with pytest.raises(SystemExit, match=r"^mdpr-search: error: .*odd\.npz: " + message):
+        search.main(["index", "--features", str(tmp_path / "odd.npz"), "--output", str(tmp_path / "odd.index")])
+    assert not (tmp_path / "odd.index").exists()
+
+
+FORMULA_NAMES = ["=HYPERLINK(\"http://x\")", "+cmd.jpg", "-1_c1s1_000401_03.jpg", "@SUM(A1).jpg", "\tx.jpg",
+                 "\rx.jpg"]
+
+
+def test_results_csv_cells_a_spreadsheet_would_run_are_quoted(tmp_path):
+    """An image file name starting with = (or +, -, @, a tab, a return) became a formula when results.csv was
+    opened in a spreadsheet."""
+    names = FORMULA_NAMES + ["plain.jpg"]
+    features = np.eye(len(names), 8, dtype=np.float32) + 0.1
+    np.savez(tmp_path / "f.npz", features=features, paths=np.array(names))
+    index, results = str(tmp_path / "g.index"), tmp_path / "results.csv"
+    search.main(["index", "--features", str(tmp_path / "f.npz"), "--output", index])
+    search.main(["query", "--index", index, "--features", str(tmp_path / "f.npz"), "--topk", "1",
+                 "--output", str(results)])
+    with open(results, newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    assert [(row[0], row[2]) for row in rows] == [("'" + n, "'" + n) for n in FORMULA_NAMES] + [("plain.jpg",) * 2]
+    assert all(float(row[3]) < 1e-5 for row in rows)  # the distances stay numbers
+
+
+def test_spreadsheet_safe_quotes_formulas_and_leaves_numbers():
+    from mdpr_plugin.tools.common import spreadsheet_safe
+
+    assert [spreadsheet_safe(c) for c in ["=1+2", "-cmd", "-0.5", "+3", -0.25, 7, "a=b", ""]] == [
+        "'=1+2", "'-cmd", "-0.5", "+3", -0.25, 7, "a=b", ""]
+
+
+def test_the_ranking_summary_quotes_formulas(tmp_path):
+    from mdpr_plugin.tools.visualize.ranking import RankedQuery, write_summary
+
+    query = RankedQuery(index=0, path="=cmd|' /C calc'!A0", pid=1, camid=0, ap=0.5, gallery=[3],
+                        gallery_paths=["@SUM(1+1)*cmd.jpg"], distances=[-1e-7], correct=[True])
+    write_summary(str(tmp_path / "summary.csv"), [query], ["0001_query.png"])
+    with open(tmp_path / "summary.csv", newline="") as f:
+        row = list(csv.reader(f))[1]
+    assert row == ["1", "0001_query.png", "'=cmd|' /C calc'!A0", "1", "0", "0.500000", "1", "'@SUM(1+1)*cmd.jpg",
+                   "-0.000000"]
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--rerank", "--k1", "0"], r"--k1 and --k2 must be at least 1, got 0 and 6"),
+    (["--rerank", "--k2", "0"], r"--k1 and --k2 must be at least 1, got 20 and 0"),
+    (["--rerank", "--lambda", "1.5"], r"--lambda is the weight of the original distance, from 0 to 1; got 1\.5"),
+    (["--rerank", "--lambda", "-0.1"], r"--lambda is the weight of the original distance, from 0 to 1; got -0\.1"),
+    (["--nprobe", "0"], r"--nprobe must be at least 1, got 0"),
+    (["--nprobe", "-3"], r"--nprobe must be at least 1, got -3"),
+], ids=["k1 0", "k2 0", "lambda above 1", "lambda below 0", "nprobe 0", "nprobe negative"])
+def test_query_settings_out_of_range_are_refused(tmp_path, options, message):
+    """--k1 0 raised IndexError, --k2 0 ZeroDivisionError, --nprobe 0 faiss's RuntimeError, a negative one an
+    OverflowError; a --lambda outside 0-1 ranked by another distance, silently."""
+    features = features_file(tmp_path / "f.npz", rows=40)
+    index = str(tmp_path / "ivf.index")
+    search.main(["index", "--features", features, "--output", index, "--ivf", "2"])
+    with pytest.raises(SystemExit, match=r"^mdpr-search: error: " + message):
+        search.main(["query", "--index", index, "--features", features, *options])
+
+
+@pytest.mark.parametrize("sidecar", ['{"paths": 5}', '[1, 2]', '{"paths": "a.jpg"}'])
+def test_an_index_sidecar_without_a_list_of_paths_is_refused(tmp_path, sidecar):
+    features = features_file(tmp_path / "f.npz")
+    index = str(tmp_path / "g.index")
+    search.main(["index", "--features", features, "--output", index])
+    (tmp_path / "g.index.json").write_text(sidecar)
+    with pytest.raises(SystemExit, match=rf"^mdpr-search: error: {index}\.json has no 'paths' list; rebuild the index"):
+        search.main(["query", "--index", index, "--features", features])
 
 
 def test_a_npy_features_file_is_refused_in_one_line(tmp_path):

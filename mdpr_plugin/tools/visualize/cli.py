@@ -1,9 +1,8 @@
 """``mdpr-visualize ranking|attention --config-file FILE [options] KEY VALUE ...``."""
-import argparse
 import sys
 
 from ...errors import reporting_errors
-from ..common import setup_tool_config, setup_tool_logging, tool_parser
+from ..common import check_output_folder, positive_int, setup_tool_config, setup_tool_logging, tool_parser
 from . import attention, ranking
 
 PROG = "mdpr-visualize"
@@ -14,16 +13,6 @@ COMMANDS = {
 USAGE = (f"usage: {PROG} {{{','.join(COMMANDS)}}} --config-file FILE --output-dir DIR [options] "
          "[KEY VALUE ...]\n" + "".join(f"  {name:<10} {text}\n" for name, text in COMMANDS.items())
          + f"`{PROG} COMMAND -h` lists a command's options.")
-
-
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return value
 
 
 def add_scale(parser):
@@ -69,9 +58,11 @@ def run_command(command, argv):
         args = ranking_parser().parse_args(argv)
         if args.rerank:
             args.opts = list(args.opts) + ["TEST.RERANK.ENABLED", "True"]
+        check_output_folder(args.output_dir)
         cfg = setup_tool_config(args)
         return ranking.run(cfg, args.output_dir, args.topk, args.order, args.num_queries, args.scale)
     args = attention_parser().parse_args(argv)
+    check_output_folder(args.output_dir)
     cfg = setup_tool_config(args)
     return attention.run(cfg, args.config_file, args.output_dir, args.input, args.test_set, args.scale)
 

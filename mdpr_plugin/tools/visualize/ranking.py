@@ -17,6 +17,7 @@ from ...engine import Trainer
 from ...evaluation import ReidEvaluator, evaluate_rank, inference_on_dataset
 from ...evaluation.rank import query_validity
 from ...inference import FeatureExtractor
+from ..common import spreadsheet_safe
 from . import drawing
 
 logger = logging.getLogger(__name__)
@@ -160,10 +161,11 @@ def write_summary(path, ranked, names):
         writer.writerow(["position", "picture", "query", "pid", "camid", "ap", "rank1_correct",
                          "top1_gallery", "top1_distance"])
         for position, (query, name) in enumerate(zip(ranked, names), 1):
-            writer.writerow([position, name, query.path, query.pid, query.camid,
-                             "" if np.isnan(query.ap) else f"{query.ap:.6f}", int(query.rank1_correct),
-                             query.gallery_paths[0] if query.gallery else "",
-                             f"{query.distances[0]:.6f}" if query.gallery else ""])
+            row = [position, name, query.path, query.pid, query.camid,
+                   "" if np.isnan(query.ap) else f"{query.ap:.6f}", int(query.rank1_correct),
+                   query.gallery_paths[0] if query.gallery else "",
+                   f"{query.distances[0]:.6f}" if query.gallery else ""]
+            writer.writerow([spreadsheet_safe(cell) for cell in row])  # paths can start with =
 
 
 # ------------------------------------------------------------------------------------------ the command
