@@ -273,19 +273,6 @@ def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_device(device):
-    """MODEL.DEVICE as torch reads it, and a CPU or CUDA device (the ones fastreid and the plugin run on)."""
-    import torch
-
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError):
-        parsed = None
-    if parsed is None or parsed.type not in ("cpu", "cuda"):
-        raise InputError(f"MODEL.DEVICE {device!r} is not allowed: give cuda (the first GPU; cuda:N for another) "
-                         "or cpu. Fix it in the config file or the command line.")
-
-
 def check_config(cfg):
     """Refuse values no run can use, naming the key, the value and what is allowed; returns ``cfg``."""
     for key, (minimum, meaning) in _MINIMUMS.items():
@@ -298,7 +285,9 @@ def check_config(cfg):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
             raise InputError(f"{key} {value!r} is not allowed: it must be a number >= 0 (a negative learning rate or "
                              "weight decay ascends the loss). Fix it in the config file or the command line.")
-    _check_device(cfg.MODEL.DEVICE)
+    from .devices import parse_device  # imports torch: only once a config is checked
+
+    parse_device(cfg.MODEL.DEVICE)
     for key in _SIZES:
         value = _value(cfg, key)
         if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_int(v) and v > 0 for v in value)):

@@ -9,16 +9,25 @@ logger = logging.getLogger(__name__)
 _warned = set()
 
 
+def parse_device(device):
+    """``MODEL.DEVICE`` as a ``torch.device``, refused unless it is a CPU or CUDA device (what fastreid runs on)."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise InputError(f"MODEL.DEVICE {device!r} is not allowed: give cuda (the first GPU; cuda:N for another) "
+                         "or cpu. Fix it in the config file or the command line.")
+    return parsed
+
+
 def resolve_device(device):
     """``device`` if it exists here, else the CPU with one logged warning (per requested device).
 
     fastreid's default ``MODEL.DEVICE`` is "cuda"; a config written for a GPU machine still runs on a
     CPU-only one.
     """
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"MODEL.DEVICE {device!r} is not a torch device; give 'cuda', 'cuda:N' or 'cpu'") from None
+    device = parse_device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         if str(device) not in _warned:
             _warned.add(str(device))

@@ -98,7 +98,7 @@ CASES = [
      "--json {tmp}/a_file/results.json cannot be written", ["{tmp}/a_file", "{out}/19"]),
     # anything else found to raise
     ("device unknown", "mdpr-extract", [*EXTRACT, "--output", "{out}/20.npz", "MODEL.WEIGHTS", "{weights}",
-                                        "MODEL.DEVICE", "abacus"], "MODEL.DEVICE 'abacus' is not a torch device",
+                                        "MODEL.DEVICE", "abacus"], "MODEL.DEVICE 'abacus' is not allowed: give cuda",
      ["{out}/20.npz"]),
     ("k2 zero", "mdpr-search", [*QUERY, "--features", "{tmp}/gallery.npz", "--rerank", "--k2", "0"],
      "--k1 and --k2 must be at least 1, got 20 and 0", []),

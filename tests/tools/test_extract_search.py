@@ -203,7 +203,7 @@ def test_a_file_given_as_the_image_folder_is_named(tmp_path):
 def test_a_model_device_torch_does_not_know_is_named():
     from mdpr_plugin.devices import resolve_device
 
-    with pytest.raises(ValueError, match=r"^MODEL.DEVICE 'abacus' is not a torch device; give 'cuda', 'cuda:N' or"):
+    with pytest.raises(ValueError, match=r"^MODEL.DEVICE 'abacus' is not allowed: give cuda \(the first GPU; cuda:N for another\) or cpu"):
         resolve_device("abacus")
 
 
