@@ -58,6 +58,14 @@ def _lookups(cfg):
     ]
 
 
+# The loss names fastreid's own meta-architectures test for (meta_arch/baseline.py:151-179, mgn.py:293-351);
+# any other name is skipped without a word, so a typo trains without that loss. MDPR's losses are fixed by the
+# paper and a user's meta-architecture reads the names its own way: neither is checked.
+_FASTREID_LOSSES = {"Baseline": ["CrossEntropyLoss", "TripletLoss", "CircleLoss", "Cosface"],
+                    "MGN": ["CrossEntropyLoss", "TripletLoss"]}
+_FASTREID_LOSSES.update(Distiller=_FASTREID_LOSSES["Baseline"], MoCo=_FASTREID_LOSSES["Baseline"])
+
+
 def _shared_affix(name, choices, suffix=False):
     """The longest ``_``-delimited prefix (or suffix) of ``name`` that at least half of ``choices`` share
     (``build_`` and ``_backbone`` for backbones, whatever names of their own users registered besides)."""
@@ -108,4 +116,9 @@ def check_registered_names(cfg):
         for name in names:
             if name not in choices and not (key.endswith(".NORM") and name == ""):  # "": no norm layer
                 raise UnknownNameError(_message(key, name, choices, what))
+    arch = cfg.MODEL.META_ARCHITECTURE
+    for name in cfg.MODEL.LOSSES.NAME:
+        if arch in _FASTREID_LOSSES and name not in _FASTREID_LOSSES[arch]:
+            raise UnknownNameError(f"MODEL.LOSSES.NAME {name!r} is not a loss fastreid's {arch} computes: it would "
+                                   f"train without it. It must be among {', '.join(_FASTREID_LOSSES[arch])}.")
     return cfg

@@ -119,6 +119,21 @@ def test_an_unknown_name_is_one_line_with_the_right_advice(overrides, expected):
     assert expected in str(caught.value)
 
 
+def test_a_loss_name_fastreid_would_skip_is_refused_where_fastreid_reads_the_names():
+    with pytest.raises(UnknownNameError) as caught:
+        build_config("configs/Baseline-demo.yml", ["MODEL.LOSSES.NAME", "('CrossEntropyLoss', 'TripletLos')"])
+    assert str(caught.value) == ("MODEL.LOSSES.NAME 'TripletLos' is not a loss fastreid's Baseline computes: it "
+                                 "would train without it. It must be among CrossEntropyLoss, TripletLoss, CircleLoss, "
+                                 "Cosface.")
+    with pytest.raises(UnknownNameError, match="'CircleLoss' is not a loss fastreid's MGN computes: .* among "
+                                               "CrossEntropyLoss, TripletLoss.$"):
+        build_config("configs/Baseline-demo.yml", ["MODEL.META_ARCHITECTURE", "MGN",
+                                                   "MODEL.LOSSES.NAME", "('CircleLoss',)"])
+    # MDPR does not read the names (its losses are the paper's), so they are not checked there
+    assert build_config("configs/MDPR/demo.yml", ["MODEL.LOSSES.NAME", "('Anything',)"]).MODEL.LOSSES.NAME == (
+        "Anything",)
+
+
 @pytest.mark.parametrize("command, prefix", [
     (["train_net.py", "--config-file", "configs/MDPR/demo.yml"], "ERROR:"),
     (["-m", "mdpr_plugin.tools.extract", "--config-file", "configs/MDPR/demo.yml", "--input", BUNDLED_IMAGES,
