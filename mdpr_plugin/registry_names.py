@@ -61,9 +61,9 @@ def _lookups(cfg):
 # The loss names fastreid's own meta-architectures test for (meta_arch/baseline.py:151-179, mgn.py:293-351);
 # any other name is skipped without a word, so a typo trains without that loss. MDPR's losses are fixed by the
 # paper and a user's meta-architecture reads the names its own way: neither is checked.
-_FASTREID_LOSSES = {"Baseline": ["CrossEntropyLoss", "TripletLoss", "CircleLoss", "Cosface"],
-                    "MGN": ["CrossEntropyLoss", "TripletLoss"]}
-_FASTREID_LOSSES.update(Distiller=_FASTREID_LOSSES["Baseline"], MoCo=_FASTREID_LOSSES["Baseline"])
+_BASELINE_LOSSES = ("CrossEntropyLoss", "TripletLoss", "CircleLoss", "Cosface")  # Distiller and MoCo inherit them
+_FASTREID_LOSSES = {"Baseline": _BASELINE_LOSSES, "Distiller": _BASELINE_LOSSES, "MoCo": _BASELINE_LOSSES,
+                    "MGN": ("CrossEntropyLoss", "TripletLoss")}
 
 
 def _shared_affix(name, choices, suffix=False):
@@ -117,8 +117,9 @@ def check_registered_names(cfg):
             if name not in choices and not (key.endswith(".NORM") and name == ""):  # "": no norm layer
                 raise UnknownNameError(_message(key, name, choices, what))
     arch = cfg.MODEL.META_ARCHITECTURE
+    known_losses = _FASTREID_LOSSES.get(arch, cfg.MODEL.LOSSES.NAME)  # other architectures: nothing to refuse
     for name in cfg.MODEL.LOSSES.NAME:
-        if arch in _FASTREID_LOSSES and name not in _FASTREID_LOSSES[arch]:
+        if name not in known_losses:
             raise UnknownNameError(f"MODEL.LOSSES.NAME {name!r} is not a loss fastreid's {arch} computes: it would "
-                                   f"train without it. It must be among {', '.join(_FASTREID_LOSSES[arch])}.")
+                                   f"train without it. It must be among {', '.join(known_losses)}.")
     return cfg
