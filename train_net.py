@@ -14,7 +14,7 @@ from fastreid.utils import comm
 from mdpr_plugin.engine import Trainer, build_eval_model, setup_config
 from mdpr_plugin.engine.output_dir import abandon_output_dir, release_output_dir, remove_partial_checkpoints, \
     write_config
-from mdpr_plugin.engine.trainer import start_log_file
+from mdpr_plugin.engine.run_log import start_log_file
 from mdpr_plugin.errors import run_reporting_errors
 from mdpr_plugin.engine.launch import launch, training_device_type
 

@@ -20,8 +20,8 @@ from mdpr_plugin.data.checks import DatasetLayoutError, DatasetNotFoundError, Sa
 from mdpr_plugin.data.images import BadImageError
 from mdpr_plugin.engine import Trainer
 from mdpr_plugin.errors import InputError, MDPRError, run_reporting_errors
-from mdpr_plugin.engine.train_loop import (CheckedAMPTrainer, CheckedTrainer, NonFiniteLossError,
-                                          NonFiniteWeightsError)
+from mdpr_plugin.engine.hooks import NonFiniteWeightsError
+from mdpr_plugin.engine.train_loop import CheckedAMPTrainer, CheckedTrainer, NonFiniteLossError
 from mdpr_plugin.evaluation import ReidEvaluator
 from mdpr_plugin.evaluation.evaluator import EmptyEvaluationSetError
 from mdpr_plugin.serialization import CheckpointError, safe_load

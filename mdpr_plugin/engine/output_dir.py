@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 from ..errors import InputError, MDPRError
+from .run_log import reopen_log_file
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,25 @@ def release_output_dir(folder):
         os.close(lock.fd)
 
 
+def eval_log_folder(folder):
+    """Where an evaluation's log.txt goes: OUTPUT_DIR ``folder``, or None (the console only) when it cannot be
+    written (an evaluation writes nothing else there) or holds a link named log.txt."""
+    if not folder:
+        return folder  # fastreid's setup_logger: log.txt in the working folder
+    try:
+        os.makedirs(folder, exist_ok=True)
+        check_output_dir(folder)
+        writable = os.access(folder, os.W_OK)
+    except (OSError, MDPRError) as error:
+        writable, reason = False, str(error)
+    else:
+        reason = "it cannot be written"
+    if writable:
+        return folder
+    logger.warning("Not writing log.txt into OUTPUT_DIR %s (%s): logging to the console only.", folder, reason)
+    return None
+
+
 def relock_output_dir(folder):
     """Take the lock again after ``folder`` was removed during training (the lock held was on the removed file)."""
     old = _held.pop(os.path.abspath(folder), None)
@@ -172,3 +192,11 @@ def write_config(cfg):
         if os.path.lexists(temporary):
             os.remove(temporary)
     logging.getLogger("fastreid.engine.defaults").info("Full config saved to %s", os.path.abspath(path))
+
+
+def recreate_output_dir(cfg):
+    """After OUTPUT_DIR was removed during training and made again for a checkpoint: its lock, config.yaml and
+    log.txt (from then on) made again too."""
+    relock_output_dir(cfg.OUTPUT_DIR)
+    write_config(cfg)
+    reopen_log_file(cfg.OUTPUT_DIR)
