@@ -21,7 +21,7 @@ def setup_config(args):
 
     A training run first takes OUTPUT_DIR's lock. Unlike ``default_setup``, nothing is written into OUTPUT_DIR
     here: log.txt, config.yaml and the removal of the files an interrupted run left half written wait until the
-    run's checks have passed (train_net.py).
+    run's checks have passed (:class:`mdpr_plugin.engine.output_dir.TrainingOutputDir`).
     """
     cfg = build_config(args.config_file, args.opts)
     cfg.freeze()
