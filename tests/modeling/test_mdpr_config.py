@@ -28,7 +28,7 @@ def test_defaults_and_idempotence():
     assert cfg.MODEL.BACKBONE.EMBEDDING_DIM == 512
     assert cfg.MODEL.BACKBONE.BRANCH_STAGES == () and cfg.MODEL.BACKBONE.TIMM_MODEL == ""
     assert cfg.MODEL.LOSSES.ATTN_DIVERSITY.SCALE == 0.001
-    assert cfg.INPUT.RPT.POOL_CAPACITY == 50000
+    assert cfg.INPUT.RPT.POOL_CAPACITY == 0  # the meta-architecture's own pool (1000 for MDPR)
 
 
 def test_authors_style_root_keys_load(tmp_path):
