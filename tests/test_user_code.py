@@ -129,9 +129,6 @@ def test_a_loss_name_fastreid_would_skip_is_refused_where_fastreid_reads_the_nam
                                                "CrossEntropyLoss, TripletLoss.$"):
         build_config("configs/Baseline-demo.yml", ["MODEL.META_ARCHITECTURE", "MGN",
                                                    "MODEL.LOSSES.NAME", "('CircleLoss',)"])
-    # MDPR does not read the names (its losses are the paper's), so they are not checked there
-    assert build_config("configs/MDPR/demo.yml", ["MODEL.LOSSES.NAME", "('Anything',)"]).MODEL.LOSSES.NAME == (
-        "Anything",)
 
 
 @pytest.mark.parametrize("command, prefix", [
