@@ -4,7 +4,8 @@ from .builders import test_loader, test_loader_parts, train_loader, train_loader
 from .datasets import BUNDLED_ROOT, MiniMarket1501, RGBCommDataset
 from .images import read_image
 from .loader import DeviceDataLoader
+from .synergyreid import SynergyReID
 from .transforms import build_transforms
 
-__all__ = ["BUNDLED_ROOT", "MiniMarket1501", "RGBCommDataset", "DeviceDataLoader", "build_transforms", "read_image",
-           "train_loader_parts", "train_loader", "test_loader_parts", "test_loader"]
+__all__ = ["BUNDLED_ROOT", "MiniMarket1501", "SynergyReID", "RGBCommDataset", "DeviceDataLoader", "build_transforms",
+           "read_image", "train_loader_parts", "train_loader", "test_loader_parts", "test_loader"]
