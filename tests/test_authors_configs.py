@@ -217,4 +217,4 @@ def test_their_runs_config_yaml_trains_without_triplet_when_loss_names_say_so(tm
         assert f.read().count(WARNING) == 1
     logged_losses = loss_names(tmp_path / "run")
     assert len(logged_losses) == 13 and not any(name.endswith("_triplet") for name in logged_losses)
-    assert CfgNode.load_yaml_with_base(str(tmp_path / "run" / "config.yaml")).BETA == 0.001  # kept in the run's
+    assert CfgNode.load_yaml_with_base(str(tmp_path / "run" / "config.yaml"))["BETA"] == 0.001  # kept in the run's
