@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 from ..errors import InputError, MDPRError
+from ..output_files import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ def abandon_output_dir(folder):
             os.rmdir(folder)
 
 
-_PARTIAL = re.compile(r"\.tmp\d+$")  # what the checkpointer writes before renaming (atomic_open)
+_PARTIAL = re.compile(r"\.tmp\d+$")  # what atomic_open writes before renaming
 
 
 def remove_partial_checkpoints(folder):
@@ -163,12 +164,6 @@ def write_config(cfg):
     temporary file renamed over it, so that neither a kill nor a link planted under that name can make it write
     anything else."""
     path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
-    temporary = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(temporary, "x") as f:
-            f.write(cfg.dump())
-        os.replace(temporary, path)
-    finally:
-        if os.path.lexists(temporary):
-            os.remove(temporary)
+    with atomic_open(path, "w", "OUTPUT_DIR") as f:
+        f.write(cfg.dump())
     logging.getLogger("fastreid.engine.defaults").info("Full config saved to %s", os.path.abspath(path))

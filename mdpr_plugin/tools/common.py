@@ -91,14 +91,21 @@ def _check_can_create_in(folder, option, path):
 
 def check_output_file(path, option="--output"):
     """Refuse, before any work, an output file the tool could not write at the end: a folder of that name, a
-    file where one of its folders should be, a folder no file can be created in, a read-only file."""
+    symbolic link (the new file replaces the entry, so it would replace the link, not write where it points), a
+    file where one of its folders should be, a folder no file can be created in (the file is written beside itself
+    and renamed over the old one), a read-only file (kept, as its owner asked)."""
+    if os.path.islink(path):
+        raise InputError(f"{option} {path} is a symbolic link (to {os.readlink(path)}): the tool writes a new file in "
+                         f"its place and would replace the link; give the path it points to "
+                         f"({os.path.realpath(path)}), or remove the link")
     if os.path.isdir(path):
         raise InputError(f"{option} {path} is a folder; give the path of the file to write")
     existing = _nearest_existing(path)
-    if existing != os.path.abspath(path):
-        _check_can_create_in(existing, option, path)
-    elif not os.access(path, os.W_OK):  # the file is rewritten in place: its own permission is what counts
-        raise InputError(f"{option} {path} is a read-only file; give another path, or make it writable")
+    if existing == os.path.abspath(path):
+        if not os.access(path, os.W_OK):
+            raise InputError(f"{option} {path} is a read-only file; give another path, or make it writable")
+        existing = os.path.dirname(existing)
+    _check_can_create_in(existing, option, path)
 
 
 def check_output_folder(path, option="--output-dir"):

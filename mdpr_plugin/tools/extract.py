@@ -24,6 +24,7 @@ import numpy as np
 from ..errors import InputError, MissingFileError, reporting_errors
 from ..evaluation.progress import Progress
 from ..inference import FeatureExtractor, first_few, non_finite_rows, zero_rows
+from ..output_files import atomic_open
 from .common import check_output_file, list_images, setup_tool_config, setup_tool_logging, tool_parser
 
 logger = logging.getLogger(__name__)
@@ -83,12 +84,12 @@ def extract_folder(folder, extractor, config_file="", paths=None):
 
 
 # --------------------------------------------------------------------------------------------- files
-def save_features(path, record):
-    """Write ``record`` (``extract_folder``'s dict) to ``path`` as an .npz, no pickled objects."""
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
+def save_features(path, record, option="--output"):
+    """Write ``record`` (``extract_folder``'s dict) to ``path`` as an .npz, no pickled objects; the previous file
+    is replaced only once the new one is complete."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     arrays = {key: np.asarray(value) for key, value in record.items() if key != "images_per_second"}
-    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a name without it
+    with atomic_open(path, "wb", option) as f:  # a file object: np.savez would append ".npz" to a name without it
         np.savez(f, **arrays)
     return path
 

@@ -30,6 +30,7 @@ import torch
 
 from ..errors import InputError, MissingFileError, reporting_errors
 from ..evaluation import rerank_distance
+from ..output_files import atomic_open, staged_outputs
 from .common import check_output_file, setup_tool_config, setup_tool_logging, spreadsheet_safe
 from .extract import add_backend_arguments, backend_of, build_extractor, extract_folder, load_features
 
@@ -111,11 +112,15 @@ def sidecar(index_path):
 
 
 def save_index(path, index, meta):
-    """``path``: the faiss index; ``path``.json: ``meta`` (the gallery's paths, root, settings)."""
+    """``path``: the faiss index; ``path``.json: ``meta`` (the gallery's paths, root, settings). Both replace the
+    previous pair together, once both are written."""
+    faiss = _faiss()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    _faiss().write_index(index, path)
-    with open(sidecar(path), "w") as f:
-        json.dump(meta, f, indent=1)
+    with staged_outputs("--output") as outputs:
+        with outputs.open(path, "wb") as f:  # through Python's file: a failed write is an OSError, not faiss's text
+            faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))
+        with outputs.open(sidecar(path), "w") as f:
+            json.dump(meta, f, indent=1)
 
 
 def load_index(path):
@@ -246,7 +251,7 @@ def command_query(args):
     rows = list(result_rows(record["paths"], meta["paths"], distances, indices))
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w", newline="") as f:
+        with atomic_open(args.output, "w", "--output", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["query", "rank", "gallery", "distance"])
             writer.writerows([spreadsheet_safe(cell) for cell in row] for row in rows)  # paths can start with =

@@ -1,8 +1,11 @@
 """A property every tool keeps, checked on the console scripts as a user runs them: bad input of each kind
 (missing or corrupt files, bad config keys and values, files of another model, output paths that cannot be
 written, numbers out of range) exits with status 1 and exactly one ``<tool>: error: <message>`` line, no
-traceback, and leaves every output path as it was."""
+traceback, and leaves every output path as it was. So does a write that fails (a file-size limit here, as a full
+disk would): the files written before are byte for byte as they were."""
 import os
+import resource
+import signal
 import subprocess
 import sys
 
@@ -10,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import BUNDLED_IMAGES, MDPR_DEMO_CONFIG, REPO, colour_onnx
+from PIL import Image
 
 from mdpr_plugin.tools import search
 
@@ -115,14 +119,36 @@ def state(path):
     return open(path, "rb").read() if os.path.exists(path) else None
 
 
-def run_tool(tool, arguments, folder):
+def limited(file_size=None, memory=None):
+    """A ``preexec_fn`` that limits the child: the size of a file it writes (SIGXFSZ ignored, so that the write
+    fails with EFBIG as on a full disk, rather than killing it) and its address space."""
+    def apply():
+        if file_size is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
+        if memory is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    return apply
+
+
+def run_tool(tool, arguments, folder, limits=None, env=None):
     """The console script ``tool`` ("mdpr-visualize ranking": the command after it) run in ``folder``, not the
-    repository; the repository goes first on PYTHONPATH, before whatever is there."""
+    repository, under ``limits`` (see :func:`limited`), with ``env`` added to the environment; the repository goes
+    first on PYTHONPATH, before whatever is there."""
     script, *command = tool.split()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
+               **(env or {}))
     proc = subprocess.run([os.path.join(BIN, script), *command, *arguments], env=env, cwd=folder,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                          preexec_fn=limits, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return proc.returncode, proc.stdout
+
+
+def one_error_line(tool, code, output, message):
+    """Assert the refusal: exit status 1, exactly one ``<tool>: error:`` line, holding ``message``, no traceback."""
+    errors = [line for line in output.splitlines() if line.startswith(f"{tool}: error: ")]
+    assert code == 1, output
+    assert len(errors) == 1 and message in errors[0], output
+    assert "Traceback" not in output, output
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case[0] for case in CASES])
@@ -131,8 +157,60 @@ def test_bad_input_gives_one_error_line_no_traceback_and_leaves_the_outputs(file
     outputs = [path.format(**files) for path in outputs]
     before = {path: state(path) for path in outputs}
     code, output = run_tool(tool, [argument.format(**files) for argument in arguments], files["tmp"])
-    errors = [line for line in output.splitlines() if line.startswith(f"{tool}: error: ")]
-    assert code == 1, output
-    assert len(errors) == 1 and message.format(**files) in errors[0], output
-    assert "Traceback" not in output, output
+    one_error_line(tool, code, output, message.format(**files))
     assert {path: state(path) for path in outputs} == before
+
+
+# ------------------------------------------------------------------------------------------ failed writes
+def tree_state(folder):
+    """Every file under ``folder`` (relative path -> bytes): what a failed write must leave, temporary files none."""
+    return {os.path.relpath(os.path.join(root, name), folder): open(os.path.join(root, name), "rb").read()
+            for root, _, names in os.walk(folder) for name in names}
+
+
+@pytest.fixture(scope="module")
+def write_inputs(files):
+    """Inputs whose outputs outgrow a small file-size limit: 3000 features (an index of 770 kB, results of 3 MB) and
+    two images, black then noise, whose attention pictures are a small and a large PNG."""
+    tmp = files["tmp"]
+    rng = np.random.default_rng(1)
+    np.savez(f"{tmp}/big.npz", features=rng.standard_normal((3000, 64)).astype(np.float32),
+             paths=np.array([f"person_{i}.jpg" for i in range(3000)]))
+    search.main(["index", "--features", f"{tmp}/big.npz", "--output", f"{tmp}/big.index"])
+    os.makedirs(f"{tmp}/two_images")
+    Image.fromarray(np.zeros((128, 64, 3), np.uint8)).save(f"{tmp}/two_images/a_black.png")
+    Image.fromarray(rng.integers(0, 256, (128, 64, 3), dtype=np.uint8)).save(f"{tmp}/two_images/b_noise.png")
+    return files
+
+
+# (id, tool, arguments, the file-size limit, the file whose write fails, the files there before)
+WRITE_CASES = [
+    ("extract", "mdpr-extract", [*EXTRACT, "--output", "{w}/feats.npz", *WEIGHTS], 64 << 10, "{w}/feats.npz",
+     ["feats.npz"]),
+    ("index", "mdpr-search", ["index", "--features", "{tmp}/big.npz", "--output", "{w}/g.index"], 256 << 10,
+     "{w}/g.index", ["g.index", "g.index.json"]),
+    ("query csv", "mdpr-search", ["query", "--index", "{tmp}/big.index", "--features", "{tmp}/big.npz", "--topk",
+                                  "20", "--output", "{w}/r.csv"], 256 << 10, "{w}/r.csv", ["r.csv"]),
+    ("export", "mdpr-export", ["--config-file", "{config}", "--output", "{w}/m.onnx", *WEIGHTS], 1 << 20,
+     "{w}/m.onnx", ["m.onnx"]),
+    # the black image's picture fits the limit, the noise image's does not: neither old picture may be replaced
+    ("attention pictures", "mdpr-visualize attention", ["--config-file", "{config}", "--output-dir", "{w}/vis",
+                                                        "--input", "{tmp}/two_images", *WEIGHTS], 24 << 10,
+     "{w}/vis/b_noise.png", ["vis/a_black.png", "vis/b_noise.png"]),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", WRITE_CASES, ids=[case[0] for case in WRITE_CASES])
+def test_a_failed_write_leaves_the_previous_files_and_gives_one_error_line(write_inputs, tmp_path, case):
+    _, tool, arguments, limit, failing, previous = case
+    names = dict(write_inputs, w=str(tmp_path))
+    for name in previous:
+        os.makedirs(os.path.dirname(tmp_path / name), exist_ok=True)
+        (tmp_path / name).write_bytes(f"the previous {name}".encode())
+    before = tree_state(tmp_path)
+    code, output = run_tool(tool, [argument.format(**names) for argument in arguments], write_inputs["tmp"],
+                            limits=limited(file_size=limit))
+    one_error_line(tool, code, output, f"could not write {failing.format(**names)}: File too large (")
+    assert "raise the limit, or give --output" in output, output
+    assert tree_state(tmp_path) == before
