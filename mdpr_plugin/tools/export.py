@@ -24,6 +24,7 @@ from ..data.datasets import BUNDLED_ROOT
 from ..inference import FeatureExtractor
 from ..onnx_runtime import INPUT_NAME, OUTPUT_NAME, onnx_session
 from ..output_files import staged_outputs
+from ..resources import resource_failures_explained
 from .common import check_output_file, list_images, setup_tool_config, setup_tool_logging, tool_parser
 
 logger = logging.getLogger(__name__)
@@ -132,7 +133,8 @@ def parse_args(argv=None):
 def main(argv=None):
     setup_tool_logging()
     args = parse_args(argv)
-    with reporting_errors("mdpr-export"):
+    with reporting_errors("mdpr-export"), resource_failures_explained(
+            "the export", f"--check-batch (now {args.check_batch}) or INPUT.SIZE_TEST"):
         for module in ("onnx", "onnxscript", "onnxruntime"):  # before minutes of model building, not after
             require(module, "onnx")
         if args.check_batch < 1:

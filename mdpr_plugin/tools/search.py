@@ -31,6 +31,7 @@ import torch
 from ..errors import InputError, MissingFileError, reporting_errors
 from ..evaluation import rerank_distance
 from ..output_files import atomic_open, staged_outputs
+from ..resources import check_fits, resource_failures_explained
 from .common import check_output_file, setup_tool_config, setup_tool_logging, spreadsheet_safe
 from .extract import add_backend_arguments, backend_of, build_extractor, extract_folder, load_features
 
@@ -39,6 +40,11 @@ logger = logging.getLogger(__name__)
 RECALL_K = 10
 RECALL_SAMPLE = 1000   # gallery vectors used as queries to measure an IVF index's recall
 MIN_POINTS_PER_LIST = 39  # fewer training points per list than this and faiss warns k-means is poor
+LOWER = {  # what to lower when a command runs out of memory
+    "index": lambda args: "the gallery's size (index it in parts)",
+    "query": lambda args: (f"--topk (now {args.topk}), the number of queries, --batch-size (now {args.batch_size}, "
+                           "with --images)" + (", or search without --rerank" if args.rerank else "")),
+}
 
 
 def _faiss():
@@ -135,6 +141,8 @@ def load_index(path):
             raise InputError(f"{sidecar(path)} is not valid JSON ({error}); rebuild the index") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("paths"), list):
         raise InputError(f"{sidecar(path)} has no 'paths' list; rebuild the index with `mdpr-search index`")
+    check_fits(os.path.getsize(path), f"{path}: the index", "build it from fewer gallery features, or run on a "
+               "machine with more memory")  # read whole into memory
     try:
         index = _faiss().read_index(path)
     except RuntimeError as error:
@@ -302,7 +310,8 @@ def parse_args(argv=None):
 def main(argv=None):
     setup_tool_logging()
     args = parse_args(argv)
-    with reporting_errors("mdpr-search"):
+    with reporting_errors("mdpr-search"), resource_failures_explained(
+            f"mdpr-search {args.command}", LOWER[args.command](args)):
         if args.command == "index":
             command_index(args)
         else:

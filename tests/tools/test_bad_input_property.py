@@ -214,3 +214,61 @@ def test_a_failed_write_leaves_the_previous_files_and_gives_one_error_line(write
     one_error_line(tool, code, output, f"could not write {failing.format(**names)}: File too large (")
     assert "raise the limit, or give --output" in output, output
     assert tree_state(tmp_path) == before
+
+
+# ------------------------------------------------------------------------------------------ memory
+def address_space_of(module):
+    """The address space a fresh interpreter reaches importing ``module`` (torch and its libraries mapped): a
+    limit this much above it lets a tool start and refuses it the gigabytes a large input would take."""
+    code = (f"import {module}\n"
+            "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmPeak')) * 1024)")
+    return int(subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, stdout=subprocess.PIPE,
+                              text=True).stdout)
+
+
+HEADROOM = 3 << 29  # 1.5 GiB of address space above the imports
+
+
+def deflated_zeros_npz(path, rows, dim):
+    """An .npz of ``rows`` x ``dim`` float32 zero features (and as many empty paths), deflated: a few MB on disk
+    for GBs once read."""
+    import zipfile
+
+    chunk = bytes(64 << 20)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for name, dtype, shape in (("features", np.float32, (rows, dim)), ("paths", np.dtype("<U1"), (rows,))):
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                         "fortran_order": False, "shape": shape})
+                left = int(np.prod(shape)) * np.dtype(dtype).itemsize
+                while left:
+                    f.write(chunk[:min(left, len(chunk))])
+                    left -= min(left, len(chunk))
+
+
+@pytest.mark.slow
+def test_a_features_file_that_inflates_beyond_memory_is_refused_before_it_is_read(files, tmp_path):
+    """4 GiB of features deflated into 18 MB: mdpr-search read it whole and failed in numpy's allocator."""
+    bomb = tmp_path / "bomb.npz"
+    deflated_zeros_npz(bomb, 1 << 20, 1024)
+    limit = address_space_of("mdpr_plugin.tools.search") + HEADROOM
+    code, output = run_tool("mdpr-search", ["index", "--features", str(bomb), "--output", f"{tmp_path}/b.index"],
+                            files["tmp"], limits=limited(memory=limit))
+    one_error_line("mdpr-search", code, output, f"{bomb}: its arrays ('features' 1048576 x 1024 float32, 'paths' "
+                                                "1048576 <U1) would need 4.0 GiB of memory and ")
+    assert "are available; extract the gallery in parts" in output, output
+    assert sorted(os.listdir(tmp_path)) == ["bomb.npz"]
+
+
+@pytest.mark.slow
+def test_running_out_of_memory_in_the_model_says_what_to_lower(files, tmp_path):
+    """Images of 1536 x 768 in batches of 8: inputs that fit, activations that do not (no check foresees those)."""
+    (tmp_path / "feats.npz").write_bytes(b"the previous features")
+    limit = address_space_of("mdpr_plugin.tools.extract") + HEADROOM
+    arguments = [*EXTRACT, "--output", f"{tmp_path}/feats.npz", "--batch-size", "8", *WEIGHTS, "INPUT.SIZE_TEST",
+                 "[1536, 768]"]
+    code, output = run_tool("mdpr-extract", [argument.format(**files) for argument in arguments], files["tmp"],
+                            limits=limited(memory=limit))
+    one_error_line("mdpr-extract", code, output, "Out of memory during feature extraction (")
+    assert "left on cpu). Lower --batch-size (now 8) or INPUT.SIZE_TEST, or free memory" in output, output
+    assert tree_state(tmp_path) == {"feats.npz": b"the previous features"}
