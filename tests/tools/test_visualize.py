@@ -8,7 +8,9 @@ import csv
 import io
 import os
 import re
+import runpy
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -352,3 +354,10 @@ def test_usage_without_a_command(capsys):
     assert main([]) == 2
     assert main(["plot"]) == 2
     assert "ranking" in capsys.readouterr().err
+
+
+def test_python_m_runs_the_command_line_and_exits_with_its_status(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["python -m mdpr_plugin.tools.visualize"])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_module("mdpr_plugin.tools.visualize", run_name="__main__")
+    assert stop.value.code == 2 and "usage: mdpr-visualize {ranking,attention}" in capsys.readouterr().err
