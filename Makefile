@@ -8,7 +8,7 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 # faiss build: empty = gpu where torch sees CUDA, cpu elsewhere; `make setup FAISS=cpu` to choose
 FAISS  ?=
 
-.PHONY: setup demo test gpu-check clean
+.PHONY: setup demo test test-fast gpu-check clean
 
 setup: $(VENV)/.ready
 
@@ -28,6 +28,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest tests -q
+
+# the edit loop: every test not marked slow (no subprocess, no training run, no benchmark), each within 60 s
+test-fast: setup
+	$(PY) -m pytest tests -q -m "not slow" --timeout 60
 
 # every CUDA path in a few minutes on one GPU (one line and nothing else without CUDA); ARGS=--write-docs
 gpu-check: setup

@@ -43,7 +43,7 @@ setup(
         # FeatureExtractor as the appearance model of BoxMOT's trackers (BotSort(reid_model=extractor), ...); its
         # torch / torchvision requirements are lower bounds that the environment's builds meet
         "trackers": ["boxmot>=25"],
-        "test": ["pytest", "onnx", "onnxscript", "onnxruntime", "timm", "boxmot>=25"],
+        "test": ["pytest", "pytest-timeout", "onnx", "onnxscript", "onnxruntime", "timm", "boxmot>=25"],
     },
     entry_points={
         "console_scripts": [

@@ -63,6 +63,7 @@ def _clone_files_used(log):
     return {line.split(" ", 1)[1] for line in log.read_text().splitlines()}
 
 
+@pytest.mark.slow
 def test_the_clones_own_script_trains_mdpr_and_runs_the_users_edits(clone, tmp_path):
     log, out = tmp_path / "edits.log", tmp_path / "out"
     script = ("tools/train_net.py", "--config-file", "MDPR/demo.yml")  # a packaged config, by name

@@ -63,6 +63,7 @@ def assert_close(features, reference, what):
 
 
 # ------------------------------------------------------------------------------------------ features
+@pytest.mark.slow
 @pytest.mark.parametrize("flip", [False, True])
 def test_features_equal_the_evaluation_s_for_every_kind_of_input(demo_weights, market, flip):
     reference_of = evaluation_features(demo_cfg(demo_weights, "TEST.FLIP.ENABLED", str(flip)), "Market1501")
@@ -107,6 +108,7 @@ def test_pixel_boxes_are_clipped_and_rounded_outward():
     assert pixels.tolist() == [list(expected) for _, expected in BOXES]
 
 
+@pytest.mark.slow
 def test_crops_equal_the_evaluation_s_features_of_the_same_regions(demo_weights, frame, tmp_path, monkeypatch):
     """The regions saved as PNG files (under .jpg names) in a Market-1501 folder, evaluated as --eval-only does."""
     import fastreid.data.build as data_build
@@ -382,5 +384,6 @@ def readme_example(path=os.path.join(REPO, "README.md")):
     return "\n".join(rest[1:rest.index("```", 1)]) + "\n"
 
 
+@pytest.mark.slow
 def test_readme_tracker_example_runs_as_written(demo_weights, tmp_path, monkeypatch, no_downloads):
     run_example(readme_example(), demo_weights, tmp_path, monkeypatch)

@@ -52,6 +52,7 @@ def checkout(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_the_readme_tool_commands_run_as_written_and_write_only_under_logs(checkout):
     before = files_outside_logs(checkout)
     script = readme_commands().replace(".venv/bin/", os.path.dirname(sys.executable) + "/")
@@ -129,6 +130,7 @@ def test_missing_authors_weights_say_where_they_are_published(tmp_path):
     assert "KuilongCui" not in str(own.value)
 
 
+@pytest.mark.slow
 def test_the_training_step_profile_prints_no_profiler_error_and_its_duration():
     status, output = run_script("-m", "mdpr_plugin.benchmarks.training_step", "profile", "--repeats", "1",
                                 "--warmup", "1", timeout=1800)

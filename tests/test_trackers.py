@@ -58,6 +58,7 @@ TRACKERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(TRACKERS))
 def test_a_tracker_owning_the_extractor_runs_end_to_end(name, extractor, scene, received, no_downloads):
     tracker = TRACKERS[name](extractor)

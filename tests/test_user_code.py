@@ -57,6 +57,7 @@ def _one_error_line(output, prefix="ERROR:"):
     return errors[0]
 
 
+@pytest.mark.slow
 def test_the_readme_module_trains_through_imports(trained):
     assert trained["status"] == 0, trained["log"][-3000:]
     assert "Imported the modules IMPORTS names: my_reid" in trained["log"]
@@ -65,6 +66,7 @@ def test_the_readme_module_trains_through_imports(trained):
     assert re.search(r"^IMPORTS:\n- my_reid$", saved, re.M), saved[:500]
 
 
+@pytest.mark.slow
 def test_its_config_yaml_brings_the_module_back_for_eval_only(project, trained):
     config, weights = str(trained["output"] / "config.yaml"), str(trained["output"] / "model_final.pth")
     status, output = run_script("train_net.py", "--config-file", config, "--eval-only", "MODEL.WEIGHTS", weights,
@@ -79,6 +81,7 @@ def test_its_config_yaml_brings_the_module_back_for_eval_only(project, trained):
     assert "IMPORTS: module my_reid could not be imported: ModuleNotFoundError" in _one_error_line(output)
 
 
+@pytest.mark.slow
 def test_its_config_yaml_serves_the_tools_and_feature_extractor(project, trained):
     config, weights = str(trained["output"] / "config.yaml"), str(trained["output"] / "model_final.pth")
     query = str(project["root"] / "datasets" / "my_cameras" / "query")
@@ -134,6 +137,7 @@ def test_a_loss_name_fastreid_would_skip_is_refused_where_fastreid_reads_the_nam
         "Anything",)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command, prefix", [
     (["train_net.py", "--config-file", "configs/MDPR/demo.yml"], "ERROR:"),
     (["-m", "mdpr_plugin.tools.extract", "--config-file", "configs/MDPR/demo.yml", "--input", BUNDLED_IMAGES,
@@ -159,6 +163,7 @@ def test_a_module_that_fails_to_import_is_named_with_its_error(tmp_path, monkeyp
 NOT_LEARNING = "none of the {} trainable parameters changed"
 
 
+@pytest.mark.slow
 def test_a_frozen_model_stops_with_the_causes_and_a_normal_run_does_not(tmp_path, trained):
     status, output = run_script("train_net.py", "--config-file", "configs/MDPR/demo.yml", "OUTPUT_DIR",
                                 str(tmp_path), "MODEL.FREEZE_LAYERS", "['.*']", "SOLVER.FREEZE_ITERS", "1000",
@@ -194,6 +199,7 @@ STOCK_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("exclude", [[], ["fastreid.solver.build:build_optimizer"]])
 def test_fastreid_s_own_trainer_takes_the_check_in_one_line(exclude, tmp_path):
     script = tmp_path / "stock_train.py"
