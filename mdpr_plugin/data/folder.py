@@ -278,19 +278,19 @@ def held_back_queries(images):
     return queries or [by_camera[min(by_camera)][0]]
 
 
-def held_back_split(images, test_ids, seed, folder):
+def held_back_split(images, test_ids, seed, folder, option="DATASETS.FOLDER.TEST_IDS"):
     """``(train, query, gallery)`` of a training split alone, by HELD_BACK_RULE: every query then has a gallery
-    image of its identity from another camera."""
+    image of its identity from another camera. ``option``: what the errors call ``test_ids``."""
     identities = by_identity(images)
     cameras_known = images[0].camera is not None
     eligible = [name for name, found in identities.items()
                 if not cameras_known or len({image.camera for image in found}) >= 2]
     count = held_back_count(test_ids, len(identities))
     if count >= len(identities):
-        raise InputError(f"DATASETS.FOLDER.TEST_IDS {test_ids!r} holds back {count} of the {len(identities)} identities "
+        raise InputError(f"{option} {test_ids!r} holds back {count} of the {len(identities)} identities "
                          f"of {folder}, leaving none to train on: give a smaller fraction or count.")
     if count > len(eligible):
-        raise InputError(f"DATASETS.FOLDER.TEST_IDS {test_ids!r} asks for {count} held-back identities, but only "
+        raise InputError(f"{option} {test_ids!r} asks for {count} held-back identities, but only "
                          f"{len(eligible)} of the {len(identities)} in {folder} are seen by 2 or more cameras, which a "
                          "query needs (the evaluation leaves out same-camera matches): give a smaller TEST_IDS, or add "
                          "images from other cameras.")
