@@ -3,11 +3,15 @@ own video would be: ``SEQ/img1/000001.jpg ...``, ``SEQ/gt/gt.txt`` and ``SEQ/seq
 
 gt.txt holds, per frame, the true box of every person the scene counts as seen (at least ``min_visible`` of the box
 inside the frame and not hidden): ``frame,id,x,y,w,h,1,1,1`` with the person's index + 1 as the track id, the class
-1 (pedestrian) and a visibility of 1 (the scene lists only the people it counts as seen).
+1 (pedestrian) and a visibility of 1 (the scene lists only the people it counts as seen). :func:`read_mot_sequence`
+reads such a folder back as a scene to track on, its gt boxes as the detections.
 """
 import os
 
+import numpy as np
 from PIL import Image
+
+from .people_sequence import Sequence
 
 FRAME_RATE = 25
 
@@ -29,3 +33,27 @@ def write_mot_sequence(scene, folder, name=None):
         f.write(f"[Sequence]\nname={name}\nimDir=img1\nframeRate={FRAME_RATE}\nseqLength={len(scene.frames)}\n"
                 f"imWidth={width}\nimHeight={height}\nimExt=.jpg\n")
     return folder
+
+
+def read_mot_sequence(folder):
+    """A MOTChallenge-format sequence folder (img1/<frame>.jpg, gt/gt.txt) as a :class:`.people_sequence.Sequence`:
+    its frames (BGR, OpenCV's order, as a video reader gives them), the gt boxes of each frame as both the truth and
+    the detections (confidence 0.9, class 0), the track ids as the people."""
+    from ..tools.dataset import frame_files, read_gt, read_sequence
+
+    sequence = read_sequence(folder)
+    frames = frame_files(sequence)
+    rows = {}
+    for box in read_gt(sequence.gt_path):
+        rows.setdefault(box.frame, []).append((box.track, box.x, box.y, box.x + box.w, box.y + box.h))
+    scene = Sequence([], [], [], [], [], sorted({r[0] for found in rows.values() for r in found}))
+    for frame in sorted(frames):
+        found = np.array(rows.get(frame, []), np.float32).reshape(-1, 5)
+        people, boxes = found[:, 0].astype(int), found[:, 1:]
+        scene.frames.append(np.asarray(Image.open(frames[frame]).convert("RGB"))[:, :, ::-1].copy())
+        scene.truth.append(boxes)
+        scene.truth_people.append(people)
+        scene.detections.append(np.hstack([boxes, np.full((len(boxes), 1), 0.9, np.float32),
+                                           np.zeros((len(boxes), 1), np.float32)]))
+        scene.detection_people.append(people)
+    return scene
