@@ -87,7 +87,8 @@ def test_market_names_read_with_their_cameras(tmp_path):
     cfg = config(root, tmp_path / "out")
     query, gallery = query_gallery_rows(cfg)
     market = MiniMarket1501()
-    assert sorted(os.path.basename(p) for p, _, _ in gallery) == sorted(os.path.basename(p) for p, _, _ in market.gallery)
+    names = lambda rows: sorted(os.path.basename(path) for path, _, _ in rows)  # noqa: E731
+    assert names(gallery) == names(market.gallery)
     assert {(os.path.basename(p), c) for p, _, c in query} == {(os.path.basename(p), c + 1) for p, _, c in market.query}
     assert len(train_rows(cfg)) == len(market.train)
 
@@ -122,8 +123,9 @@ def test_a_folder_with_a_training_split_alone_trains_and_is_not_tested_without_t
     write_images(tmp_path / "data", [f"train/{p}/{i}.jpg" for p in "abcd" for i in range(2)])
     cfg = config(tmp_path / "data", tmp_path / "out", "SOLVER.IMS_PER_BATCH", "4")
     assert len(train_rows(cfg)) == 8
-    with pytest.raises(DatasetNotFoundError, match=r"has no query split: add .*/data/query/<identity>/\.\.\. \(or, for a "
-                                                   r"folder with a training split alone, set DATASETS.FOLDER.TEST_IDS"):
+    with pytest.raises(DatasetNotFoundError, match=r"has no query split: add .*/data/query/<identity>/\.\.\. \(or, "
+                                                   r"for a folder with a training split alone, set DATASETS.FOLDER."
+                                                   r"TEST_IDS"):
         query_gallery_rows(cfg)
 
 
@@ -183,7 +185,8 @@ def test_a_test_folder_it_cannot_use_is_refused_in_one_line_naming_it(tmp_path, 
 
 
 def test_queries_some_of_which_only_the_same_camera_sees_are_kept_with_a_warning(tmp_path):
-    write_images(tmp_path / "data", ["query/a/c1/1.jpg", "gallery/a/c2/2.jpg", "query/b/c1/3.jpg", "gallery/b/c1/4.jpg"])
+    write_images(tmp_path / "data", ["query/a/c1/1.jpg", "gallery/a/c2/2.jpg", "query/b/c1/3.jpg",
+                                     "gallery/b/c1/4.jpg"])
     with logged("mdpr_plugin") as warnings:
         query, _ = query_gallery_rows(config(tmp_path / "data", tmp_path / "out"))
     assert len(query) == 2
@@ -205,7 +208,8 @@ def test_an_unreadable_image_is_named(tmp_path):
     (["DATASETS.FOLDER.TEST_IDS", "0"], r"DATASETS.FOLDER.TEST_IDS 0 is not allowed: give a fraction"),
     (["DATASETS.FOLDER.TEST_IDS", "1.0"], r"DATASETS.FOLDER.TEST_IDS 1.0 is not allowed"),
     (["DATASETS.FOLDER.TEST_IDS", "True"], r"DATASETS.FOLDER.TEST_IDS True is not allowed"),
-    (["DATASETS.FOLDER.TEST_IDS", "0.2"], r"DATASETS.FOLDER.TEST_IDS is set, but .*/data has its own query and gallery"),
+    (["DATASETS.FOLDER.TEST_IDS", "0.2"],
+     r"DATASETS.FOLDER.TEST_IDS is set, but .*/data has its own query and gallery"),
 ], ids=["no root", "missing root", "zero", "one as a fraction", "bool", "test ids with a test split"])
 def test_a_key_it_cannot_use_is_refused_in_one_line(tmp_path, overrides, message):
     write_images(tmp_path / "data", ["train/a/1.jpg", "train/a/2.jpg", "query/a/3.jpg", "gallery/a/4.jpg"])
@@ -234,7 +238,8 @@ def test_the_rule_queries_one_image_per_camera_with_two_images_and_every_query_f
     held = {image.identity for image in query}
     assert len(held) == 3 and not held & {image.identity for image in train}
     for identity in held:
-        assert [(q.camera, q.path.rsplit("/", 1)[1]) for q in query if q.identity == identity] == [(1, "0.jpg"), (3, "0.jpg")]
+        queried = [(q.camera, q.path.rsplit("/", 1)[1]) for q in query if q.identity == identity]
+        assert queried == [(1, "0.jpg"), (3, "0.jpg")]
         assert sum(g.identity == identity for g in gallery) == 4  # 6 images, 2 queries
     assert sorted(train + query + gallery, key=lambda i: i.path) == sorted(images, key=lambda i: i.path)
 
@@ -299,7 +304,8 @@ def test_the_split_is_written_with_config_yaml_only_and_reused(tmp_path, train_o
 @pytest.mark.parametrize("change, message", [
     (lambda root, cfg: write_images(root, ["train/gus/c1/0.jpg", "train/gus/c2/0.jpg"]),
      r"was made from other files: 24 training images then, 26 in .* now"),
-    (lambda root, cfg: cfg.DATASETS.FOLDER.update(SEED=1), r"was made with DATASETS.FOLDER.TEST_IDS 2 and SEED 0, not 2 and 1"),
+    (lambda root, cfg: cfg.DATASETS.FOLDER.update(SEED=1),
+     r"was made with DATASETS.FOLDER.TEST_IDS 2 and SEED 0, not 2 and 1"),
     (lambda root, cfg: (cfg.OUTPUT_DIR and open(os.path.join(cfg.OUTPUT_DIR, SPLIT_FILE), "w").write("{")),
      r"could not be read as ReidFolder's split \(JSONDecodeError"),
 ], ids=["images added", "other seed", "not json"])

@@ -82,7 +82,8 @@ def check_test_ids(value):
     fraction = isinstance(value, float) and 0 < value < 1
     if not (counts or fraction):
         raise InputError(f"DATASETS.FOLDER.TEST_IDS {value!r} is not allowed: give a fraction of the identities "
-                         "between 0 and 1 (e.g. 0.2) or a count of identities >= 1 (e.g. 10), or None to hold none back.")
+                         "between 0 and 1 (e.g. 0.2) or a count of identities >= 1 (e.g. 10), or None to hold none "
+                         "back.")
     return value
 
 
@@ -148,8 +149,8 @@ def _camera_folder_images(path, identity, name):
     images = []
     for file_name in _entries(path):
         if os.path.isdir(os.path.join(path, file_name)):
-            raise DatasetLayoutError(f"ReidFolder: {os.path.join(path, file_name)} is a folder inside the camera folder "
-                                     f"{path}, which holds images only: move its images up into {path}.")
+            raise DatasetLayoutError(f"ReidFolder: {os.path.join(path, file_name)} is a folder inside the camera "
+                                     f"folder {path}, which holds images only: move its images up into {path}.")
         if is_image(file_name):
             images.append(Image(f"{identity}/{name}/{file_name}", identity, int(match.group(1))))
     return images
@@ -178,9 +179,8 @@ def find_layout(root):
         raise DatasetNotFoundError(f"DATASETS.FOLDER.ROOT {root} is not found ({describe_folder(root)}). Set it to the "
                                    "folder that holds train/ (and query/, gallery/), relative to the working "
                                    f"folder {os.getcwd()} or absolute.")
-    present = lambda splits: {role: os.path.join(root, name) if os.path.isdir(os.path.join(root, name)) else None  # noqa
-                              for role, name in splits.items()}
-    identity, market = present(IDENTITY_SPLITS), present(MARKET_SPLITS)
+    identity, market = ({role: os.path.join(root, name) if os.path.isdir(os.path.join(root, name)) else None
+                         for role, name in splits.items()} for splits in (IDENTITY_SPLITS, MARKET_SPLITS))
     has_identity = identity["train"] or identity["gallery"]
     has_market = market["train"] or market["gallery"]
     if has_identity and has_market:
@@ -191,16 +191,16 @@ def find_layout(root):
     if has_identity:
         return read_identity_folders, identity
     raise DatasetLayoutError(f"ReidFolder: {root} holds no train/ or gallery/ folder ({describe_folder(root)}). Put "
-                             "one folder per identity in ROOT/train/ (and ROOT/query/, ROOT/gallery/), or Market-1501's "
-                             "bounding_box_train/, query/ and bounding_box_test/ (docs/own-data.md).")
+                             "one folder per identity in ROOT/train/ (and ROOT/query/, ROOT/gallery/), or "
+                             "Market-1501's bounding_box_train/, query/ and bounding_box_test/ (docs/own-data.md).")
 
 
 # ------------------------------------------------------------------------------------------- checks
 def check_split_not_empty(images, folder, role):
     if not images:
-        raise DatasetLayoutError(f"ReidFolder: the {role} split is empty: no image in {folder} ({describe_folder(folder)})."
-                                 f" Put each identity's images in {folder}/<identity>/ (the image suffixes read: "
-                                 f"{', '.join(IMAGE_FILE_SUFFIXES)}).")
+        raise DatasetLayoutError(f"ReidFolder: the {role} split is empty: no image in {folder} "
+                                 f"({describe_folder(folder)}). Put each identity's images in {folder}/<identity>/ "
+                                 f"(the image suffixes read: {', '.join(IMAGE_FILE_SUFFIXES)}).")
 
 
 def check_cameras_given_alike(images, description):
@@ -237,9 +237,10 @@ def check_queries(query, gallery, folders):
         gallery_cameras[image.identity].add(image.camera)
     for image in query:
         if image.identity not in gallery_cameras:
+            where = os.path.join(folders["query"], image.path)
             raise DatasetLayoutError(
-                f"ReidFolder: the query identity {image.identity} ({os.path.join(folders['query'], image.path)}) has no "
-                f"image in the gallery {folders['gallery']}: add gallery images of it, or remove it from the query split.")
+                f"ReidFolder: the query identity {image.identity} ({where}) has no image in the gallery "
+                f"{folders['gallery']}: add gallery images of it, or remove it from the query split.")
     unmatched = [image for image in query
                  if image.camera is not None and gallery_cameras[image.identity] <= {image.camera}]
     if not unmatched:
@@ -251,8 +252,9 @@ def check_queries(query, gallery, folders):
             f"{unmatched[0].camera}), and the evaluation leaves out same-camera matches of the query's identity "
             "(Market-1501's rule): nothing could be found. Add gallery images from other cameras, or remove the "
             "camera folders (each image then counts as its own camera, and nothing is left out).")
-    logger.warning("ReidFolder: %d of %d queries have no gallery image of their identity from another camera (e.g. %s, "
-                   "camera %d); the evaluation leaves them out.", len(unmatched), len(query), first, unmatched[0].camera)
+    logger.warning("ReidFolder: %d of %d queries have no gallery image of their identity from another camera (e.g. "
+                   "%s, camera %d); the evaluation leaves them out.", len(unmatched), len(query), first,
+                   unmatched[0].camera)
 
 
 # ------------------------------------------------------------------------------------------- the split
@@ -334,8 +336,8 @@ def reuse_split(path, settings, images):
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise _split_file_error(path, f"could not be read as ReidFolder's split ({type(error).__name__}: {error})")
     if made_with[:2] != (settings.test_ids, settings.seed):
-        raise _split_file_error(path, f"was made with DATASETS.FOLDER.TEST_IDS {made_with[0]!r} and SEED {made_with[1]}, "
-                                      f"not {settings.test_ids!r} and {settings.seed}")
+        raise _split_file_error(path, f"was made with DATASETS.FOLDER.TEST_IDS {made_with[0]!r} and SEED "
+                                      f"{made_with[1]}, not {settings.test_ids!r} and {settings.seed}")
     if made_with[2] != listing_digest(images):
         raise _split_file_error(path, f"was made from other files: {record.get('train_images')} training images then, "
                                       f"{len(images)} in {settings.root} now, or renamed or moved ones")
@@ -418,8 +420,9 @@ class ReidFolder(ImageDataset):
         if folder is None:
             hint = (" (or, for a folder with a training split alone, set DATASETS.FOLDER.TEST_IDS to hold identities "
                     "back from it as query and gallery)") if role != "train" else ""
+            expected = os.path.join(self.settings.root, IDENTITY_SPLITS[role])
             raise DatasetNotFoundError(f"ReidFolder: {self.settings.root} has no {role} split: add "
-                                       f"{os.path.join(self.settings.root, IDENTITY_SPLITS[role])}/<identity>/...{hint}.")
+                                       f"{expected}/<identity>/...{hint}.")
         images = self.read_images(folder)
         check_split_not_empty(images, folder, role)
         return images
@@ -468,7 +471,8 @@ class ReidFolder(ImageDataset):
                                    json.dumps(split_record(self.settings, images, *split[1:]), indent=1) + "\n")
         _, query, gallery = split
         logger.info("ReidFolder: %d of %d identities of %s held back as query (%d images) and gallery (%d images) "
-                    "(DATASETS.FOLDER.TEST_IDS %r, SEED %d)", len({q.identity for q in query}), len(by_identity(images)),
-                    self.train_dir, len(query), len(gallery), self.settings.test_ids, self.settings.seed)
+                    "(DATASETS.FOLDER.TEST_IDS %r, SEED %d)", len({q.identity for q in query}),
+                    len(by_identity(images)), self.train_dir, len(query), len(gallery), self.settings.test_ids,
+                    self.settings.seed)
         self._split = split
         return split

@@ -289,7 +289,8 @@ def split_identities(identities, test_ids, seed):
     """``{identity: {crop: "train" | "query" | "gallery"}}`` by ReidFolder's held-back rule, each crop its own camera
     (one image per held-back identity as query, its earliest; the rest gallery); ``test_ids`` 0: all train."""
     roles = {}
-    images = [FolderImage(f"{name}/{crop.frame:08d}", name, None) for name, found in identities.items() for crop in found]
+    images = [FolderImage(f"{name}/{crop.frame:08d}", name, None)
+              for name, found in identities.items() for crop in found]
     if test_ids:
         _, query, gallery = held_back_split(images, test_ids, seed, "the tracks kept", option="--test-ids")
     else:
@@ -313,7 +314,8 @@ def plan(sequences, filters, test_ids, seed):
     for name, roles in split_identities(identities, test_ids, seed).items():
         for crop, role in roles.items():
             camera = f"c{crop.sequence + 1}/" if cameras and role == "train" else ""
-            planned.append(Crop(crop.sequence, crop.frame, crop.box, name, f"{role}/{name}/{camera}{crop.frame:06d}.jpg"))
+            path = f"{role}/{name}/{camera}{crop.frame:06d}.jpg"
+            planned.append(Crop(crop.sequence, crop.frame, crop.box, name, path))
     return planned
 
 
@@ -407,7 +409,7 @@ def from_mot(args):
                "min_visibility": filters.min_visibility, "min_height": filters.min_height,
                "min_width": filters.min_width, "every": filters.every, "test_ids": args.test_ids, "seed": args.seed}
     check_output_folder(args.output, "--output")
-    crops = plan(sequences, filters, args.test_ids, args.seed)  # every input is read and checked before anything is written
+    crops = plan(sequences, filters, args.test_ids, args.seed)  # all inputs read and checked before writing
     manifest = manifest_of(sequences, options)
     resuming = open_output(args.output, manifest)
     if resuming:
@@ -439,7 +441,8 @@ def parse_args(argv=None):
                               description="Crops of the ground-truth boxes of MOTChallenge-format sequences (SEQ/img1, "
                                           "SEQ/gt/gt.txt), one identity per (sequence, track id).")
     mot.add_argument("sequences", nargs="+", metavar="SEQUENCE_DIR", help="sequence folders (holding img1/ and gt/)")
-    mot.add_argument("--output", required=True, metavar="ROOT", help="the dataset folder to write (DATASETS.FOLDER.ROOT)")
+    mot.add_argument("--output", required=True, metavar="ROOT",
+                     help="the dataset folder to write (DATASETS.FOLDER.ROOT)")
     mot.add_argument("--classes", type=int, nargs="+", default=DEFAULTS["classes"], metavar="CLASS",
                      help="gt classes kept (default 1, MOTChallenge's pedestrian)")
     mot.add_argument("--keep-ignored", action="store_true",
