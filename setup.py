@@ -52,6 +52,7 @@ setup(
             "mdpr-search=mdpr_plugin.tools.search:main",
             "mdpr-visualize=mdpr_plugin.tools.visualize:main",
             "mdpr-benchmark=mdpr_plugin.benchmarks.model:main",
+            "mdpr-dataset=mdpr_plugin.tools.dataset:main",
         ],
     },
 )

@@ -93,7 +93,8 @@ def test_an_environment_without_what_the_package_needs_is_refused_on_import(tmp_
 
 ENTRY_POINTS = [  # (command, the line's prefix), named
     *(pytest.param([os.path.join(os.path.dirname(sys.executable), script), "--help"], f"{script}: error:", id=script)
-      for script in ("mdpr-export", "mdpr-extract", "mdpr-search", "mdpr-visualize", "mdpr-benchmark")),
+      for script in ("mdpr-export", "mdpr-extract", "mdpr-search", "mdpr-visualize", "mdpr-benchmark",
+                     "mdpr-dataset")),
     *(pytest.param([sys.executable, "-m", f"mdpr_plugin.{module}", "--help"], "ERROR:", id=module)
       for module in ("tools.extract", "benchmarks.evaluation", "benchmarks.gpu_check", "benchmarks.training_step")),
     pytest.param([sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", "MDPR/demo.yml"], "ERROR:",
