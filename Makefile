@@ -13,15 +13,21 @@ FAISS  ?=
 setup: $(VENV)/.ready
 
 $(VENV)/.ready: setup.py
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet --no-deps fastreid==1.4.0
+	@echo "setup: the virtual environment $(VENV) ($(PYTHON)), with pip upgraded"
+	@$(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+	@echo "setup: $(TORCH) (the large download, with pip's progress)"
+	@$(PY) -m pip install $(TORCH)
+	@# fastreid comes last: pip checks the installed packages' pins at every install, and fastreid's are unmet on purpose
+	@if $(PY) -m pip show --quiet fastreid >/dev/null 2>&1; then $(PY) -m pip uninstall --quiet --yes fastreid; fi
 	@faiss="$(FAISS)"; [ -n "$$faiss" ] || faiss=$$($(PY) -c "import torch; print('gpu' if torch.cuda.is_available() else 'cpu')"); \
-	echo "faiss: installing the $$faiss build (by default gpu where torch sees CUDA, else cpu; FAISS=cpu|gpu chooses)"; \
+	echo "setup: this package (editable) with its requirements, the test tools and faiss's $$faiss build (by default gpu where torch sees CUDA, else cpu; FAISS=cpu|gpu chooses)"; \
 	$(PY) -m pip install --quiet -e ".[$$faiss,test]"
-	$(PY) -m mdpr_plugin.evaluation.cython_ranking
-	touch $@
+	@echo "setup: fastreid 1.4.0 without its dependencies (setup.py lists what it needs)"
+	@$(PY) -m pip install --quiet --no-deps fastreid==1.4.0
+	@# fastreid warns on import that the module about to be built is missing
+	@$(PY) -W "ignore:Cython roc evaluation:UserWarning" -m mdpr_plugin.evaluation.cython_ranking
+	@touch $@
 
 demo: setup
 	$(PY) train_net.py --config-file configs/MDPR/demo.yml

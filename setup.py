@@ -18,9 +18,10 @@ setup(
     description="MDPR (Mutual Distillation Learning for Person Re-identification) as a fastreid plugin",
     python_requires=">=3.10",
     packages=find_packages(include=["mdpr_plugin", "mdpr_plugin.*"]),
+    # the data folders are not packages (no __init__.py): their files listed here, and only here (setuptools
+    # warns of include_package_data finding files in folders it takes for undeclared packages)
     package_data={"mdpr_plugin": ["configs/*.yml", "configs/*/*.yml",
                                   "data/mini_market1501/README.md", "data/mini_market1501/**/*.jpg"]},
-    include_package_data=True,
     install_requires=[
         "numpy",
         "yacs",
