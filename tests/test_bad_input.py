@@ -118,6 +118,7 @@ def test_a_config_may_stand_on_max_base_files_and_no_more(tmp_path):
         build_config(str(tmp_path / "a.yml"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("write, message", [
     (lambda folder: _write_base_chain(folder, 2000),
      "ERROR: Config file {d}/base100.yml names _BASE_: base101.yml, one more than the 100 _BASE_ files a config may "
