@@ -1,4 +1,4 @@
-"""The user's own code: modules named in IMPORTS (the README's example module, outside the repository, trained,
+"""The user's own code: modules named in IMPORTS (docs/extending.md's example module, outside the repository, trained,
 evaluated from its config.yaml and loaded by the tools and FeatureExtractor), every registry name checked in one
 line, and a run that does not learn stopped, in the plugin's trainer and in fastreid's own."""
 import os
@@ -8,34 +8,25 @@ import textwrap
 
 import numpy as np
 import pytest
-from helpers import BUNDLED_IMAGES, REPO, run_script
+from helpers import BUNDLED_IMAGES, REPO, code_after_marker, run_script
 
 from mdpr_plugin.config import build_config
 from mdpr_plugin.custom_imports import UserImportError, import_modules
 from mdpr_plugin.registry_names import UnknownNameError
 
-README_MARKER = "<!-- the user-module example, run by tests/test_user_code.py -->"
+EXAMPLE = ("docs/extending.md", "<!-- the user-module example, run by tests/test_user_code.py -->")
 SPLITS = {"bounding_box_train": "train", "query": "query", "bounding_box_test": "gallery"}
 USER_RUN = ["IMPORTS", "my_reid", "MODEL.BACKBONE.NAME", "build_my_backbone", "DATASETS.NAMES", "('MyCameras',)",
             "DATASETS.TESTS", "('MyCameras',)", "SOLVER.MAX_EPOCH", "4", "SEED", "0"]
 
 
-def readme_module():
-    """The ```python block that follows the marker line in README.md."""
-    lines = open(os.path.join(REPO, "README.md")).read().splitlines()
-    assert README_MARKER in lines, f"README.md has no line {README_MARKER!r}"
-    rest = lines[lines.index(README_MARKER) + 1:]
-    assert rest[0] == "```python" and "```" in rest[1:]
-    return "\n".join(rest[1:rest.index("```", 1)]) + "\n"
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    """The README's my_reid.py in a folder outside the repository, the bundled images laid out as its dataset, and
+    """docs/extending.md's my_reid.py in a folder outside the repository, the bundled images laid out as its dataset, and
     the environment a user's shell would have (PYTHONPATH naming that folder, FASTREID_DATASETS the data)."""
     root = tmp_path_factory.mktemp("user-project")
     (root / "code").mkdir()
-    (root / "code" / "my_reid.py").write_text(readme_module())
+    (root / "code" / "my_reid.py").write_text(code_after_marker(*EXAMPLE))
     for source, split in SPLITS.items():
         shutil.copytree(os.path.join(BUNDLED_IMAGES, source), root / "datasets" / "my_cameras" / split)
     pythonpath = os.pathsep.join(filter(None, [str(root / "code"), os.environ.get("PYTHONPATH")]))
