@@ -2,7 +2,7 @@
 with ``reid_model=extractor`` on a synthetic scene of bundled people crossing and hiding one another; what they
 receive equals ``crops(frame, boxes, bgr=True)``; boxes partly or wholly outside the frame do not stop them; no
 tracker builds (downloads) a model of its own. The tracking benchmark's runs with embeddings handed over in
-Detections (as the README's example for several streams), and the identity metrics it reports."""
+Detections (as docs/trackers.md's example for several streams), and the identity metrics it reports."""
 import numpy as np
 import pytest
 from boxmot import BoostTrack, BotSort, DeepOcSort
