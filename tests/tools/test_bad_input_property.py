@@ -17,6 +17,8 @@ from PIL import Image
 
 from mdpr_plugin.tools import search
 
+pytestmark = pytest.mark.slow  # every case runs a console script
+
 BIN = os.path.dirname(sys.executable)  # where pip put the console scripts of this environment
 
 
