@@ -14,12 +14,16 @@ rename replaces the entry at ``path`` itself, so a link there is replaced, not w
 """
 import contextlib
 import errno
+import io
 import os
+import re
 import shutil
 import stat
 import tempfile
 
 from .errors import MDPRError
+
+PARTIAL_FILE = re.compile(r"\.tmp\d+$")  # the temporary files of :func:`atomic_open`, which a killed process leaves
 
 # what to do about a failed write, by its cause; {elsewhere} names where else to write
 _FIXES = {
@@ -58,6 +62,16 @@ def _create_exclusively(path):
     raise FileExistsError(errno.EEXIST, "too many temporary files left beside it", base)
 
 
+class _WrittenThroughPython(io.BufferedWriter):
+    """A file that does not hand out its descriptor. Given one, a library writes with its own write() calls, and some
+    (Pillow's image encoders) take a short write, which is what a full disk or a file-size limit gives first, for a
+    complete one: the file would be cut without an error. Through Python's file object a short write is retried,
+    and the error it ends with raised."""
+
+    def fileno(self):
+        raise io.UnsupportedOperation("an output file is written through its Python file object only")
+
+
 def _fsync_folder(folder):
     """Make a rename in ``folder`` durable (file systems that cannot sync a folder are left as they are)."""
     with contextlib.suppress(OSError):
@@ -82,15 +96,16 @@ class StagedOutputs:
         """A file object writing ``path``'s temporary file (text modes: UTF-8 unless ``encoding``); flushed and
         synced to the disk when the block ends."""
         path = os.fspath(path)
-        if "b" not in mode and encoding is None:
-            encoding = "utf-8"
         with self._failing_as(path):
             temporary, fd = _create_exclusively(path)
             self._stage(path, temporary)
-            with os.fdopen(fd, mode.replace("x", "w"), encoding=encoding, newline=newline) as f:
+            f = _WrittenThroughPython(io.FileIO(fd, "w"))
+            if "b" not in mode:
+                f = io.TextIOWrapper(f, encoding=encoding or "utf-8", newline=newline)
+            with f:
                 yield f
                 f.flush()
-                os.fsync(f.fileno())
+                os.fsync(fd)
 
     @contextlib.contextmanager
     def writing_in_folder(self, path, companions=()):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from fastreid.utils import comm
 
 from ..errors import InputError, MDPRError
-from ..output_files import atomic_open
+from ..output_files import PARTIAL_FILE, atomic_open
 from .run_log import reopen_log_file, start_log_file
 
 logger = logging.getLogger(__name__)
@@ -166,13 +166,12 @@ def abandon_output_dir(folder):
             os.rmdir(folder)
 
 
-_PARTIAL = re.compile(r"\.tmp\d+$")  # what atomic_open writes before renaming
 
 
 def remove_partial_checkpoints(folder):
     """Remove the temporary files of checkpoints whose writing was interrupted (a kill during a save leaves
     one, hundreds of MB); call it while holding the folder's lock. Returns the paths removed."""
-    removed = [path for path in glob.glob(os.path.join(glob.escape(folder), "*.tmp*")) if _PARTIAL.search(path)]
+    removed = [path for path in glob.glob(os.path.join(glob.escape(folder), "*.tmp*")) if PARTIAL_FILE.search(path)]
     for path in removed:
         os.remove(path)
     if removed:

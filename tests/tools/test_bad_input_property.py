@@ -214,8 +214,50 @@ def test_a_failed_write_leaves_the_previous_files_and_gives_one_error_line(write
     code, output = run_tool(tool, [argument.format(**names) for argument in arguments], write_inputs["tmp"],
                             limits=limited(file_size=limit))
     one_error_line(tool, code, output, f"could not write {failing.format(**names)}: File too large (")
+    assert "unchanged); the file system or a file-size limit" in output, output
     assert "raise the limit, or give --output" in output, output
     assert tree_state(tmp_path) == before
+
+
+def mot_sequence(folder, frames=2):
+    """A MOTChallenge-format sequence of ``frames`` 640 x 360 frames, black on the left and noise on the right, with
+    one person in each half: the black person's crops are small JPEGs, the noisy one's large."""
+    rng = np.random.default_rng(2)
+    os.makedirs(folder / "img1")
+    os.makedirs(folder / "gt")
+    for frame in range(1, frames + 1):
+        picture = np.zeros((360, 640, 3), np.uint8)
+        picture[:, 320:] = rng.integers(0, 256, (360, 320, 3), dtype=np.uint8)
+        Image.fromarray(picture).save(folder / "img1" / f"{frame:06d}.jpg", quality=95)
+    (folder / "gt" / "gt.txt").write_text("".join(f"{frame},1,50,50,100,200,1,1,1\n{frame},2,400,50,100,200,1,1,1\n"
+                                                  for frame in range(1, frames + 1)))
+    return folder
+
+
+@pytest.mark.slow
+def test_a_failed_crop_write_of_mdpr_dataset_keeps_what_was_written_and_a_rerun_resumes(tmp_path):
+    """The crops are written one by one (a rerun writes only the missing ones): a failed one leaves no partial file,
+    the crops before it as they were, and the same command finishes the dataset once the disk has room."""
+    sequence = mot_sequence(tmp_path / "SEQ")
+    inputs = tree_state(sequence)
+    root = tmp_path / "dataset"
+    arguments = ["from-mot", str(sequence), "--output", str(root), "--test-ids", "0", "--every", "1"]
+    code, output = run_tool("mdpr-dataset", arguments, str(tmp_path), limits=limited(file_size=16 << 10))
+    one_error_line("mdpr-dataset", code, output, f"could not write {root}/train/SEQ_00002/")
+    assert ".jpg: File too large (no file was left there); the file system or a file-size limit" in output, output
+    assert "raise the limit, or give --output on another file system" in output, output
+    first = tree_state(root)
+    assert [name for name in first if name.endswith(".jpg")] == ["train/SEQ_00001/000001.jpg"], first
+    code, output = run_tool("mdpr-dataset", arguments, str(tmp_path), limits=limited(file_size=16 << 10))
+    one_error_line("mdpr-dataset", code, output, f"could not write {root}/train/SEQ_00002/")
+    assert tree_state(root) == first  # the same failure again, nothing lost or half written
+    code, output = run_tool("mdpr-dataset", arguments, str(tmp_path))
+    assert code == 0, output
+    finished = tree_state(root)
+    assert len([name for name in finished if name.endswith(".jpg")]) == 4, finished
+    assert {name: finished[name] for name in first if name.endswith(".jpg")} == {
+        name: data for name, data in first.items() if name.endswith(".jpg")}
+    assert tree_state(sequence) == inputs
 
 
 # ------------------------------------------------------------------------------------------ memory

@@ -2,6 +2,7 @@
 folder nothing can be created in, a symbolic link are refused in one line, and nothing is created or changed. What
 the tools write replaces the old files only once complete (mdpr_plugin.output_files)."""
 import errno
+import io
 import os
 
 import pytest
@@ -133,3 +134,15 @@ def test_staged_files_replace_the_old_ones_keeping_their_mode_and_a_link_is_repl
     assert oct(os.stat(places / "old.csv").st_mode & 0o777) == "0o640"
     assert not os.path.islink(places / "planted.png") and (places / "a_file").read_text() == "kept"
     assert tree(places) == sorted(["a_file", "a_folder", "new.txt", "old.csv", "planted.png"])
+
+
+@pytest.mark.parametrize("mode", ["wb", "w"])
+def test_an_output_file_does_not_hand_out_its_descriptor(places, mode):
+    """Pillow's encoders write a JPEG to a file's descriptor themselves and take the short write a file-size limit or
+    a full disk gives for a complete one: the crop would be cut without an error. Without a descriptor they write
+    through the file object, which raises."""
+    with staged_outputs() as outputs, outputs.open(places / "crop.jpg", mode) as f:
+        with pytest.raises(io.UnsupportedOperation):
+            f.fileno()
+        f.write(b"x" if "b" in mode else "x")
+    assert (places / "crop.jpg").read_bytes() == b"x"
