@@ -29,6 +29,7 @@ from ..data.images import IMAGE_FILE_SUFFIXES, read_image
 from ..errors import InputError, MissingFileError, reporting_errors
 from ..evaluation.progress import Progress
 from ..output_files import PARTIAL_FILE, atomic_open
+from ..resources import resource_failures_explained
 from .common import check_output_folder, positive_int, setup_tool_logging
 
 logger = logging.getLogger(__name__)
@@ -463,7 +464,8 @@ def parse_args(argv=None):
 def main(argv=None):
     setup_tool_logging()
     args = parse_args(argv)
-    with reporting_errors(PROG):
+    with reporting_errors(PROG), resource_failures_explained(
+            f"{PROG} {args.command}", "the frames' size (each frame is decoded whole)"):
         crops, written = from_mot(args)
     roles = Counter(crop.path.split("/", 1)[0] for crop in crops)
     identities = {role: len({c.identity for c in crops if c.path.startswith(role + "/")}) for role in roles}

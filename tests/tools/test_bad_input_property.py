@@ -316,3 +316,23 @@ def test_running_out_of_memory_in_the_model_says_what_to_lower(files, tmp_path):
     one_error_line("mdpr-extract", code, output, "Out of memory during feature extraction (")
     assert "left on cpu). Lower --batch-size (now 8) or INPUT.SIZE_TEST, or free memory" in output, output
     assert tree_state(tmp_path) == {"feats.npz": b"the previous features"}
+
+
+@pytest.mark.slow
+def test_running_out_of_memory_decoding_a_frame_says_what_to_lower(tmp_path):
+    """A frame of 8000 x 8000 pixels (a small JPEG, 256 MB decoded) with little memory to spare: mdpr-dataset ended
+    in PIL's MemoryError traceback."""
+    sequence = tmp_path / "SEQ"
+    os.makedirs(sequence / "img1")
+    os.makedirs(sequence / "gt")
+    for frame in (1, 2):
+        Image.new("RGB", (8000, 8000), (90, 90, 90)).save(sequence / "img1" / f"00000{frame}.jpg")
+    (sequence / "gt" / "gt.txt").write_text("".join(f"{frame},{track},{track * 200},50,100,200,1,1,1\n"
+                                                    for frame in (1, 2) for track in (1, 2)))
+    limit = address_space_of("mdpr_plugin.tools.dataset") + (128 << 20)
+    code, output = run_tool("mdpr-dataset", ["from-mot", str(sequence), "--output", f"{tmp_path}/dataset",
+                                             "--test-ids", "0", "--every", "1"], str(tmp_path),
+                            limits=limited(memory=limit))
+    one_error_line("mdpr-dataset", code, output, "Out of memory during mdpr-dataset from-mot (")
+    assert "Lower the frames' size (each frame is decoded whole), or free memory" in output, output
+    assert sorted(os.listdir(tmp_path / "dataset")) == ["mdpr_dataset.json"]
