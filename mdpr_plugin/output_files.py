@@ -22,6 +22,7 @@ import stat
 import tempfile
 
 from .errors import MDPRError
+from .text_escapes import ESCAPED
 
 PARTIAL_FILE = re.compile(r"\.tmp\d+$")  # the temporary files of :func:`atomic_open`, which a killed process leaves
 
@@ -93,15 +94,15 @@ class StagedOutputs:
 
     @contextlib.contextmanager
     def open(self, path, mode="wb", encoding=None, newline=None):
-        """A file object writing ``path``'s temporary file (text modes: UTF-8 unless ``encoding``); flushed and
-        synced to the disk when the block ends."""
+        """A file object writing ``path``'s temporary file (text modes: UTF-8 unless ``encoding``, what it cannot
+        encode escaped, see :mod:`.text_escapes`); flushed and synced to the disk when the block ends."""
         path = os.fspath(path)
         with self._failing_as(path):
             temporary, fd = _create_exclusively(path)
             self._stage(path, temporary)
             f = _WrittenThroughPython(io.FileIO(fd, "w"))
             if "b" not in mode:
-                f = io.TextIOWrapper(f, encoding=encoding or "utf-8", newline=newline)
+                f = io.TextIOWrapper(f, encoding=encoding or "utf-8", errors=ESCAPED, newline=newline)
             with f:
                 yield f
                 f.flush()

@@ -10,6 +10,7 @@ from collections import Counter
 from ..config import build_config
 from ..data.images import IMAGE_FILE_SUFFIXES
 from ..errors import InputError, MissingFileError
+from ..text_escapes import escape_unwritable
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 logger = logging.getLogger(__name__)
@@ -131,7 +132,11 @@ def spreadsheet_safe(cell):
 
 def setup_tool_logging(level=logging.INFO):
     """Progress and timing lines of the plugin, fastreid and the tool on stderr (stdout stays free for
-    results); other libraries (the ONNX exporter's passes log every step) only warn."""
+    results); other libraries (the ONNX exporter's passes log every step) only warn. Both streams write what their
+    encoding cannot (a file name that is not UTF-8, any name on an ASCII terminal) escaped, rather than fail after
+    the work is done."""
+    for stream in (sys.stdout, sys.stderr):
+        escape_unwritable(stream)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for name in ("mdpr_plugin", "fastreid", "__main__"):

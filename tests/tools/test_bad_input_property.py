@@ -3,6 +3,7 @@
 written, numbers out of range) exits with status 1 and exactly one ``<tool>: error: <message>`` line, no
 traceback, and leaves every output path as it was. So does a write that fails (a file-size limit here, as a full
 disk would): the files written before are byte for byte as they were."""
+import csv
 import os
 import resource
 import signal
@@ -258,6 +259,38 @@ def test_a_failed_crop_write_of_mdpr_dataset_keeps_what_was_written_and_a_rerun_
     assert {name: finished[name] for name in first if name.endswith(".jpg")} == {
         name: data for name, data in first.items() if name.endswith(".jpg")}
     assert tree_state(sequence) == inputs
+
+
+# ------------------------------------------------------------------------------------------ names
+# a Latin-1 name (its byte 0xe9 is not UTF-8), a UTF-8 one that ASCII cannot write, and a plain one
+NAMES = {os.fsdecode(b"caf\xe9.jpg"): "caf\\xe9.jpg", "\u00e9t\u00e9.jpg": "\u00e9t\u00e9.jpg", "plain.jpg": "plain.jpg"}
+
+
+@pytest.mark.slow
+def test_file_names_that_are_not_utf8_are_written_escaped_in_the_csv_and_on_a_strict_stdout(files, tmp_path):
+    """mdpr-search wrote its results, then failed on such a name with a UnicodeEncodeError traceback: in the CSV
+    (UTF-8) and on a stdout that is strict (PYTHONIOENCODING, or a UTF-8 locale other than C's)."""
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    for name, source in zip(NAMES, sorted(os.listdir(files["images"]))):
+        with open(os.path.join(os.fsencode(gallery), os.fsencode(name)), "wb") as f:
+            f.write(open(os.path.join(files["images"], source), "rb").read())
+    steps = [("mdpr-extract", [*EXTRACT, "--output", f"{tmp_path}/g.npz", *WEIGHTS]),
+             ("mdpr-search", ["index", "--features", f"{tmp_path}/g.npz", "--output", f"{tmp_path}/g.index"]),
+             ("mdpr-search", ["query", "--index", f"{tmp_path}/g.index", "--features", f"{tmp_path}/g.npz", "--topk",
+                              "3", "--output", f"{tmp_path}/r.csv"])]
+    for tool, arguments in steps:
+        code, output = run_tool(tool, [argument.format(**dict(files, images=str(gallery))) for argument in arguments],
+                                str(tmp_path))
+        assert code == 0 and "Traceback" not in output, output
+    rows = list(csv.reader(open(tmp_path / "r.csv", encoding="utf-8", newline="")))
+    assert {row[0] for row in rows[1:]} == {row[2] for row in rows[1:]} == set(NAMES.values()), rows
+    query = ["query", "--index", f"{tmp_path}/g.index", "--features", f"{tmp_path}/g.npz", "--topk", "3"]
+    on_ascii = {"caf\\xe9.jpg", "\\xe9t\\xe9.jpg", "plain.jpg"}  # what ASCII lacks, escaped too
+    for encoding, shown in (("utf-8", set(NAMES.values())), ("ascii:strict", on_ascii)):
+        code, output = run_tool("mdpr-search", query, str(tmp_path), env={"PYTHONIOENCODING": encoding})
+        assert code == 0 and "Traceback" not in output, output
+        assert {line.split()[-1] for line in output.splitlines() if line.startswith("    ")} == shown, output
 
 
 # ------------------------------------------------------------------------------------------ memory

@@ -146,3 +146,10 @@ def test_an_output_file_does_not_hand_out_its_descriptor(places, mode):
             f.fileno()
         f.write(b"x" if "b" in mode else "x")
     assert (places / "crop.jpg").read_bytes() == b"x"
+
+
+def test_a_text_output_writes_the_bytes_of_a_name_that_are_not_utf8_escaped(places):
+    """A Latin-1 file name, as Python decodes it (surrogateescape), raised UnicodeEncodeError in a CSV file."""
+    with staged_outputs() as outputs, outputs.open(places / "results.csv", "w") as f:
+        f.write(os.fsdecode(b"caf\xe9.jpg") + ",\u00e9t\u00e9.jpg\n")
+    assert (places / "results.csv").read_bytes() == "caf\\xe9.jpg,\u00e9t\u00e9.jpg\n".encode("utf-8")
