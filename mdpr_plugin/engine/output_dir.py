@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from fastreid.utils import comm
 
 from ..errors import InputError, MDPRError
+from ..output_files import PARTIAL_FILE, atomic_open
 from .run_log import reopen_log_file, start_log_file
 
 logger = logging.getLogger(__name__)
@@ -165,13 +166,12 @@ def abandon_output_dir(folder):
             os.rmdir(folder)
 
 
-_PARTIAL = re.compile(r"\.tmp\d+$")  # what the checkpointer writes before renaming (atomic_open)
 
 
 def remove_partial_checkpoints(folder):
     """Remove the temporary files of checkpoints whose writing was interrupted (a kill during a save leaves
     one, hundreds of MB); call it while holding the folder's lock. Returns the paths removed."""
-    removed = [path for path in glob.glob(os.path.join(glob.escape(folder), "*.tmp*")) if _PARTIAL.search(path)]
+    removed = [path for path in glob.glob(os.path.join(glob.escape(folder), "*.tmp*")) if PARTIAL_FILE.search(path)]
     for path in removed:
         os.remove(path)
     if removed:
@@ -193,14 +193,8 @@ _after_checks = {}  # (absolute folder, file name) -> text
 def _replace_file(path, text):
     """``path`` holding ``text``, through a temporary file renamed over it: neither a kill nor a link planted under
     that name can make it write anything else."""
-    temporary = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(temporary, "x") as f:
-            f.write(text)
-        os.replace(temporary, path)
-    finally:
-        if os.path.lexists(temporary):
-            os.remove(temporary)
+    with atomic_open(path, "w", "OUTPUT_DIR") as f:
+        f.write(text)
 
 
 def write_config(cfg):
