@@ -85,6 +85,15 @@ def add_mdpr_config(cfg):
     # naming them, "skip" leaves them out with a warning giving their number (mdpr_plugin/data/checks.py).
     _add(cfg.DATALOADER, "BAD_IMAGES", "error")
 
+    # ReidFolder, the dataset read from a folder with no code (mdpr_plugin/data/folder.py, docs/own-data.md): the
+    # folder (a relative path is from the working folder); for a folder with a training split alone, the identities
+    # held back from it as query and gallery, a fraction 0 < x < 1 of them or a count >= 1 (None: none held back,
+    # the whole folder trains), and the seed that draws them. None as the default lets either type be given.
+    _add(cfg.DATASETS, "FOLDER", CN())
+    _add(cfg.DATASETS.FOLDER, "ROOT", "")
+    _add(cfg.DATASETS.FOLDER, "TEST_IDS", None)
+    _add(cfg.DATASETS.FOLDER, "SEED", 0)
+
     # Modules of the user's own (dotted names) imported before anything is built, e.g. ("my_backbones",): where
     # backbones, heads, meta-architectures or datasets of one's own register themselves (mdpr_plugin/custom_imports.py).
     _add(cfg, "IMPORTS", ())

@@ -55,6 +55,7 @@ def test_a_missing_config_file_and_a_value_of_the_wrong_type_are_named(tmp_path)
         build_config(os.path.join(REPO, "configs/MDPR/demo.yml"), ["SOLVER.MAX_EPOCH", "twenty"])
 
 
+@pytest.mark.slow
 def test_train_net_reports_an_unknown_key_without_a_deep_traceback(earlier_run):
     returncode, output = run_script("train_net.py", "--config-file", os.path.join(REPO, "configs/MDPR/demo.yml"),
                                     "MODEL.BACKBONE.DEPHT", "50x", "OUTPUT_DIR", earlier_run.path)
@@ -117,6 +118,7 @@ def test_a_config_may_stand_on_max_base_files_and_no_more(tmp_path):
         build_config(str(tmp_path / "a.yml"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("write, message", [
     (lambda folder: _write_base_chain(folder, 2000),
      "ERROR: Config file {d}/base100.yml names _BASE_: base101.yml, one more than the 100 _BASE_ files a config may "
@@ -159,6 +161,7 @@ def test_the_smallest_allowed_config_values_pass():
     assert (cfg.INPUT.SIZE_TRAIN, cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_WORKERS) == ([1, 1], 1, 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("files, overrides, message", [
     ({"a.yml": "_BASE_: b.yml\n", "b.yml": "_BASE_: a.yml\n"}, [], "ERROR: Config files include each other"),
     ({"a.yml": f"_BASE_: {DEMO_CONFIG}\n"}, ["SOLVER.IMS_PER_BATCH", "-4"],
@@ -519,6 +522,7 @@ def test_fewer_images_per_identity_than_num_instance_warns_with_counts(market_cf
 # (f) a non-finite loss ---------------------------------------------------------------------------
 # SOLVER.AMP.ENABLED picks the AMP loop; on the CPU it trains in float32, so the second case checks that loop's
 # wiring, not float16. Real AMP is trained on CUDA by the GPU check (python -m mdpr_plugin.benchmarks.gpu_check).
+@pytest.mark.slow
 @pytest.mark.parametrize("amp", [False, True], ids=["float32_loop", "amp_loop_in_float32_on_cpu"])
 def test_a_nan_loss_stops_training_naming_the_term_and_keeps_the_checkpoints(demo_cfg, earlier_run, amp):
     demo_cfg.merge_from_list(["OUTPUT_DIR", earlier_run.path, "SOLVER.MAX_EPOCH", 2, "SOLVER.CHECKPOINT_PERIOD", 1,
@@ -550,6 +554,7 @@ def test_a_nan_loss_stops_training_naming_the_term_and_keeps_the_checkpoints(dem
     assert not hasattr(trainer, "_last_eval_results")  # the failed model was not evaluated
 
 
+@pytest.mark.slow
 def test_nan_weights_behind_a_finite_loss_are_not_saved(demo_cfg, earlier_run):
     demo_cfg.merge_from_list(["OUTPUT_DIR", earlier_run.path, "SOLVER.MAX_EPOCH", 2, "SOLVER.CHECKPOINT_PERIOD", 1,
                               "TEST.EVAL_PERIOD", 100])
@@ -630,6 +635,7 @@ def test_known_errors_are_reported_as_their_message_alone():
         run_reporting_errors(lambda: 1 / 0)
 
 
+@pytest.mark.slow
 def test_train_net_reports_a_dataset_in_the_wrong_layout(market, tmp_path):
     for path in images(market / "bounding_box_train"):
         os.remove(path)

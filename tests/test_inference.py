@@ -1,6 +1,6 @@
 """mdpr_plugin.FeatureExtractor: the features train_net.py --eval-only computes, for every kind of input and for the
-boxes of a frame, and for a tracker (BoxMOT's get_features); one clear error for bad input; the README's tracker
-example runs as written, against BoxMOT itself."""
+boxes of a frame, and for a tracker (BoxMOT's get_features); one clear error for bad input; the README's feature
+example and docs/trackers.md's tracker example run as written, the latter against BoxMOT itself."""
 import os
 import shutil
 import sys
@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import (MDPR_DEMO_CONFIG, REPO, colour_onnx, evaluation_features, load_config, logged, market1501_copy,
-                     save_demo_checkpoint)
+from helpers import (MDPR_DEMO_CONFIG, colour_onnx, code_after_marker, evaluation_features, load_config, logged,
+                     market1501_copy, save_demo_checkpoint)
 from PIL import Image
 
 from mdpr_plugin import FeatureExtractor
@@ -18,7 +18,8 @@ from mdpr_plugin.inference import pixel_boxes, tracker_pixel_boxes
 
 TOLERANCE = 1e-5      # the extractor against the evaluation, on unit rows
 SIZE = (128, 64)      # the demo's INPUT.SIZE_TEST (height, width)
-README_MARKER = "<!-- the tracker example, run by tests/test_inference.py -->"
+FEATURE_EXAMPLE = ("README.md", "<!-- the feature example, run by tests/test_inference.py -->")
+TRACKER_EXAMPLE = ("docs/trackers.md", "<!-- the tracker example, run by tests/test_inference.py -->")
 EXAMPLE_WEIGHTS = os.path.join("logs", "demo", "mdpr", "model_final.pth")  # the checkpoint the example names
 
 
@@ -63,6 +64,7 @@ def assert_close(features, reference, what):
 
 
 # ------------------------------------------------------------------------------------------ features
+@pytest.mark.slow
 @pytest.mark.parametrize("flip", [False, True])
 def test_features_equal_the_evaluation_s_for_every_kind_of_input(demo_weights, market, flip):
     reference_of = evaluation_features(demo_cfg(demo_weights, "TEST.FLIP.ENABLED", str(flip)), "Market1501")
@@ -107,6 +109,7 @@ def test_pixel_boxes_are_clipped_and_rounded_outward():
     assert pixels.tolist() == [list(expected) for _, expected in BOXES]
 
 
+@pytest.mark.slow
 def test_crops_equal_the_evaluation_s_features_of_the_same_regions(demo_weights, frame, tmp_path, monkeypatch):
     """The regions saved as PNG files (under .jpg names) in a Market-1501 folder, evaluated as --eval-only does."""
     import fastreid.data.build as data_build
@@ -153,17 +156,21 @@ def test_zero_boxes_give_a_0_x_d_array(extractor):
     assert extractor([]).shape == (0, width)
 
 
-@pytest.mark.parametrize("box, shown", [
-    ((50.0, 20.0, 50.0, 90.0), "box 1 (50, 20, 50, 90)"),           # zero width
-    ((10.0, 80.0, 60.0, 30.0), "box 1 (10, 80, 60, 30)"),           # y2 above y1
-    ((400.0, 10.0, 450.0, 90.0), "box 1 (400, 10, 450, 90)"),       # right of the frame
-    ((10.0, -40.0, 60.0, -1.0), "box 1 (10, -40, 60, -1)"),         # above the frame
-    ((10.0, np.nan, 60.0, 90.0), "box 1 (10, nan, 60, 90)"),        # not a number
+EMPTY = f"1 of 2 boxes are empty in the {FRAME_W} x {FRAME_H} frame after clipping to it (zero width or height): "
+INVERTED = "1 of 2 boxes are inverted (x2 < x1 or y2 < y1): "
+
+
+@pytest.mark.parametrize("box, refusal", [
+    ((50.0, 20.0, 50.0, 90.0), EMPTY),                                   # zero width
+    ((10.0, 80.0, 60.0, 30.0), INVERTED),                                # y2 above y1
+    ((400.0, 10.0, 450.0, 90.0), EMPTY),                                 # right of the frame
+    ((10.0, -40.0, 60.0, -1.0), EMPTY),                                  # above the frame
+    ((10.0, np.nan, 60.0, 90.0), "1 of 2 boxes are not finite: "),       # not a number
 ])
-def test_an_empty_box_is_named_with_its_coordinates(extractor, box, shown):
+def test_an_empty_box_is_named_with_its_coordinates(extractor, box, refusal):
     frame = np.zeros((FRAME_H, FRAME_W, 3), np.uint8)
-    one_clear_error(InputError, lambda: extractor.crops(frame, [(0, 0, 10, 10), box]), shown,
-                    f"1 of 2 boxes are empty in the {FRAME_W} x {FRAME_H} frame")
+    one_clear_error(InputError, lambda: extractor.crops(frame, [(0, 0, 10, 10), box]),
+                    refusal + "box 1 (" + ", ".join(f"{v:g}" for v in box) + ")")
 
 
 @pytest.mark.parametrize("images, kind, fragments", [
@@ -231,8 +238,7 @@ def test_get_features_takes_boxmot_s_boxes_and_equals_crops_of_the_bgr_frame(ext
 OUTSIDE = [((400.0, 10.0, 450.0, 90.0), (359, 10, 360, 90)),     # right of the frame: its last column
            ((10.0, -40.0, 60.0, -1.0), (10, 0, 60, 1)),           # above: its first row
            ((-50.0, 300.0, -5.0, 320.0), (0, 239, 1, 240)),      # below left: the corner pixel
-           ((50.0, 20.0, 50.0, 90.0), (50, 20, 51, 90)),         # zero width: the column at x1
-           ((60.0, 80.0, 10.0, 30.0), (60, 80, 61, 81))]         # x2, y2 before x1, y1: the pixel at x1, y1
+           ((50.0, 20.0, 50.0, 90.0), (50, 20, 51, 90))]         # zero width: the column at x1
 
 
 def test_tracker_pixel_boxes_give_a_box_outside_the_frame_its_nearest_strip():
@@ -251,7 +257,7 @@ def test_a_box_outside_the_frame_does_not_stop_a_tracker_and_is_reported_once(de
                  "boxes outside: their strips' features")
     assert_close(features[:1], extractor.crops(frame, [BOXES[0][0]], bgr=True), "the box inside")
     assert len(warnings) == 1, warnings
-    assert f"5 of 6 boxes have no pixel in the {FRAME_W} x {FRAME_H} frame (box 1 (400, 10, 450, 90)" in warnings[0]
+    assert f"4 of 5 boxes have no pixel in the {FRAME_W} x {FRAME_H} frame (box 1 (400, 10, 450, 90)" in warnings[0]
 
 
 def test_get_features_batch_equals_get_features_frame_by_frame(extractor, frame):
@@ -262,11 +268,26 @@ def test_get_features_batch_equals_get_features_frame_by_frame(extractor, frame)
         assert_close(features, extractor.get_features(frame_boxes, image), "a frame of the batch")
 
 
+@pytest.mark.parametrize("boxes, refusal", [
+    ([(0, 0, 10, 10), (60, 80, 10, 30)], INVERTED + "box 1 (60, 80, 10, 30); boxes are x1, y1, x2, y2 in pixels: "
+                                         "check the detector's box format (x, y, w, h boxes give x2 = x + w"),
+    ([(0, 0, 10, 10), (10, 30, 60, 20)], INVERTED + "box 1 (10, 30, 60, 20)"),
+    ([(0, 0, 10, 10), (10, np.nan, 60, 90)], "1 of 2 boxes are not finite: box 1 (10, nan, 60, 90)"),
+    ([(0, 0, 10, 10), (10, np.inf, 60, 90)], "1 of 2 boxes are not finite: box 1 (10, inf, 60, 90)"),
+    ([("10", "20", "60", "90")], "boxes_xyxy holds values that are not numbers (<U2: '10' ...)"),
+    (np.ones((1, 4), bool), "boxes_xyxy holds values that are not numbers (bool: True ...)"),
+    ([(10, 20, 60, None)], "boxes_xyxy holds values that are not numbers (object: None ...)"),
+    (np.array([(10j, 20, 60, 90)]), "boxes_xyxy holds values that are not numbers (complex128: 10j ...)"),
+    (np.zeros((2, 5)), "boxes_xyxy has shape (2, 5); it must be N x 4 or N x 6"),
+    ([(10, 20, 60, 90), (10, 20)], "boxes_xyxy must be an N x 4 array of x1, y1, x2, y2 pixels"),
+], ids=["x2 before x1", "y2 before y1", "nan", "inf", "text", "bool", "None", "complex", "5 columns", "ragged"])
+def test_boxes_that_are_not_boxes_are_refused_by_a_tracker_s_call(extractor, frame, boxes, refusal):
+    """An inverted box inside the frame got the feature of a 1-pixel strip; text, booleans and complex numbers
+    were read as numbers."""
+    one_clear_error(InputError, lambda: extractor.get_features(boxes, frame), refusal)
+
+
 def test_bad_tracker_input_gives_one_clear_error(extractor, frame):
-    one_clear_error(InputError, lambda: extractor.get_features([(0, 0, 10, 10), (10, np.nan, 60, 90)], frame),
-                    "1 of 2 boxes are not finite: box 1 (10, nan, 60, 90)")
-    one_clear_error(InputError, lambda: extractor.get_features(np.zeros((2, 5)), frame),
-                    "boxes_xyxy has shape (2, 5); it must be N x 4 or N x 6")
     one_clear_error(InputError, lambda: extractor.get_features_batch([np.zeros((0, 4))] * 2, [frame]),
                     "2 box arrays for 1 images")
     one_clear_error(InputError, lambda: extractor.get_features([(0, 0, 10, 10)], frame[:, :, 0]),
@@ -352,16 +373,32 @@ def test_a_corrupt_onnx_file_is_one_error_naming_it(tmp_path, demo_weights, dama
                     "export it again with mdpr-export")
 
 
-# ------------------------------------------------------------------------------------------ the README
-def run_example(code, weights, folder, monkeypatch):
-    """Run ``code`` in ``folder``, where the checkpoint it names is ``weights``; return its variables."""
-    from boxmot.structures import Tracks
-
+# ------------------------------------------------------------------------------- the documentation's examples
+def run_example(page_and_marker, weights, folder, monkeypatch):
+    """Run the example after a marker line of a page in ``folder``, where the checkpoint it names is ``weights``;
+    return its variables."""
     os.makedirs(os.path.join(folder, os.path.dirname(EXAMPLE_WEIGHTS)))
     shutil.copy(weights, os.path.join(folder, EXAMPLE_WEIGHTS))
     monkeypatch.chdir(folder)
     variables = {"__name__": "__example__"}
-    exec(compile(code, "the tracker example", "exec"), variables)
+    exec(compile(code_after_marker(*page_and_marker), page_and_marker[0], "exec"), variables)
+    return variables
+
+
+def test_the_readme_feature_example_runs_as_written(demo_weights, tmp_path, monkeypatch):
+    variables = run_example(FEATURE_EXAMPLE, demo_weights, tmp_path, monkeypatch)
+    extractor, features, crop_features = variables["extractor"], variables["features"], variables["crop_features"]
+    assert features.shape == (4, extractor.feature_dim)
+    np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1, atol=1e-5)
+    # the frame holds the first two files' people side by side: their boxes give those files' features
+    assert crop_features.shape == (2, extractor.feature_dim)
+    np.testing.assert_allclose(crop_features, features[:2], atol=TOLERANCE)
+
+
+def test_the_tracker_example_runs_as_written(demo_weights, tmp_path, monkeypatch, no_downloads):
+    from boxmot.structures import Tracks
+
+    variables = run_example(TRACKER_EXAMPLE, demo_weights, tmp_path, monkeypatch)
     features, extractor, tracker = variables["features"], variables["extractor"], variables["tracker"]
     assert features.shape[0] == 4
     np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1, atol=1e-5)
@@ -369,18 +406,3 @@ def run_example(code, weights, folder, monkeypatch):
     assert variables["tracks"].ndim == 2 and variables["tracks"].shape[1] == 8 and len(variables["tracks"])
     assert isinstance(variables["stream_tracks"], Tracks) and len(variables["stream_tracks"])
     assert [t._reid_model for t in variables["trackers"]] == [None, None], "the streams' trackers have no model"
-    return variables
-
-
-def readme_example(path=os.path.join(REPO, "README.md")):
-    """The ```python block that follows the marker line in README.md."""
-    lines = open(path).read().splitlines()
-    assert README_MARKER in lines, f"README.md has no line {README_MARKER!r}"
-    rest = lines[lines.index(README_MARKER) + 1:]
-    assert rest and rest[0] == "```python", f"the line after {README_MARKER!r} must open a ```python block"
-    assert "```" in rest[1:], "the README's tracker example block is not closed"
-    return "\n".join(rest[1:rest.index("```", 1)]) + "\n"
-
-
-def test_readme_tracker_example_runs_as_written(demo_weights, tmp_path, monkeypatch, no_downloads):
-    run_example(readme_example(), demo_weights, tmp_path, monkeypatch)

@@ -17,7 +17,6 @@ the model and writes atomically.
   process killed while saving leaves a truncated file where the previous good one was. Here each is
   written to a temporary file in the same folder and renamed over the old one.
 """
-import contextlib
 import errno
 import logging
 import os
@@ -32,6 +31,7 @@ from fastreid.utils.checkpoint import Checkpointer
 
 from ..errors import MDPRError
 from ..modeling.mdpr import state_dict_as_loaded
+from ..output_files import atomic_open
 from ..serialization import CheckpointError, safe_load
 
 logger = logging.getLogger(__name__)
@@ -147,21 +147,6 @@ def check_weights_fit(model, state_dict, source, allow_partial=False):
     logger.warning("%s MODEL.ALLOW_PARTIAL_WEIGHTS is True: loading the %d matching weights; the others keep "
                    "their initial values.", summary, fitting)
     return fitting
-
-
-@contextlib.contextmanager
-def atomic_open(path, mode="wb"):
-    """Open a temporary file next to ``path``; it replaces ``path`` only once fully written."""
-    temporary = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(temporary, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 class CheckpointWriteError(MDPRError, OSError):

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from fastreid.utils import comm
 
 from ..errors import InputError, MDPRError
+from ..output_files import PARTIAL_FILE, atomic_open
 from .run_log import reopen_log_file, start_log_file
 
 logger = logging.getLogger(__name__)
@@ -165,13 +166,12 @@ def abandon_output_dir(folder):
             os.rmdir(folder)
 
 
-_PARTIAL = re.compile(r"\.tmp\d+$")  # what the checkpointer writes before renaming (atomic_open)
 
 
 def remove_partial_checkpoints(folder):
     """Remove the temporary files of checkpoints whose writing was interrupted (a kill during a save leaves
     one, hundreds of MB); call it while holding the folder's lock. Returns the paths removed."""
-    removed = [path for path in glob.glob(os.path.join(glob.escape(folder), "*.tmp*")) if _PARTIAL.search(path)]
+    removed = [path for path in glob.glob(os.path.join(glob.escape(folder), "*.tmp*")) if PARTIAL_FILE.search(path)]
     for path in removed:
         os.remove(path)
     if removed:
@@ -180,20 +180,34 @@ def remove_partial_checkpoints(folder):
     return removed
 
 
+def write_after_checks(folder, name, text):
+    """Have :func:`write_config` write ``text`` into ``folder/name`` beside config.yaml, when (and each time) it writes
+    config.yaml into ``folder``: a file a data set makes for OUTPUT_DIR (ReidFolder's split) is built with the data,
+    before the run's checks have passed, and must not be written before them."""
+    _after_checks[os.path.abspath(folder), name] = text
+
+
+_after_checks = {}  # (absolute folder, file name) -> text
+
+
+def _replace_file(path, text):
+    """``path`` holding ``text``, through a temporary file renamed over it: neither a kill nor a link planted under
+    that name can make it write anything else."""
+    with atomic_open(path, "w", "OUTPUT_DIR") as f:
+        f.write(text)
+
+
 def write_config(cfg):
-    """``OUTPUT_DIR/config.yaml``, as fastreid's default_setup writes it, once the run's checks have passed: to a
-    temporary file renamed over it, so that neither a kill nor a link planted under that name can make it write
-    anything else."""
+    """``OUTPUT_DIR/config.yaml``, as fastreid's default_setup writes it, once the run's checks have passed, and the
+    files held for OUTPUT_DIR by :func:`write_after_checks`."""
     path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
-    temporary = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(temporary, "x") as f:
-            f.write(cfg.dump())
-        os.replace(temporary, path)
-    finally:
-        if os.path.lexists(temporary):
-            os.remove(temporary)
+    _replace_file(path, cfg.dump())
     logging.getLogger("fastreid.engine.defaults").info("Full config saved to %s", os.path.abspath(path))
+    folder = os.path.abspath(cfg.OUTPUT_DIR)
+    for (held_in, name), text in sorted(_after_checks.items()):
+        if held_in == folder:
+            _replace_file(os.path.join(folder, name), text)
+            logger.info("Saved %s", os.path.join(folder, name))
 
 
 def recreate_output_dir(cfg):
