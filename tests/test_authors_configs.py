@@ -5,11 +5,14 @@ config.yaml is built from their own defaults.py and add_mdpr_cfg, as their tools
 import json
 import os
 import re
+import shlex
+import shutil
 
 import pytest
+import torch
 from fastreid.config import CfgNode, get_cfg
 from fastreid.data.transforms.transforms import RandomPatch
-from helpers import REPO, logged, run_script, synergyreid_copy
+from helpers import REPO, code_after_marker, logged, run_script, synergyreid_copy
 from test_train_net import metrics_rows
 
 from mdpr_plugin import add_mdpr_config
@@ -18,6 +21,7 @@ from mdpr_plugin.config import ConfigKeyError, _all_keys, _value, build_config
 from mdpr_plugin.data import build_transforms
 from mdpr_plugin.engine import Trainer
 from mdpr_plugin.errors import InputError
+from mdpr_plugin.modeling import to_authors_state_dict
 
 AUTHORS = os.path.join(REPO, "tests", "fixtures", "authors_configs")
 AUTHORS_FILES = {name: os.path.join(AUTHORS, "MDPR", f"{name}.yml") for name in ("DukeMTMC", "Market1501",
@@ -190,11 +194,39 @@ def train_and_evaluate(config_file, output_dir, *opts, env=None):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["DukeMTMC", "Market1501"])
-def test_their_file_trains_and_evaluates_through_train_net(tmp_path, name):
-    output = train_and_evaluate(AUTHORS_FILES[name], str(tmp_path / "run"), *SMALL, *BUNDLED)
+def test_their_market1501_file_trains_and_evaluates_through_train_net(tmp_path):
+    output = train_and_evaluate(AUTHORS_FILES["Market1501"], str(tmp_path / "run"), *SMALL, *BUNDLED)
     assert len(metrics_rows(output)) == 1
     assert len(loss_names(tmp_path / "run")) == 19 and "loss_fusion_triplet" in loss_names(tmp_path / "run")
+
+
+def readme_commands():
+    """The README's commands for the authors' files, each as an argument list after ``python``."""
+    block = code_after_marker("README.md", "<!-- the authors' commands, run by tests/test_authors_configs.py -->",
+                              language="bash")
+    lines = [line for line in block.replace("\\\n", " ").splitlines() if not line.startswith("#")]
+    return [shlex.split(line)[1:] for line in lines]
+
+
+@pytest.mark.slow
+def test_the_readmes_commands_train_their_dukemtmc_file_and_evaluate_their_weights(tmp_path):
+    """In a folder laid out as theirs, the README's two commands, with the bundled images, small sizes and the CPU
+    added: their DukeMTMC.yml trains; the weights in their key layout evaluate to the training run's numbers."""
+    shutil.copytree(AUTHORS, tmp_path / "configs", ignore=shutil.ignore_patterns("*.py", "*.md"))
+    train, evaluate = readme_commands()
+    run = lambda args: run_script(os.path.join(REPO, "train_net.py"), *args[1:], *SMALL, *BUNDLED, cwd=str(tmp_path))
+    returncode, trained = run(train + ["OUTPUT_DIR", "logs/train"])
+    assert returncode == 0, trained[-3000:]
+    assert len(loss_names(tmp_path / "logs" / "train")) == 19
+
+    weights = tmp_path / "weights" / "DukeMTMC-reID.pth"
+    weights.parent.mkdir()
+    ours_final = torch.load(tmp_path / "logs" / "train" / "model_final.pth", map_location="cpu", weights_only=True)
+    torch.save({"model": to_authors_state_dict(ours_final["model"])}, weights)
+    returncode, evaluated = run(evaluate + ["OUTPUT_DIR", "logs/eval"])
+    assert returncode == 0, evaluated[-3000:]
+    assert "not found in the checkpoint" not in evaluated and "not used by the model" not in evaluated
+    assert metrics_rows(evaluated) == metrics_rows(trained)[-1:]
 
 
 @pytest.mark.slow
