@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from fastreid.config import CfgNode
 from PIL import Image
 
+from .authors_keys import warn_authors_keys
 from .config import build_config, prepare_user_code
 from .data import build_transforms, read_image
 from .data.images import to_rgb
@@ -278,6 +279,7 @@ class FeatureExtractor:
             cfg = prepare_user_code(config.clone())
         else:
             cfg = build_config(config, opts)
+            warn_authors_keys(cfg)
         cfg.defrost()
         if weights is not None:
             cfg.MODEL.WEIGHTS = os.fspath(weights)

@@ -48,6 +48,9 @@ _LAYOUTS = {
                   "0002_c1s1_000451_03.jpg",
     "DukeMTMC": "bounding_box_train/, query/ and bounding_box_test/, each holding .jpg files directly (no "
                 "sub-folders) named <person id>_c<camera 1-8>_f<frame>.jpg, e.g. 0001_c2_f0046182.jpg",
+    "SynergyReID": "synergyreid_data/ (or the datasets folder itself) holding reid_training/, reid_test/query/ and "
+                   "reid_test/gallery/, each holding .jpeg files directly whose name starts with <person id>_<digit>, "
+                   "e.g. 12_3_001.jpeg",
 }
 _FOLDER_ATTRIBUTES = {"train": "train_dir", "query": "query_dir", "gallery": "gallery_dir"}
 

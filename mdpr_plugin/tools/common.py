@@ -7,6 +7,7 @@ import sys
 import tempfile
 from collections import Counter
 
+from ..authors_keys import warn_authors_keys
 from ..config import build_config
 from ..data.images import IMAGE_FILE_SUFFIXES
 from ..errors import InputError, MissingFileError
@@ -30,6 +31,7 @@ def tool_parser(description):
 def setup_tool_config(args):
     """The config train_net.py would build, for inference: the backbone weights come from MODEL.WEIGHTS."""
     cfg = build_config(args.config_file, args.opts)
+    warn_authors_keys(cfg)
     cfg.MODEL.BACKBONE.PRETRAIN = False
     cfg.freeze()
     return cfg
