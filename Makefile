@@ -31,7 +31,7 @@ test: setup
 
 # every CUDA path in a few minutes on one GPU (one line and nothing else without CUDA); ARGS=--write-docs
 gpu-check: setup
-	$(PY) -m mdpr_plugin.benchmarks.gpu_check $(ARGS)
+	$(PY) -m benchmarks.gpu_check $(ARGS)
 
 clean:
-	rm -rf $(VENV) logs *.egg-info
+	rm -rf $(VENV) logs *.egg-info build

@@ -1,8 +1,8 @@
 """Every CUDA path of the plugin, checked in a few minutes on one GPU.
 
-    python -m mdpr_plugin.benchmarks.gpu_check                 # on a CUDA machine: a line per check, a summary
-    python -m mdpr_plugin.benchmarks.gpu_check --write-docs    # ... and the table in docs/benchmarks.md
-    python -m mdpr_plugin.benchmarks.gpu_check --from-json F --write-docs   # the table of a saved run (--json F)
+    python -m benchmarks.gpu_check                 # on a CUDA machine: a line per check, a summary
+    python -m benchmarks.gpu_check --write-docs    # ... and the table in docs/benchmarks.md
+    python -m benchmarks.gpu_check --from-json F --write-docs   # the table of a saved run (--json F)
 
 What it checks, each against the CPU path or against float32 on the GPU:
 
@@ -46,13 +46,13 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..errors import MDPRError
-from .harness import GIB, Section, log
+from mdpr_plugin.errors import MDPRError
+from .harness import GIB, REPO, Section, log
 
 SECTION = Section("gpu-check")
-MODULE = "mdpr_plugin.benchmarks.gpu_check"
+MODULE = "benchmarks.gpu_check"
 PROG = "python -m " + MODULE
-TRAIN_NET = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "train_net.py")
+TRAIN_NET = os.path.join(REPO, "train_net.py")
 CHECKS = ("training", "step", "loader", "demo", "evaluation", "re-ranking", "extractor")
 FEATURE_TOLERANCE = 1e-3  # relative difference of GPU to CPU features
 TF32_TOLERANCE = 1e-2  # the same with cuDNN's TF32 convolutions (torch's default), which round to 10-bit mantissas
@@ -135,7 +135,7 @@ def _reset_peak(device):
 def _config(settings, device, arch="MDPR", opts=()):
     """MDPR's DukeMTMC config at ``settings``' sizes on ``device``, or fastreid's ``arch`` with the same backbone,
     input and losses (the model benchmark's rule); no pretrained weights."""
-    from ..config import config_file
+    from mdpr_plugin.config import config_file
     from .model_case import build_config
 
     h, w = settings.size
@@ -173,7 +173,7 @@ def _one_process_group(device):
     import torch.distributed as dist
     from fastreid.utils import comm
 
-    from ..engine.launch import _free_port, backend_for
+    from mdpr_plugin.engine.launch import _free_port, backend_for
 
     dist.init_process_group(backend_for(device.type), init_method=f"tcp://127.0.0.1:{_free_port()}", world_size=1,
                             rank=0)
@@ -190,10 +190,10 @@ def train_case(settings, device, arch, amp, channels_last=False, ddp=False, opts
     trainer pieces; the numbers, or :class:`CheckFailed`."""
     from fastreid.utils.events import EventStorage
 
-    from ..data.loader import DeviceDataLoader
-    from ..engine import Trainer
-    from ..engine.distributed import distributed_data_parallel
-    from ..engine.train_loop import CheckedAMPTrainer, CheckedTrainer
+    from mdpr_plugin.data.loader import DeviceDataLoader
+    from mdpr_plugin.engine import Trainer
+    from mdpr_plugin.engine.distributed import distributed_data_parallel
+    from mdpr_plugin.engine.train_loop import CheckedAMPTrainer, CheckedTrainer
 
     cfg = _config(settings, device, arch,
                   ["SOLVER.AMP.ENABLED", str(amp), "MODEL.CHANNELS_LAST", str(channels_last), *opts])
@@ -286,7 +286,7 @@ def check_training(settings, device, results):
 
 # ------------------------------------------------------------------------------------------------- step
 def _demo_config(device, opts=()):
-    from ..config import build_config
+    from mdpr_plugin.config import build_config
 
     return build_config("MDPR/demo.yml", ["MODEL.DEVICE", str(device), "DATALOADER.NUM_WORKERS", "0", *opts])
 
@@ -300,7 +300,7 @@ def step_case(device, batch=16):
 
     from fastreid.utils.events import EventStorage
 
-    from ..engine import Trainer
+    from mdpr_plugin.engine import Trainer
 
     cfg = _demo_config("cpu", ["MODEL.HEADS.NUM_CLASSES", "16"])
     torch.manual_seed(0)
@@ -352,7 +352,7 @@ def check_step(settings, device, results):
 # ----------------------------------------------------------------------------------------------- loader
 def loader_case(settings, device, batches=20):
     """Images/s of the trainer's own training loader on the bundled images at ``settings.size``."""
-    from ..engine import Trainer
+    from mdpr_plugin.engine import Trainer
 
     workers = min(8, os.cpu_count() or 1)
     cfg = _config(settings, device, opts=["DATASETS.NAMES", "('MiniMarket1501',)", "DATALOADER.NUM_INSTANCE", "2",
@@ -431,8 +431,8 @@ def _evaluate(cfg, amp=False):
     the test loader on MODEL.DEVICE, optionally under float16 autocast."""
     import torch.nn.functional as F
 
-    from ..engine import Trainer, build_eval_model
-    from ..evaluation import ReidEvaluator, inference_on_dataset
+    from mdpr_plugin.engine import Trainer, build_eval_model
+    from mdpr_plugin.evaluation import ReidEvaluator, inference_on_dataset
 
     model, cfg = build_eval_model(cfg, build=Trainer.build_model)
     loader, num_query = Trainer.build_test_loader(cfg, cfg.DATASETS.TESTS[0])
@@ -495,10 +495,10 @@ def rerank_case(settings, knn, reference=None):
     ``reference`` (the numbers and distance of the CPU's run) when given."""
     import numpy as np
 
-    from ..evaluation import evaluate_rank
-    from ..evaluation.knn import resolve_backend
-    from ..evaluation.rerank import rerank_distance
-    from .synthetic import DUKE, SMALL as SMALL_SHAPE, synthetic_set
+    from mdpr_plugin.evaluation import evaluate_rank
+    from mdpr_plugin.evaluation.knn import resolve_backend
+    from mdpr_plugin.evaluation.rerank import rerank_distance
+    from mdpr_plugin.synthetic.planted_features import DUKE, SMALL as SMALL_SHAPE, synthetic_set
 
     shape = DUKE if settings.rerank_shape == "duke" else SMALL_SHAPE
     q, g, qp, gp, qc, gc = synthetic_set(shape, settings.rerank_dim).split()
@@ -524,7 +524,7 @@ def rerank_case(settings, knn, reference=None):
 
 
 def check_reranking(settings, device, results):
-    from ..evaluation.knn import faiss_gpu_available
+    from mdpr_plugin.evaluation.knn import faiss_gpu_available
 
     size = "DukeMTMC-sized" if settings.rerank_shape == "duke" else "small"
     what = f"{size} synthetic set, {settings.rerank_dim}-d"
@@ -558,7 +558,7 @@ def _extractor_weights(settings, workdir):
     that eval-mode BN is not the identity); returns (config, path)."""
     from fastreid.utils.checkpoint import Checkpointer
 
-    from ..engine.trainer import build_model
+    from mdpr_plugin.engine.trainer import build_model
 
     cfg = _config(settings, torch.device("cpu"))
     torch.manual_seed(0)
@@ -573,8 +573,8 @@ def _extractor_weights(settings, workdir):
 
 
 def _bundled_images(count):
-    from ..data.datasets import BUNDLED_ROOT
-    from ..tools.common import list_images
+    from mdpr_plugin.data.datasets import BUNDLED_ROOT
+    from mdpr_plugin.tools.common import list_images
 
     images = list_images(BUNDLED_ROOT)
     return (images * (count // len(images) + 1))[:count]
@@ -600,13 +600,13 @@ def _throughput(extractor, images, batches, device):
 def extractor_case(settings, device, workdir, onnx, tf32=None):
     """FeatureExtractor on ``device`` (PyTorch, or ONNX Runtime with ``onnx``) against PyTorch on the CPU, and its
     images/s; ``tf32``: None leaves torch's TF32 settings as they are, True / False sets both."""
-    from .. import FeatureExtractor
+    from mdpr_plugin import FeatureExtractor
 
     cfg, weights = _extractor_weights(settings, workdir)
     images = _bundled_images(settings.extractor_images)
     reference = FeatureExtractor(cfg, weights, device="cpu")(images[:16])
     if onnx:
-        from ..tools.export import export_onnx
+        from mdpr_plugin.tools.export import export_onnx
 
         path = export_onnx(FeatureExtractor(cfg, weights, device="cpu").model, os.path.join(workdir, "mdpr.onnx"),
                            *settings.size)
@@ -623,7 +623,7 @@ def extractor_case(settings, device, workdir, onnx, tf32=None):
 
 
 def check_extractor(settings, device, results, workdir):
-    from ..onnx_runtime import onnx_cuda_available
+    from mdpr_plugin.onnx_runtime import onnx_cuda_available
 
     h, w = settings.size
 
@@ -755,7 +755,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    from ..errors import InputError, MissingFileError, reporting_errors
+    from mdpr_plugin.errors import InputError, MissingFileError, reporting_errors
 
     args = parse_args(argv)
     with reporting_errors(PROG):

@@ -1,0 +1,3 @@
+"""Synthetic data with known truth, to try the evaluation and the trackers without a dataset: ``people_scene``
+(a street scene of the bundled people, with a detector's boxes and the true ones) and ``planted_features``
+(re-id features with planted identities and cameras, at the real test splits' sizes)."""
