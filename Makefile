@@ -29,9 +29,12 @@ demo: setup
 test: setup
 	$(PY) -m pytest tests -q
 
-# every CUDA path in a few minutes on one GPU (one line and nothing else without CUDA); ARGS=--write-docs
+# every CUDA path in a few minutes on one GPU: the gpu tests, then the timing table (ARGS=--write-docs writes it
+# into docs/benchmarks.md); without CUDA the timing script says so in one line and nothing else runs
 gpu-check: setup
-	$(PY) -m benchmarks.gpu_check $(ARGS)
+	@if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+		$(PY) -m pytest tests/gpu -m gpu -q && $(PY) -m benchmarks.gpu_timing $(ARGS); \
+	else $(PY) -m benchmarks.gpu_timing; fi
 
 clean:
 	rm -rf $(VENV) logs *.egg-info build

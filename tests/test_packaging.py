@@ -95,7 +95,7 @@ ENTRY_POINTS = [  # (command, the line's prefix, whether it runs from the reposi
     pytest.param([sys.executable, "-m", "mdpr_plugin.tools.extract", "--help"], "ERROR:", False, id="tools.extract"),
     # the repository's benchmarks are not installed: they run from its root
     *(pytest.param([sys.executable, "-m", f"benchmarks.{module}", argument], "ERROR:", True, id=f"benchmarks.{module}")
-      for module, argument in (("model", "--help"), ("evaluation", "--help"), ("gpu_check", "--help"),
+      for module, argument in (("model", "--help"), ("evaluation", "--help"), ("gpu_timing", "--help"),
                                ("training_step", "profile"))),  # its --help needs no fastreid
     pytest.param([sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", "MDPR/demo.yml"], "ERROR:",
                  False, id="train_net.py"),
