@@ -2,6 +2,7 @@ import functools
 
 import pytest
 from helpers import load_config
+from process_guard import pytest_runtest_makereport, pytest_runtest_protocol  # noqa: F401 (hooks)
 
 
 @functools.cache
@@ -34,3 +35,4 @@ def no_downloads(monkeypatch):
         raise AssertionError("the tracker built a ReID model of its own")
 
     monkeypatch.setattr(reid_core, "ReID", refuse)
+

@@ -7,9 +7,9 @@ For the trainer: ``ReidEvaluator(cfg, num_query, output_dir)`` (fastreid's const
 (fastreid's k-reciprocal re-ranking, sparse) and ``aqe``. A tracker's identity metrics (IDF1, ID switches)
 are in ``tracking_metrics``.
 """
+from .dataset_inference import inference_on_dataset
 from .distance import pairwise_distance
 from .evaluator import ReidEvaluator
-from .inference import inference_on_dataset
 from .query_expansion import aqe
 from .rank import evaluate_rank, evaluate_roc
 from .rerank import rerank_distance
