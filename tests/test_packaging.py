@@ -138,14 +138,17 @@ def test_the_packaged_configs_are_found_by_name_from_anywhere(tmp_path, monkeypa
     assert os.path.realpath(os.path.join(REPO, "configs")) == os.path.realpath(PACKAGED_CONFIGS)
 
 
+# what .gitignore keeps out of a clone (.git: a worktree's is a file naming the repository)
+NOT_IN_A_CLONE = (".git", ".venv", "__pycache__", "*.pyc", "*.egg-info", "logs", "output", "build", ".pytest_cache",
+                  ".whl")
+
+
 @pytest.mark.slow
 def test_the_wheel_carries_the_configs_and_the_bundled_images(tmp_path):
-    # built from a copy of the sources: setuptools never empties a checkout's build/, which keeps the modules of
-    # every earlier build, moved or removed ones too
+    # built from a copy of the checkout as a clone has it (benchmarks/ included, so that packaging it is caught):
+    # setuptools never empties a checkout's build/, which keeps the modules of every earlier build
     source = tmp_path / "source"
-    shutil.copytree(os.path.join(REPO, "mdpr_plugin"), source / "mdpr_plugin",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(os.path.join(REPO, "setup.py"), source)
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*NOT_IN_A_CLONE))
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
                              "-w", str(tmp_path), str(source)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
