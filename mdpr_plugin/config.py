@@ -67,7 +67,7 @@ def add_mdpr_config(cfg):
     _add(cfg.INPUT.RPT, "POOL_CAPACITY", 0)
 
     # Speed switches, applied by the plugin's Trainer.build_model (measured in docs/benchmarks.md,
-    # `mdpr-benchmark`): torch.compile of the model in place (state-dict keys unchanged; the first
+    # the model benchmark): torch.compile of the model in place (state-dict keys unchanged; the first
     # iterations compile) and the channels-last memory format for the convolutions.
     _add(cfg.MODEL, "COMPILE", False)
     _add(cfg.MODEL, "CHANNELS_LAST", False)

@@ -21,6 +21,7 @@ from mdpr_plugin.tools import search
 pytestmark = pytest.mark.slow  # every case runs a console script
 
 BIN = os.path.dirname(sys.executable)  # where pip put the console scripts of this environment
+BENCHMARK = "python -m benchmarks.model"  # the repository's own, not installed: found through PYTHONPATH
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +101,8 @@ CASES = [
     ("visualize output a file", "mdpr-visualize ranking", ["--config-file", "{config}", "--output-dir",
                                                            "{tmp}/a_file", *WEIGHTS],
      "--output-dir {tmp}/a_file is a file; give a folder", ["{tmp}/a_file"]),
-    ("benchmark json under a file", "mdpr-benchmark", ["--small", "--config-file", "{config}", "--json",
-                                                       "{tmp}/a_file/results.json", "--feature-dir", "{out}/19"],
+    ("benchmark json under a file", BENCHMARK, ["--small", "--config-file", "{config}", "--json",
+                                                "{tmp}/a_file/results.json", "--feature-dir", "{out}/19"],
      "--json {tmp}/a_file/results.json cannot be written", ["{tmp}/a_file", "{out}/19"]),
     # anything else found to raise
     ("device unknown", "mdpr-extract", [*EXTRACT, "--output", "{out}/20.npz", "MODEL.WEIGHTS", "{weights}",
@@ -109,8 +110,8 @@ CASES = [
      ["{out}/20.npz"]),
     ("k2 zero", "mdpr-search", [*QUERY, "--features", "{tmp}/gallery.npz", "--rerank", "--k2", "0"],
      "--k1 and --k2 must be at least 1, got 20 and 0", []),
-    ("benchmark results not json", "mdpr-benchmark", ["--from-json", "{tmp}/not.json", "--output", "{out}/22.md",
-                                                      "--write-docs"], "--from-json {tmp}/not.json is not JSON",
+    ("benchmark results not json", BENCHMARK, ["--from-json", "{tmp}/not.json", "--output", "{out}/22.md",
+                                               "--write-docs"], "--from-json {tmp}/not.json is not JSON",
      ["{out}/22.md"]),
 ]
 
@@ -135,9 +136,9 @@ def limited(file_size=None, memory=None):
 
 
 def run_tool(tool, arguments, folder, limits=None, env=None):
-    """The console script ``tool`` ("mdpr-visualize ranking": the command after it) run in ``folder``, not the
-    repository, under ``limits`` (see :func:`limited`), with ``env`` added to the environment; the repository goes
-    first on PYTHONPATH, before whatever is there."""
+    """The console script ``tool`` ("mdpr-visualize ranking": the command after it; "python -m ...": this
+    environment's Python) run in ``folder``, not the repository, under ``limits`` (see :func:`limited`), with ``env``
+    added to the environment; the repository goes first on PYTHONPATH, before whatever is there."""
     script, *command = tool.split()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
                **(env or {}))
