@@ -464,6 +464,21 @@ def test_fewer_identities_than_a_batch_needs_is_refused_instead_of_hanging(marke
     assert earlier_run.unchanged()
 
 
+@pytest.mark.slow
+def test_a_training_set_of_one_identity_is_refused_in_one_line(market, earlier_run):
+    keep_identities(market / "bounding_box_train", 1)  # its two images fill a batch of SOLVER.IMS_PER_BATCH 2
+    returncode, output = run_script("train_net.py", "--config-file", DEMO_CONFIG, "DATASETS.NAMES", "('Market1501',)",
+                                    "DATASETS.TESTS", "('Market1501',)", "SOLVER.IMS_PER_BATCH", "2",
+                                    "OUTPUT_DIR", earlier_run.path)
+    assert returncode == 1 and "Traceback" not in output, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith("ERROR:")]
+    assert errors == [f"ERROR: The training set has one identity (person id market1501_2, 2 images): re-identification learns "
+                      f"to tell people apart, which takes two or more (the classifier would have one class and a "
+                      f"triplet loss no negative). Add the images of other people to the training set, or check "
+                      f"DATASETS.NAMES and its folder."], output[-3000:]
+    assert earlier_run.unchanged()
+
+
 def test_fewer_images_than_a_batch_is_refused(market, market_cfg):
     keep_identities(market / "bounding_box_train", 5)  # 10 images
     with pytest.raises(SamplingError, match=r"The training set has 10 images, fewer than SOLVER\.IMS_PER_BATCH 16"):
