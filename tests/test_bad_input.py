@@ -342,6 +342,23 @@ def test_an_unreadable_image_stops_the_run_naming_the_file_and_the_switch(market
     assert earlier_run.unchanged()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, make, policy", [("a FIFO (named pipe)", os.mkfifo, "error"),
+                                                ("a folder", os.mkdir, "skip")], ids=["fifo", "folder"])
+def test_a_special_file_named_like_an_image_is_refused_by_its_type_in_one_line(market, earlier_run, kind, make,
+                                                                                policy):
+    special = str(market / "bounding_box_train" / "0002_c1s1_000000_09.jpg")  # read into the training set
+    make(special)
+    returncode, output = run_script("train_net.py", "--config-file", DEMO_CONFIG, "DATASETS.NAMES", "('Market1501',)",
+                                    "DATASETS.TESTS", "('Market1501',)", "DATALOADER.BAD_IMAGES", policy,
+                                    "OUTPUT_DIR", earlier_run.path, timeout=300)  # a FIFO once blocked the check
+    assert returncode == 1 and "Traceback" not in output, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith("ERROR:")]
+    assert errors == [f"ERROR: {special} is {kind}, not an image file (reading it could wait forever). Remove it "
+                      "from the image folder, or put the image file it stands for in its place."], output[-3000:]
+    assert earlier_run.unchanged()
+
+
 def test_skip_leaves_unreadable_images_out_and_counts_them(market, market_cfg):
     train_bad = images(market / "bounding_box_train")[3]
     query_bad = images(market / "query")[0]

@@ -15,7 +15,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import InputError, MissingFileError
-from .images import BAD_IMAGE_FIX, IMAGE_FILE_SUFFIXES, BadImageError, inspect_image
+from .images import BAD_IMAGE_FIX, IMAGE_FILE_SUFFIXES, BadImageError, check_regular_file, inspect_image
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +176,7 @@ def _inspect(path):
         stat = os.stat(path)
     except OSError as error:
         return path, BadImageError(f"{path} could not be read ({error}). {BAD_IMAGE_FIX}", path=path, reason=str(error))
+    check_regular_file(path, stat)  # by its type, before it is opened: a FIFO would block its reader forever
     key = (path, stat.st_mtime_ns, stat.st_size)
     if key not in _inspected:
         try:
@@ -190,7 +191,8 @@ def check_images(items, description, policy, input_size, threads=None):
 
     ``policy`` (DATALOADER.BAD_IMAGES): "error" stops naming the unreadable files, "skip" leaves them out
     with a warning giving their number. Images more than 4x smaller than ``input_size`` (height,
-    width) in a side are kept (they are upscaled, as real detector crops often must be) with a warning.
+    width) in a side are kept (they are upscaled, as real detector crops often must be) with a warning. A FIFO,
+    socket, device or folder under an image's name is refused whatever the policy, by its type, unopened.
     """
     if policy not in BAD_IMAGE_POLICIES:
         raise DataConfigError(f"DATALOADER.BAD_IMAGES must be one of {BAD_IMAGE_POLICIES}, got {policy!r}.")
