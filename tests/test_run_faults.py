@@ -3,6 +3,7 @@ they found it, in one line; the lock dies with the main process; a removed or fu
 checkpoint; nothing is written through links planted in a shared OUTPUT_DIR."""
 import hashlib
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -200,6 +201,24 @@ def test_a_full_disk_stops_in_one_line_and_keeps_the_last_checkpoint(tmp_path):
 
 
 # ------------------------------------------------------------------------------- processes and workers
+@pytest.mark.slow
+def test_loader_workers_out_of_open_files_end_the_run_in_one_line(tmp_path):
+    """With ulimit -n 32 the workers cannot hand batches over (each travels as file descriptors): the evaluation's
+    loader used to wait forever for the batch its worker dropped."""
+    output = tmp_path / "run"
+    output.mkdir()
+    (output / "notes.txt").write_text("kept\n")
+    status, log = run_script(*DEMO, "SOLVER.MAX_EPOCH", "2", "SOLVER.WARMUP_ITERS", "0", "TEST.EVAL_PERIOD", "2",
+                             "DATALOADER.NUM_WORKERS", "2", "OUTPUT_DIR", str(output),
+                             limits={resource.RLIMIT_NOFILE: 32}, timeout=300)
+    assert status == 1, log[-4000:]
+    assert one_error_line(log) == (
+        "ERROR: A data loader ran out of open files: this process may open 32 (ulimit -n), and each of the "
+        "DATALOADER.NUM_WORKERS 2 loader processes hands its batches over through open files. Raise the limit (e.g. "
+        "ulimit -n 4096) or lower DATALOADER.NUM_WORKERS (0 loads in the main process).")
+    assert (output / "notes.txt").read_text() == "kept\n"
+
+
 def test_a_process_group_port_in_use_is_one_line(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

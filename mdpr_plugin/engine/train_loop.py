@@ -30,6 +30,7 @@ from fastreid.engine.train_loop import HookBase, SimpleTrainer
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from ..errors import MDPRError
+from ..resources import resource_failures_explained
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,14 @@ class AMPTrainer(SimpleTrainer):
 
 
 class CheckedTrainer(SimpleTrainer):
-    """fastreid's ``SimpleTrainer`` whose ``_write_metrics`` first checks every loss term on this process."""
+    """fastreid's ``SimpleTrainer`` whose ``_write_metrics`` first checks every loss term on this process, and whose
+    step reports running out of memory or of a loader's resources in one line."""
+
+    def run_step(self):
+        with resource_failures_explained("a training step", "SOLVER.IMS_PER_BATCH or INPUT.SIZE_TRAIN (then continue "
+                                         "from the last checkpoint with --resume)", _model_device(self.model),
+                                         self.data_loader.num_workers):
+            super().run_step()
 
     def _write_metrics(self, loss_dict, data_time):
         # The values are read to the host once, as fastreid reads them anyway (no extra sync per step);
