@@ -3,6 +3,7 @@ they found it, in one line; the lock dies with the main process; a removed or fu
 checkpoint; nothing is written through links planted in a shared OUTPUT_DIR."""
 import hashlib
 import os
+import re
 import resource
 import shutil
 import signal
@@ -84,6 +85,18 @@ BAD_RUNS = [  # (name, how the folder is prepared, the command line's additions,
     ("checkpoints every 0 epochs", None, ["SOLVER.CHECKPOINT_PERIOD", "0"], "SOLVER.CHECKPOINT_PERIOD 0 is not allowed"),
     ("evaluations every 0 epochs", None, ["TEST.EVAL_PERIOD", "0"], "TEST.EVAL_PERIOD 0 is not allowed"),
     ("MODEL.DEVICE gpu", None, ["MODEL.DEVICE", "gpu"], "MODEL.DEVICE 'gpu' is not allowed"),
+    ("an embedding width of 0", None, ["MODEL.BACKBONE.EMBEDDING_DIM", "0"],
+     "MODEL.BACKBONE.EMBEDDING_DIM 0 is not allowed: it must be an integer from 1 to 16384"),
+    ("a negative embedding width", None, ["MODEL.BACKBONE.EMBEDDING_DIM", "-5"],
+     "MODEL.BACKBONE.EMBEDDING_DIM -5 is not allowed: it must be an integer from 1 to 16384"),
+    ("an embedding width of 10^7", None, ["MODEL.BACKBONE.EMBEDDING_DIM", "10000000"],
+     "MODEL.BACKBONE.EMBEDDING_DIM 10000000 is not allowed: it must be an integer from 1 to 16384"),
+    ("10^4 attention maps", None, ["ATTN_NUM", "10000"], "ATTN_NUM 10000 is not allowed: it must be an integer from 1 "
+                                                         "to 64"),
+    ("a training input of 10^5 pixels", None, ["INPUT.SIZE_TRAIN", "[100000, 50000]"],
+     "INPUT.SIZE_TRAIN [100000, 50000] is not allowed: it must be [height, width], two integers from 1 to 8192"),
+    ("a test input of 10^5 pixels", None, ["INPUT.SIZE_TEST", "[100000, 50000]"],
+     "INPUT.SIZE_TEST [100000, 50000] is not allowed: it must be [height, width], two integers from 1 to 8192"),
     ("an unknown backbone", None, ["MODEL.BACKBONE.NAME", "build_resnet_backbon"], "Did you mean"),
     ("a missing IMPORTS module", None, ["IMPORTS", "no_such_module"], "IMPORTS: module no_such_module"),
     ("a missing dataset folder", None, ["DATASETS.NAMES", "('Market1501',)"], "FASTREID_DATASETS"),
@@ -198,6 +211,74 @@ def test_a_full_disk_stops_in_one_line_and_keeps_the_last_checkpoint(tmp_path):
     assert (output / "last_checkpoint").read_text() == "model_0001.pth"
     assert not [name for name in os.listdir(output) if ".tmp" in name]  # the partial file is gone
     assert torch.is_tensor(next(iter(safe_load(str(output / "model_0001.pth"))["model"].values())))
+
+
+# ----------------------------------------------------------------------------------------- memory
+def _address_space_after_start_up():
+    """Bytes of address space an interpreter has taken once it imported the plugin and torch."""
+    status, output = run_script("-c", "import mdpr_plugin, torch; print(open('/proc/self/status').read()"
+                                      ".split('VmSize:')[1].split()[0])")
+    assert status == 0, output
+    return int(output.strip().splitlines()[-1]) * 1024
+
+
+@pytest.fixture(scope="module")
+def memory_limit():
+    """A limit (RLIMIT_AS, ulimit -v) that leaves 1.6 GiB after start-up: the demo's data and model fit (1.1 GiB
+    here), a training step at 384 x 192 (2.9 GiB) or an evaluation of 64 such images (2.3 GiB) does not."""
+    return {resource.RLIMIT_AS: _address_space_after_start_up() + int(1.6 * 2 ** 30)}
+
+
+CPU = ["MODEL.DEVICE", "cpu"]  # a CUDA context would take the limited address space itself
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("additions, expected", [
+    (["INPUT.SIZE_TRAIN", "[8192, 4096]"], r"ERROR: INPUT.SIZE_TRAIN \[8192, 4096\] cannot be loaded: a batch of 16 "
+                                           r"images \(SOLVER.IMS_PER_BATCH\) that size needs at least 13.5 GiB of "
+                                           r"memory before the model runs, and \d\.\d GiB are available\. Lower "
+                                           r"INPUT.SIZE_TRAIN .* or SOLVER.IMS_PER_BATCH\."),
+    (["MODEL.BACKBONE.EMBEDDING_DIM", "8192"],
+     r"ERROR: The model of this config \(MODEL.BACKBONE.EMBEDDING_DIM 8192, ATTN_NUM 2, PART_NUM 2, "
+     r"MODEL.BACKBONE.DEPTH 18x\) has 63.7 GiB of weights, and \d\.\d GiB are available on cpu .* Lower "
+     r"MODEL.BACKBONE.EMBEDDING_DIM or ATTN_NUM or PART_NUM, or choose a smaller backbone\."),
+], ids=["input size", "embedding width"])
+def test_sizes_beyond_the_memory_left_are_refused_before_anything_is_built(run_copy, memory_limit, additions,
+                                                                            expected):
+    before = snapshot(run_copy)
+    status, output = run_script(*DEMO, *SHORT, *CPU, *additions, "OUTPUT_DIR", str(run_copy), limits=memory_limit)
+    assert status == 1
+    assert re.fullmatch(expected, one_error_line(output)), one_error_line(output)
+    assert snapshot(run_copy) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage, additions, expected", [
+    ("training", ["INPUT.SIZE_TRAIN", "[384, 192]", "OUTPUT_DIR", "{new}"],
+     "ERROR: Out of memory during a training step ({allocator}; ulimit -v allows this process {limit}; the machine "
+     "has {available} available). Lower SOLVER.IMS_PER_BATCH or INPUT.SIZE_TRAIN, or free memory (other processes on "
+     "this machine); the checkpoints written before are intact."),
+    ("evaluation", ["--eval-only", "MODEL.WEIGHTS", "{run}/model_final.pth", "TEST.IMS_PER_BATCH", "64",
+                    "INPUT.SIZE_TEST", "[384, 192]", "OUTPUT_DIR", "{new}"],
+     "ERROR: Out of memory during the evaluation ({allocator}; ulimit -v allows this process {limit}; the machine has "
+     "{available} available). Lower TEST.IMS_PER_BATCH or INPUT.SIZE_TEST, or free memory (other processes on this "
+     "machine)."),
+])
+def test_running_out_of_memory_during_a_run_is_one_line_saying_what_to_lower(run_copy, memory_limit, tmp_path, stage,
+                                                                             additions, expected):
+    before = snapshot(run_copy)
+    folders = {"run": run_copy, "new": tmp_path / "new"}
+    additions = [a.format(**folders) for a in additions]
+    flags = [a for a in additions if a.startswith("--")]
+    opts = [a for a in additions if not a.startswith("--")]
+    status, output = run_script(*DEMO, *flags, *SHORT, *CPU, *opts, limits=memory_limit)
+    assert status == 1, output[-4000:]
+    line = one_error_line(output)
+    pattern = re.escape(expected).replace(re.escape("{allocator}"), r"[^;]*(can't allocate memory|could not create a "
+                                                                    r"primitive)[^;]*")
+    pattern = pattern.replace(re.escape("{limit}"), re.escape(f"{memory_limit[resource.RLIMIT_AS] / 2 ** 30:.1f} GiB"))
+    assert re.fullmatch(pattern.replace(re.escape("{available}"), r"\d+\.\d GiB"), line), line
+    assert snapshot(run_copy) == before
 
 
 # ------------------------------------------------------------------------------- processes and workers

@@ -92,9 +92,9 @@ class CheckedTrainer(SimpleTrainer):
     step reports running out of memory or of a loader's resources in one line."""
 
     def run_step(self):
-        with resource_failures_explained("a training step", "SOLVER.IMS_PER_BATCH or INPUT.SIZE_TRAIN (then continue "
-                                         "from the last checkpoint with --resume)", _model_device(self.model),
-                                         self.data_loader.num_workers):
+        with resource_failures_explained("a training step", "SOLVER.IMS_PER_BATCH or INPUT.SIZE_TRAIN",
+                                         _model_device(self.model), self.data_loader.num_workers,
+                                         after="; the checkpoints written before are intact"):
             super().run_step()
 
     def _write_metrics(self, loss_dict, data_time):

@@ -35,6 +35,7 @@ from ..data import test_loader, test_loader_parts, train_loader, train_loader_pa
 from ..data.samplers import ResumableSampler, SeededDataset, seed_all
 from ..devices import on_available_device, resolve_device
 from ..errors import InputError, MDPRError
+from ..resources import check_model_memory
 from ..evaluation import ReidEvaluator, inference_on_dataset
 from ..evaluation.evaluator import EmptyEvaluationSetError
 from ..evaluation.rank import query_validity
@@ -49,8 +50,11 @@ logger = logging.getLogger(__name__)
 
 def build_model(cfg):
     """fastreid's ``build_model(cfg)`` on the device ``MODEL.DEVICE`` resolves to here (the CPU, with one
-    warning, when it names CUDA and there is none: fastreid's would fail, modeling/meta_arch/build.py:25)."""
-    return fastreid.modeling.build_model(on_available_device(cfg))
+    warning, when it names CUDA and there is none: fastreid's would fail, modeling/meta_arch/build.py:25), once its
+    weights are known to fit there."""
+    cfg = on_available_device(cfg)
+    check_model_memory(cfg)
+    return fastreid.modeling.build_model(cfg)
 
 
 def use_fused_steps(optimizer):
