@@ -16,11 +16,14 @@ setup(
     name="mdpr-plugin",
     version="0.1.0",
     description="MDPR (Mutual Distillation Learning for Person Re-identification) as a fastreid plugin",
+    license="Apache-2.0",
+    classifiers=["License :: OSI Approved :: Apache Software License"],
     python_requires=">=3.10",
     packages=find_packages(include=["mdpr_plugin", "mdpr_plugin.*"]),
+    # the data folders are not packages (no __init__.py): their files listed here, and only here (setuptools
+    # warns of include_package_data finding files in folders it takes for undeclared packages)
     package_data={"mdpr_plugin": ["configs/*.yml", "configs/*/*.yml",
                                   "data/mini_market1501/README.md", "data/mini_market1501/**/*.jpg"]},
-    include_package_data=True,
     install_requires=[
         "numpy",
         "yacs",
@@ -43,7 +46,7 @@ setup(
         # FeatureExtractor as the appearance model of BoxMOT's trackers (BotSort(reid_model=extractor), ...); its
         # torch / torchvision requirements are lower bounds that the environment's builds meet
         "trackers": ["boxmot>=25"],
-        "test": ["pytest", "onnx", "onnxscript", "onnxruntime", "timm", "boxmot>=25"],
+        "test": ["pytest", "pytest-timeout", "onnx", "onnxscript", "onnxruntime", "timm", "boxmot>=25"],
     },
     entry_points={
         "console_scripts": [
@@ -52,6 +55,7 @@ setup(
             "mdpr-search=mdpr_plugin.tools.search:main",
             "mdpr-visualize=mdpr_plugin.tools.visualize:main",
             "mdpr-benchmark=mdpr_plugin.benchmarks.model:main",
+            "mdpr-dataset=mdpr_plugin.tools.dataset:main",
         ],
     },
 )

@@ -10,38 +10,25 @@ mdpr_plugin/engine/launch.py.
 """
 import mdpr_plugin  # noqa: F401  (registers MDPR; adds the import names fastreid lacks on torch 2)
 from fastreid.engine import default_argument_parser
-from fastreid.utils import comm
 from mdpr_plugin.engine import Trainer, build_eval_model, setup_config
-from mdpr_plugin.engine.output_dir import abandon_output_dir, release_output_dir, remove_partial_checkpoints, \
-    write_config
-from mdpr_plugin.engine.trainer import start_log_file
+from mdpr_plugin.engine.output_dir import TrainingOutputDir
 from mdpr_plugin.errors import run_reporting_errors
 from mdpr_plugin.engine.launch import launch, training_device_type
 
 
 def main(args):
-    cfg = setup_config(args)
+    cfg = setup_config(args)  # a training run holds OUTPUT_DIR's lock from here
 
     if args.eval_only:
         # the weights must fit the model; NUM_CLASSES from the checkpoint when not given
         model, cfg = build_eval_model(cfg, build=Trainer.build_model)
         return Trainer.test(cfg, model)
 
-    try:
+    with TrainingOutputDir(cfg) as output_dir:  # refused before training: OUTPUT_DIR as it was
         trainer = Trainer(cfg)  # checks the training and test sets
         trainer.resume_or_load(resume=args.resume)  # checks the weights
-    except BaseException:
-        abandon_output_dir(cfg.OUTPUT_DIR)  # refused before training: OUTPUT_DIR as it was
-        raise
-    if comm.is_main_process():
-        # only now that every check passed: log.txt, config.yaml (the trainer's, with MODEL.HEADS.NUM_CLASSES from
-        # the training set, as fastreid saves it), the leftovers of an interrupted run removed
-        start_log_file(cfg.OUTPUT_DIR)
-        write_config(trainer.cfg)
-        remove_partial_checkpoints(cfg.OUTPUT_DIR)
-    results = trainer.train()
-    release_output_dir(cfg.OUTPUT_DIR)
-    return results
+        output_dir.start(trainer.cfg)  # every check passed: log.txt, config.yaml, an interrupted run's leftovers
+        return trainer.train()
 
 
 def launch_main(args):

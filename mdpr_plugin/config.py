@@ -6,6 +6,7 @@ authors' YAML files put them; keeping them there lets those files load unchanged
 import difflib
 import math
 import os
+import re
 
 import yaml
 from fastreid.config import CfgNode as CN
@@ -84,6 +85,15 @@ def add_mdpr_config(cfg):
     # naming them, "skip" leaves them out with a warning giving their number (mdpr_plugin/data/checks.py).
     _add(cfg.DATALOADER, "BAD_IMAGES", "error")
 
+    # ReidFolder, the dataset read from a folder with no code (mdpr_plugin/data/folder.py, docs/own-data.md): the
+    # folder (a relative path is from the working folder); for a folder with a training split alone, the identities
+    # held back from it as query and gallery, a fraction 0 < x < 1 of them or a count >= 1 (None: none held back,
+    # the whole folder trains), and the seed that draws them. None as the default lets either type be given.
+    _add(cfg.DATASETS, "FOLDER", CN())
+    _add(cfg.DATASETS.FOLDER, "ROOT", "")
+    _add(cfg.DATASETS.FOLDER, "TEST_IDS", None)
+    _add(cfg.DATASETS.FOLDER, "SEED", 0)
+
     # Modules of the user's own (dotted names) imported before anything is built, e.g. ("my_backbones",): where
     # backbones, heads, meta-architectures or datasets of one's own register themselves (mdpr_plugin/custom_imports.py).
     _add(cfg, "IMPORTS", ())
@@ -156,22 +166,31 @@ def _module_list(value):
 
 
 # ------------------------------------------------------------------------------------------ files
+# fastreid's loader follows _BASE_ by recursion: a chain a few hundred long ends in a RecursionError, a cycle too
+MAX_BASE_FILES = 100
+
+
 def _read_config_file(path):
-    """One YAML file's mapping, read with ``yaml.safe_load`` as fastreid reads it (tags that would run Python
-    are refused), or an :class:`InputError` naming the file and, where yaml gives it, the line."""
+    """One YAML file's mapping, read as fastreid reads it (UTF-8 text, ``yaml.safe_load``: tags that would build
+    Python objects are refused), or an :class:`InputError` naming the file and, where yaml gives it, the line."""
     if path.endswith(".py"):
         raise InputError(f"Config file {path} is a Python file: configs are YAML files of KEY: value mappings, "
                          "like configs/MDPR/demo.yml.")
     try:
-        with open(path, "rb") as f:  # bytes: yaml detects the encoding and names a bad byte's position
-            data = yaml.safe_load(f)
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
     except OSError as error:
         raise InputError(f"Config file {path} could not be read: {error.strerror}.") from None
+    except UnicodeDecodeError as error:
+        raise InputError(f"Config file {path} is not UTF-8 text (byte {error.start}: {error.reason}), and fastreid "
+                         "reads config files as UTF-8: save it as UTF-8.") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        where = [f"{text} at line {mark.line + 1}, column {mark.column + 1}"
-                 for text, mark in ((getattr(error, "context", None), getattr(error, "context_mark", None)),
+        where = [f"{what} at line {mark.line + 1}, column {mark.column + 1}"
+                 for what, mark in ((getattr(error, "context", None), getattr(error, "context_mark", None)),
                                     (getattr(error, "problem", None), getattr(error, "problem_mark", None)))
-                 if text and mark]
+                 if what and mark]
         raise InputError(f"Config file {path} could not be read as YAML: {'; '.join(where) or error}. "
                          "Fix the file there.") from None
     if not isinstance(data, dict):
@@ -181,47 +200,73 @@ def _read_config_file(path):
     return data
 
 
-def load_config_file(path, _referrers=()):
-    """fastreid's ``CfgNode.load_yaml_with_base``: the file's keys over those of its ``_BASE_`` file (a path
-    relative to the file naming it), recursively; each error names the files involved."""
-    data = _read_config_file(path)
-    if BASE_KEY not in data:
-        return data
-    base, referrers = data.pop(BASE_KEY), _referrers + (path,)
-    if not isinstance(base, str):
-        raise InputError(f"Config file {path}: {BASE_KEY} must be one file path, got {base!r}.")
-    resolved = os.path.join(os.path.dirname(path), os.path.expanduser(base))  # as fastreid resolves it
-    seen = [os.path.realpath(p) for p in referrers]
-    if os.path.realpath(resolved) in seen:
-        cycle = referrers[seen.index(os.path.realpath(resolved)):] + (resolved,)
-        raise InputError(f"Config files include each other through {BASE_KEY} in a cycle: {' -> '.join(cycle)}. "
-                         f"Remove the {BASE_KEY} that leads back.")
-    if not os.path.isfile(resolved):
-        raise MissingFileError(
-            f"Config file {path} names {BASE_KEY}: {base}, which is not found ({resolved}). Fix the path in {path}: "
-            f"a {BASE_KEY} is relative to the file that names it.")
-    merged = load_config_file(resolved, referrers)
-    _merge_into(data, merged, path, resolved)
-    return merged
+def _base_path(path, base):
+    # where fastreid's loader looks for it: relative to the folder of the file naming it, unless absolute
+    base = os.path.expanduser(base) if base.startswith("~") else base
+    return base if base.startswith(("/", "https://", "http://")) else os.path.join(os.path.dirname(path), base)
 
 
-def _merge_into(values, base_values, path, base_path, prefix=""):
-    # fastreid's merge_a_into_b: mappings merge key by key, anything else replaces the base's value
-    for key, value in values.items():
-        if isinstance(value, dict) and key in base_values:
-            if not isinstance(base_values[key], dict):
-                raise InputError(f"{prefix}{key} is a mapping in {path} but a single value in its {BASE_KEY} "
-                                 f"{base_path}. Make them the same kind.")
-            _merge_into(value, base_values[key], path, base_path, f"{prefix}{key}.")
-        else:
-            base_values[key] = value
+def _checked_base_chain(path):
+    """``[(file, its mapping), ...]``: ``path``, its ``_BASE_``, that one's ``_BASE_``, ..., each file readable,
+    a mapping, its ``_BASE_`` one path to a file; no cycle and at most :data:`MAX_BASE_FILES` bases. What
+    fastreid's loader would fail on with an error that names no file (or by recursing without end)."""
+    chain = [(path, _read_config_file(path))]
+    while BASE_KEY in chain[-1][1]:
+        referrer, base = chain[-1][0], chain[-1][1][BASE_KEY]
+        if not isinstance(base, str):
+            raise InputError(f"Config file {referrer}: {BASE_KEY} must be one file path, got {base!r}.")
+        resolved = _base_path(referrer, base)
+        seen = [os.path.realpath(file) for file, _ in chain]
+        if os.path.realpath(resolved) in seen:
+            cycle = [file for file, _ in chain[seen.index(os.path.realpath(resolved)):]] + [resolved]
+            raise InputError(f"Config files include each other through {BASE_KEY} in a cycle: {' -> '.join(cycle)}. "
+                             f"Remove the {BASE_KEY} that leads back.")
+        if len(chain) > MAX_BASE_FILES:
+            raise InputError(f"Config file {referrer} names {BASE_KEY}: {base}, one more than the {MAX_BASE_FILES} "
+                             f"{BASE_KEY} files a config may stand on (counting from {path}). Merge files of that "
+                             f"chain into one.")
+        if not os.path.isfile(resolved):
+            raise MissingFileError(
+                f"Config file {referrer} names {BASE_KEY}: {base}, which is not found ({resolved}). Fix the path in "
+                f"{referrer}: a {BASE_KEY} is relative to the file that names it.")
+        chain.append((resolved, _read_config_file(resolved)))
+    return chain
+
+
+def _holding(mapping, key):
+    """The kinds of value ``key`` has anywhere in the nested ``mapping``: "a mapping", "a single value"."""
+    kinds = set()
+    for name, value in mapping.items():
+        if name == key:
+            kinds.add("a mapping" if isinstance(value, dict) else "a single value")
+        if isinstance(value, dict):
+            kinds |= _holding(value, key)
+    return kinds
+
+
+def load_config_file(path):
+    """The config file ``path`` with its ``_BASE_`` files merged, by fastreid's ``CfgNode.load_yaml_with_base``,
+    once :func:`_checked_base_chain` has checked what it would fail on without naming a file."""
+    chain = _checked_base_chain(path)
+    try:
+        return CN.load_yaml_with_base(path)
+    except AssertionError as error:  # fastreid: "Cannot inherit key 'K' from base!" (a mapping over a value)
+        inherited = re.fullmatch(r"Cannot inherit key '(.*)' from base!", str(error))
+        if not inherited:
+            raise
+        key = inherited.group(1)
+        kinds = "; ".join(f"{', '.join(sorted(_holding(data, key)))} in {file}" for file, data in chain
+                          if _holding(data, key))
+        raise InputError(f"Config file {path}: {key} is a mapping in one of its files and a single value in a "
+                         f"{BASE_KEY} below it ({kinds}). Make them the same kind.") from None
 
 
 def merge_config(cfg, path, opts):
     """The config file ``path`` (or a packaged config's name, see :func:`config_file`) with its ``_BASE_`` files,
     then the ``KEY VALUE`` ``opts``, merged into ``cfg``, with errors that name the file or key: an unknown key
     names where it came from and the closest valid keys (yacs says only "Non-existent (config) key"); a missing
-    or unreadable file, a ``_BASE_`` cycle and a value of the wrong type are :class:`MDPRError` s."""
+    or unreadable file, a ``_BASE_`` cycle and a value of the wrong type are :class:`MDPRError` s. fastreid loads
+    and merges the files (:func:`load_config_file`)."""
     path = config_file(path)
     values = load_config_file(path)
     if isinstance(values.get("IMPORTS"), str):

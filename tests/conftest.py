@@ -1,5 +1,6 @@
 import pytest
 from helpers import load_config
+from process_guard import pytest_runtest_makereport, pytest_runtest_protocol  # noqa: F401 (hooks)
 
 
 @pytest.fixture
@@ -17,3 +18,4 @@ def no_downloads(monkeypatch):
         raise AssertionError("the tracker built a ReID model of its own")
 
     monkeypatch.setattr(reid_core, "ReID", refuse)
+

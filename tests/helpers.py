@@ -2,6 +2,7 @@
 import contextlib
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -10,6 +11,27 @@ from mdpr_plugin.config import build_config
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MDPR_DEMO_CONFIG = os.path.join(REPO, "configs", "MDPR", "demo.yml")
 BUNDLED_IMAGES = os.path.join(REPO, "mdpr_plugin", "data", "mini_market1501", "Market-1501-v15.09.15")
+
+
+def doc_text(page):
+    """The text of a documentation page, named from the repository root (``README.md``, ``docs/tools.md``)."""
+    with open(os.path.join(REPO, page)) as f:
+        return f.read()
+
+
+def code_after_marker(page, marker, language="python"):
+    """The ```language block right after the line ``marker`` in ``page``: the example a test runs as written."""
+    lines = doc_text(page).splitlines()
+    assert marker in lines, f"{page} has no line {marker!r}"
+    rest = lines[lines.index(marker) + 1:]
+    assert rest and rest[0] == "```" + language, f"in {page}, the line after {marker!r} must open a ```{language} block"
+    assert "```" in rest[1:], f"in {page}, the block after {marker!r} is not closed"
+    return "\n".join(rest[1:rest.index("```", 1)]) + "\n"
+
+
+def code_blocks(page, language="bash"):
+    """Every ```language block of ``page``, in order, as one text."""
+    return "\n".join(re.findall(rf"^```{language}\n(.*?)^```", doc_text(page), flags=re.S | re.M))
 
 
 def load_config(path, *overrides):

@@ -14,14 +14,14 @@ from helpers import REPO, load_config, logged, run_script
 from PIL import Image
 
 from mdpr_plugin import add_mdpr_config
-from mdpr_plugin.config import ConfigKeyError, build_config, merge_config
+from mdpr_plugin.config import MAX_BASE_FILES, ConfigKeyError, build_config, merge_config
 from mdpr_plugin.data import BUNDLED_ROOT
 from mdpr_plugin.data.checks import DatasetLayoutError, DatasetNotFoundError, SamplingError
 from mdpr_plugin.data.images import BadImageError
 from mdpr_plugin.engine import Trainer
 from mdpr_plugin.errors import InputError, MDPRError, run_reporting_errors
-from mdpr_plugin.engine.train_loop import (CheckedAMPTrainer, CheckedTrainer, NonFiniteLossError,
-                                          NonFiniteWeightsError)
+from mdpr_plugin.engine.hooks import NonFiniteWeightsError
+from mdpr_plugin.engine.train_loop import CheckedAMPTrainer, CheckedTrainer, NonFiniteLossError
 from mdpr_plugin.evaluation import ReidEvaluator
 from mdpr_plugin.evaluation.evaluator import EmptyEvaluationSetError
 from mdpr_plugin.serialization import CheckpointError, safe_load
@@ -55,6 +55,7 @@ def test_a_missing_config_file_and_a_value_of_the_wrong_type_are_named(tmp_path)
         build_config(os.path.join(REPO, "configs/MDPR/demo.yml"), ["SOLVER.MAX_EPOCH", "twenty"])
 
 
+@pytest.mark.slow
 def test_train_net_reports_an_unknown_key_without_a_deep_traceback(earlier_run):
     returncode, output = run_script("train_net.py", "--config-file", os.path.join(REPO, "configs/MDPR/demo.yml"),
                                     "MODEL.BACKBONE.DEPHT", "50x", "OUTPUT_DIR", earlier_run.path)
@@ -88,13 +89,52 @@ DEMO_CONFIG = os.path.join(REPO, "configs/MDPR/demo.yml")
     ({"a.yml": "SEED: !!python/object/apply:os.getpid []\n"},
      r"Config file {d}/a\.yml could not be read as YAML: could not determine a constructor for the tag "
      r"'tag:yaml\.org,2002:python/object/apply:os\.getpid' at line 1, column 7\."),
+    ({"a.yml": "_BASE_: b.yml\nMODEL:\n  WEIGHTS:\n    FILE: w.pth\n", "b.yml": "MODEL:\n  WEIGHTS: w.pth\n"},
+     r"Config file {d}/a\.yml: WEIGHTS is a mapping in one of its files and a single value in a _BASE_ below it "
+     r"\(a mapping in {d}/a\.yml; a single value in {d}/b\.yml\)\. Make them the same kind\."),
 ], ids=["_BASE_ cycle", "_BASE_ itself", "_BASE_ missing", "python file", "syntax error in a base", "a list",
-        "an empty base", "python tag"])
+        "an empty base", "python tag", "a mapping over a value"])
 def test_a_config_file_that_cannot_be_read_is_named_with_the_fix(tmp_path, files, message):
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     with pytest.raises(MDPRError, match=message.format(d=re.escape(str(tmp_path)))):
         build_config(str(tmp_path / next(iter(files))))
+
+
+def _write_base_chain(folder, bases):
+    """``folder/a.yml`` standing on ``bases`` _BASE_ files, each naming the next; the last sets SEED 1."""
+    names = ["a.yml"] + [f"base{i}.yml" for i in range(1, bases + 1)]
+    for name, base in zip(names, names[1:]):
+        (folder / name).write_text(f"_BASE_: {base}\n")
+    (folder / names[-1]).write_text("SEED: 1\n")
+
+
+def test_a_config_may_stand_on_max_base_files_and_no_more(tmp_path):
+    _write_base_chain(tmp_path, MAX_BASE_FILES)
+    assert build_config(str(tmp_path / "a.yml")).SEED == 1
+    _write_base_chain(tmp_path, MAX_BASE_FILES + 1)
+    with pytest.raises(InputError, match=rf"Config file .*base{MAX_BASE_FILES}\.yml names _BASE_: "
+                                         rf"base{MAX_BASE_FILES + 1}\.yml, one more than the {MAX_BASE_FILES} _BASE_"):
+        build_config(str(tmp_path / "a.yml"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("write, message", [
+    (lambda folder: _write_base_chain(folder, 2000),
+     "ERROR: Config file {d}/base100.yml names _BASE_: base101.yml, one more than the 100 _BASE_ files a config may "
+     "stand on (counting from {d}/a.yml). Merge files of that chain into one."),
+    (lambda folder: (folder / "a.yml").write_text("SEED: 1\n", encoding="utf-16"),
+     "ERROR: Config file {d}/a.yml is not UTF-8 text (byte 0: invalid start byte), and fastreid reads config files "
+     "as UTF-8: save it as UTF-8."),
+], ids=["2,000 _BASE_ files", "a UTF-16 file"])
+def test_train_net_names_a_config_file_fastreid_could_not_load(tmp_path, earlier_run, write, message):
+    write(tmp_path)
+    returncode, output = run_script("train_net.py", "--config-file", str(tmp_path / "a.yml"),
+                                    "OUTPUT_DIR", earlier_run.path)
+    errors = [line for line in output.splitlines() if line.startswith("ERROR")]
+    assert returncode == 1 and errors == [message.format(d=tmp_path)], output[-3000:]
+    assert "Traceback" not in output
+    assert earlier_run.unchanged()  # not even run.lock
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -121,6 +161,7 @@ def test_the_smallest_allowed_config_values_pass():
     assert (cfg.INPUT.SIZE_TRAIN, cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_WORKERS) == ([1, 1], 1, 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("files, overrides, message", [
     ({"a.yml": "_BASE_: b.yml\n", "b.yml": "_BASE_: a.yml\n"}, [], "ERROR: Config files include each other"),
     ({"a.yml": f"_BASE_: {DEMO_CONFIG}\n"}, ["SOLVER.IMS_PER_BATCH", "-4"],
@@ -513,6 +554,7 @@ def test_fewer_images_per_identity_than_num_instance_warns_with_counts(market_cf
 # (f) a non-finite loss ---------------------------------------------------------------------------
 # SOLVER.AMP.ENABLED picks the AMP loop; on the CPU it trains in float32, so the second case checks that loop's
 # wiring, not float16. Real AMP is trained on CUDA by the GPU check (python -m mdpr_plugin.benchmarks.gpu_check).
+@pytest.mark.slow
 @pytest.mark.parametrize("amp", [False, True], ids=["float32_loop", "amp_loop_in_float32_on_cpu"])
 def test_a_nan_loss_stops_training_naming_the_term_and_keeps_the_checkpoints(demo_cfg, earlier_run, amp):
     demo_cfg.merge_from_list(["OUTPUT_DIR", earlier_run.path, "SOLVER.MAX_EPOCH", 2, "SOLVER.CHECKPOINT_PERIOD", 1,
@@ -544,6 +586,7 @@ def test_a_nan_loss_stops_training_naming_the_term_and_keeps_the_checkpoints(dem
     assert not hasattr(trainer, "_last_eval_results")  # the failed model was not evaluated
 
 
+@pytest.mark.slow
 def test_nan_weights_behind_a_finite_loss_are_not_saved(demo_cfg, earlier_run):
     demo_cfg.merge_from_list(["OUTPUT_DIR", earlier_run.path, "SOLVER.MAX_EPOCH", 2, "SOLVER.CHECKPOINT_PERIOD", 1,
                               "TEST.EVAL_PERIOD", 100])
@@ -624,6 +667,7 @@ def test_known_errors_are_reported_as_their_message_alone():
         run_reporting_errors(lambda: 1 / 0)
 
 
+@pytest.mark.slow
 def test_train_net_reports_a_dataset_in_the_wrong_layout(market, tmp_path):
     for path in images(market / "bounding_box_train"):
         os.remove(path)

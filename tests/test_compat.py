@@ -39,6 +39,7 @@ IMPORT_EVERY_FASTREID_MODULE = textwrap.dedent(f"""
 """)
 
 
+@pytest.mark.slow
 def test_fastreid_alone_does_not_import_here():
     # the reason for the import shims: without them, fastreid.data and fastreid.engine fail
     for module in ("fastreid.data", "fastreid.engine"):
@@ -46,6 +47,7 @@ def test_fastreid_alone_does_not_import_here():
         assert returncode != 0 and ("torch._six" in output or "Mapping" in output), output
 
 
+@pytest.mark.slow
 def test_every_fastreid_module_imports_after_the_shims():
     returncode, output = run_script("-c", IMPORT_EVERY_FASTREID_MODULE + "print('imported', len(names))")
     assert returncode == 0, output
@@ -81,6 +83,7 @@ REBOUND_BY_THE_PLUGIN = IMPORT_EVERY_FASTREID_MODULE + textwrap.dedent(f"""
 """)
 
 
+@pytest.mark.slow
 def test_importing_the_plugin_rebinds_no_fastreid_name():
     returncode, output = run_script("-c", REBOUND_BY_THE_PLUGIN)
     assert returncode == 0, output
@@ -199,6 +202,7 @@ def _stock_cfg(demo_cfg, **changes):
     return demo_cfg
 
 
+@pytest.mark.slow
 def test_stock_train_and_test_loaders_run_on_cpu(demo_cfg, patched):
     from fastreid.data import build_reid_test_loader, build_reid_train_loader
 
@@ -360,7 +364,8 @@ def test_a_patch_whose_target_differs_is_refused_and_nothing_changes(monkeypatch
                                                         r"is not the code this patch was written for .*\(left out: on "
                                                         r"torch 2 nothing trains.*exclude"):
         compat.patch_fastreid()
-    assert [key for key, value in before.items() if _fastreid_state().get(key) is not value] == []
+    after = _fastreid_state()
+    assert [key for key, value in before.items() if after.get(key) is not value] == []
 
     original = solver_build.build_optimizer
     applied = compat.patch_fastreid(exclude=["fastreid.solver.build:build_optimizer"])

@@ -1,5 +1,5 @@
-"""MDPR dropped into a fast-reid git clone, as the README's recipe says: the clone's own tools/train_net.py
-(fastreid's DefaultTrainer) trains and evaluates MDPR with the lines the README adds, without the Cython ranking
+"""MDPR dropped into a fast-reid git clone, as docs/fastreid-deployments.md's recipe says: the clone's own
+tools/train_net.py (fastreid's DefaultTrainer) trains and evaluates MDPR with the lines the recipe adds, without the Cython ranking
 module; the user's own edits to fastreid (read_image, the train-set builder) still run; a tool runs from the
 clone on the clone's fastreid."""
 import os
@@ -9,12 +9,13 @@ import fastreid
 import numpy as np
 import pytest
 import torch
-from helpers import BUNDLED_IMAGES, REPO, run_script
+from helpers import BUNDLED_IMAGES, REPO, doc_text, run_script
 from test_mdpr_end_to_end import LOSS_KEYS, SHORT
 from test_train_net import metrics_rows
 
 from mdpr_plugin.modeling import to_authors_state_dict
 
+RECIPE = "docs/fastreid-deployments.md"  # the page whose lines and commands these tests run
 # a user's edits: each leaves a line "<what> <the file it ran from>" in $USER_EDIT_LOG
 USER_EDITS = [  # (file, the line the edit goes after, what it logs)
     ("fastreid/__init__.py", "__version__ = \"1.3\"\n", "import"),
@@ -38,7 +39,7 @@ def _edit(clone, relative, anchor, what):
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory):
     """<tmp>/fast-reid: the installed fastreid's source without compiled modules (no Cython ranking), edited by its
-    user, with the README's lines added to tools/train_net.py."""
+    user, with the recipe's lines added to tools/train_net.py."""
     root = tmp_path_factory.mktemp("clone") / "fast-reid"
     shutil.copytree(os.path.dirname(fastreid.__file__), root / "fastreid",
                     ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__", "build"))
@@ -63,6 +64,7 @@ def _clone_files_used(log):
     return {line.split(" ", 1)[1] for line in log.read_text().splitlines()}
 
 
+@pytest.mark.slow
 def test_the_clones_own_script_trains_mdpr_and_runs_the_users_edits(clone, tmp_path):
     log, out = tmp_path / "edits.log", tmp_path / "out"
     script = ("tools/train_net.py", "--config-file", "MDPR/demo.yml")  # a packaged config, by name
@@ -93,7 +95,7 @@ def test_the_clones_own_script_trains_mdpr_and_runs_the_users_edits(clone, tmp_p
         assert "not found in the checkpoint" not in evaluated and "not used by the model" not in evaluated
         assert metrics_rows(evaluated) == [final_metrics]
 
-    # a tool, run from the clone as the README says: the clone's fastreid, not the one installed beside it
+    # a tool, run from the clone as the recipe says: the clone's fastreid, not the one installed beside it
     tool_log = tmp_path / "tool.log"
     returncode, output = run_in_clone(clone, tool_log, "-m", "mdpr_plugin.tools.extract", "--config-file",
                                       "MDPR/demo.yml", "--input", os.path.join(BUNDLED_IMAGES, "query"), "--output",
@@ -104,13 +106,18 @@ def test_the_clones_own_script_trains_mdpr_and_runs_the_users_edits(clone, tmp_p
     assert np.load(tmp_path / "query.npz")["features"].shape[0] == 32
 
 
-def test_the_readme_recipe_is_what_these_tests_run():
-    """The README's drop-in lines and commands are the fixture's and this file's, word for word."""
-    readme = open(os.path.join(REPO, "README.md")).read()
+@pytest.mark.parametrize("page", ["README.md", RECIPE])
+def test_the_drop_in_lines_of_the_documentation_are_what_these_tests_run(page):
+    """The drop-in lines the README and the recipe show are the fixture's, word for word."""
     fixture = open(os.path.join(REPO, "tests", "fixtures", "clone_train_net.py")).read().splitlines()
     added = [line.strip() for line in fixture if "# added for MDPR" in line]
-    assert len(added) == 5 and [line for line in added if line not in readme] == []
+    assert len(added) == 5 and [line for line in added if line not in doc_text(page)] == []
+
+
+def test_the_recipe_s_commands_are_what_these_tests_run():
+    """The recipe's commands are this file's, word for word."""
+    recipe = doc_text(RECIPE)
     for command in ("PYTHONPATH=. python tools/train_net.py --config-file MDPR/demo.yml\n",
                     "PYTHONPATH=. python tools/train_net.py --config-file MDPR/demo.yml --eval-only MODEL.WEIGHTS",
                     "python -m mdpr_plugin.tools.extract --config-file MDPR/demo.yml --input"):
-        assert command in readme, command
+        assert command in recipe, command

@@ -1,6 +1,6 @@
 """mdpr_plugin.FeatureExtractor: the features train_net.py --eval-only computes, for every kind of input and for the
-boxes of a frame, and for a tracker (BoxMOT's get_features); one clear error for bad input; the README's tracker
-example runs as written, against BoxMOT itself."""
+boxes of a frame, and for a tracker (BoxMOT's get_features); one clear error for bad input; the README's feature
+example and docs/trackers.md's tracker example run as written, the latter against BoxMOT itself."""
 import os
 import shutil
 import sys
@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import (MDPR_DEMO_CONFIG, REPO, colour_onnx, evaluation_features, load_config, logged, market1501_copy,
-                     save_demo_checkpoint)
+from helpers import (MDPR_DEMO_CONFIG, colour_onnx, code_after_marker, evaluation_features, load_config, logged,
+                     market1501_copy, save_demo_checkpoint)
 from PIL import Image
 
 from mdpr_plugin import FeatureExtractor
@@ -18,7 +18,8 @@ from mdpr_plugin.inference import pixel_boxes, tracker_pixel_boxes
 
 TOLERANCE = 1e-5      # the extractor against the evaluation, on unit rows
 SIZE = (128, 64)      # the demo's INPUT.SIZE_TEST (height, width)
-README_MARKER = "<!-- the tracker example, run by tests/test_inference.py -->"
+FEATURE_EXAMPLE = ("README.md", "<!-- the feature example, run by tests/test_inference.py -->")
+TRACKER_EXAMPLE = ("docs/trackers.md", "<!-- the tracker example, run by tests/test_inference.py -->")
 EXAMPLE_WEIGHTS = os.path.join("logs", "demo", "mdpr", "model_final.pth")  # the checkpoint the example names
 
 
@@ -63,6 +64,7 @@ def assert_close(features, reference, what):
 
 
 # ------------------------------------------------------------------------------------------ features
+@pytest.mark.slow
 @pytest.mark.parametrize("flip", [False, True])
 def test_features_equal_the_evaluation_s_for_every_kind_of_input(demo_weights, market, flip):
     reference_of = evaluation_features(demo_cfg(demo_weights, "TEST.FLIP.ENABLED", str(flip)), "Market1501")
@@ -107,6 +109,7 @@ def test_pixel_boxes_are_clipped_and_rounded_outward():
     assert pixels.tolist() == [list(expected) for _, expected in BOXES]
 
 
+@pytest.mark.slow
 def test_crops_equal_the_evaluation_s_features_of_the_same_regions(demo_weights, frame, tmp_path, monkeypatch):
     """The regions saved as PNG files (under .jpg names) in a Market-1501 folder, evaluated as --eval-only does."""
     import fastreid.data.build as data_build
@@ -352,16 +355,32 @@ def test_a_corrupt_onnx_file_is_one_error_naming_it(tmp_path, demo_weights, dama
                     "export it again with mdpr-export")
 
 
-# ------------------------------------------------------------------------------------------ the README
-def run_example(code, weights, folder, monkeypatch):
-    """Run ``code`` in ``folder``, where the checkpoint it names is ``weights``; return its variables."""
-    from boxmot.structures import Tracks
-
+# ------------------------------------------------------------------------------- the documentation's examples
+def run_example(page_and_marker, weights, folder, monkeypatch):
+    """Run the example after a marker line of a page in ``folder``, where the checkpoint it names is ``weights``;
+    return its variables."""
     os.makedirs(os.path.join(folder, os.path.dirname(EXAMPLE_WEIGHTS)))
     shutil.copy(weights, os.path.join(folder, EXAMPLE_WEIGHTS))
     monkeypatch.chdir(folder)
     variables = {"__name__": "__example__"}
-    exec(compile(code, "the tracker example", "exec"), variables)
+    exec(compile(code_after_marker(*page_and_marker), page_and_marker[0], "exec"), variables)
+    return variables
+
+
+def test_the_readme_feature_example_runs_as_written(demo_weights, tmp_path, monkeypatch):
+    variables = run_example(FEATURE_EXAMPLE, demo_weights, tmp_path, monkeypatch)
+    extractor, features, crop_features = variables["extractor"], variables["features"], variables["crop_features"]
+    assert features.shape == (4, extractor.feature_dim)
+    np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1, atol=1e-5)
+    # the frame holds the first two files' people side by side: their boxes give those files' features
+    assert crop_features.shape == (2, extractor.feature_dim)
+    np.testing.assert_allclose(crop_features, features[:2], atol=TOLERANCE)
+
+
+def test_the_tracker_example_runs_as_written(demo_weights, tmp_path, monkeypatch, no_downloads):
+    from boxmot.structures import Tracks
+
+    variables = run_example(TRACKER_EXAMPLE, demo_weights, tmp_path, monkeypatch)
     features, extractor, tracker = variables["features"], variables["extractor"], variables["tracker"]
     assert features.shape[0] == 4
     np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1, atol=1e-5)
@@ -369,18 +388,3 @@ def run_example(code, weights, folder, monkeypatch):
     assert variables["tracks"].ndim == 2 and variables["tracks"].shape[1] == 8 and len(variables["tracks"])
     assert isinstance(variables["stream_tracks"], Tracks) and len(variables["stream_tracks"])
     assert [t._reid_model for t in variables["trackers"]] == [None, None], "the streams' trackers have no model"
-    return variables
-
-
-def readme_example(path=os.path.join(REPO, "README.md")):
-    """The ```python block that follows the marker line in README.md."""
-    lines = open(path).read().splitlines()
-    assert README_MARKER in lines, f"README.md has no line {README_MARKER!r}"
-    rest = lines[lines.index(README_MARKER) + 1:]
-    assert rest and rest[0] == "```python", f"the line after {README_MARKER!r} must open a ```python block"
-    assert "```" in rest[1:], "the README's tracker example block is not closed"
-    return "\n".join(rest[1:rest.index("```", 1)]) + "\n"
-
-
-def test_readme_tracker_example_runs_as_written(demo_weights, tmp_path, monkeypatch, no_downloads):
-    run_example(readme_example(), demo_weights, tmp_path, monkeypatch)

@@ -1,7 +1,10 @@
 """MDPR's demo config end to end on the bundled real images, through train_net.py. (Through a fast-reid
 clone's own script, and from a checkpoint in the authors' layout: tests/test_fastreid_clone.py.)"""
+import pytest
 from helpers import run_script
 from test_train_net import metrics_rows
+
+pytestmark = pytest.mark.slow  # train_net.py in a subprocess
 
 DEMO = ("--config-file", "configs/MDPR/demo.yml")
 SHORT = ("SOLVER.MAX_EPOCH", "2", "TEST.EVAL_PERIOD", "2", "SOLVER.WARMUP_ITERS", "1")

@@ -38,6 +38,7 @@ def _fake_distribution(site_packages, name, version):
     open(os.path.join(folder, "RECORD"), "w").close()
 
 
+@pytest.mark.slow
 def test_installing_into_an_environment_with_faiss_gpu_and_newer_termcolor_and_tabulate_changes_none(tmp_path):
     """A fastreid user's environment: faiss-gpu, termcolor 3.3.0, tabulate 0.10.0, torch and the rest (this
     virtualenv's packages, seen through a .pth file, so that nothing is downloaded). pip's own report of what
@@ -60,6 +61,7 @@ def test_installing_into_an_environment_with_faiss_gpu_and_newer_termcolor_and_t
     assert installed == {"mdpr-plugin": "0.1.0"}
 
 
+@pytest.mark.slow
 def test_the_trackers_extra_changes_neither_torch_nor_torchvision(tmp_path):
     """BoxMOT (the trackers extra, also in the test extra) requires torch and torchvision: pip's report of installing
     the extra here, over this environment's torch builds, replaces neither."""
@@ -71,6 +73,7 @@ def test_the_trackers_extra_changes_neither_torch_nor_torchvision(tmp_path):
     assert "mdpr-plugin" in installed and not installed & {"torch", "torchvision"}, installed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("missing, message", [
     ("torch", "mdpr_plugin needs PyTorch 2.0 or newer, and this environment has 1.13.1"),
     ("faiss", "faiss is not installed; install it with `pip install 'mdpr-plugin[cpu]'` (faiss-cpu) or "
@@ -90,7 +93,8 @@ def test_an_environment_without_what_the_package_needs_is_refused_on_import(tmp_
 
 ENTRY_POINTS = [  # (command, the line's prefix), named
     *(pytest.param([os.path.join(os.path.dirname(sys.executable), script), "--help"], f"{script}: error:", id=script)
-      for script in ("mdpr-export", "mdpr-extract", "mdpr-search", "mdpr-visualize", "mdpr-benchmark")),
+      for script in ("mdpr-export", "mdpr-extract", "mdpr-search", "mdpr-visualize", "mdpr-benchmark",
+                     "mdpr-dataset")),
     *(pytest.param([sys.executable, "-m", f"mdpr_plugin.{module}", "--help"], "ERROR:", id=module)
       for module in ("tools.extract", "benchmarks.evaluation", "benchmarks.gpu_check", "benchmarks.training_step")),
     pytest.param([sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", "MDPR/demo.yml"], "ERROR:",
@@ -98,6 +102,7 @@ ENTRY_POINTS = [  # (command, the line's prefix), named
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command, prefix", ENTRY_POINTS)
 def test_every_entry_point_says_in_one_line_that_fastreid_is_missing(command, prefix, tmp_path):
     # fastreid absent: what the first import of it finds says so, as an uninstalled package would
@@ -128,6 +133,7 @@ def test_the_packaged_configs_are_found_by_name_from_anywhere(tmp_path, monkeypa
     assert os.path.realpath(os.path.join(REPO, "configs")) == os.path.realpath(PACKAGED_CONFIGS)
 
 
+@pytest.mark.slow
 def test_the_wheel_carries_the_configs_and_the_bundled_images(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
                              "-w", str(tmp_path), REPO], capture_output=True, text=True, timeout=600)

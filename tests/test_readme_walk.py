@@ -1,5 +1,5 @@
-"""The README walked as a new user: its tool commands run as written and write only under logs/ (the repository
-stays clean); messages that point where to get missing weights; no harmless-warning or profiler noise."""
+"""The documentation walked as a new user: docs/tools.md's commands run as written and write only under logs/ (the
+repository stays clean); messages that point where to get missing weights; no harmless-warning or profiler noise."""
 import glob
 import json
 import os
@@ -10,22 +10,12 @@ import sys
 import warnings
 
 import pytest
-from helpers import BUNDLED_IMAGES, REPO, load_config, run_script, save_demo_checkpoint
+from helpers import BUNDLED_IMAGES, REPO, code_blocks, load_config, run_script, save_demo_checkpoint
 
 from mdpr_plugin.data import build_transforms, read_image
 from mdpr_plugin.engine.checkpointer import check_weights_file
 from mdpr_plugin.errors import InputError, MDPRError
 from mdpr_plugin.modeling.backbone import pretrain_file
-
-TOOLS_SECTION = ("## Using a trained model: export, extract, search, visualise", "### In Python: features")
-
-
-def readme_commands(section=TOOLS_SECTION):
-    """The ```bash blocks of a README section, in order, as one script."""
-    text = open(os.path.join(REPO, "README.md")).read()
-    start = text.index(section[0])
-    text = text[start:text.index(section[1], start)]
-    return "\n".join(re.findall(r"```bash\n(.*?)```", text, flags=re.S))
 
 
 def files_outside_logs(root):
@@ -52,9 +42,10 @@ def checkout(tmp_path_factory):
     return root
 
 
-def test_the_readme_tool_commands_run_as_written_and_write_only_under_logs(checkout):
+@pytest.mark.slow
+def test_the_tool_commands_of_docs_tools_run_as_written_and_write_only_under_logs(checkout):
     before = files_outside_logs(checkout)
-    script = readme_commands().replace(".venv/bin/", os.path.dirname(sys.executable) + "/")
+    script = code_blocks("docs/tools.md").replace(".venv/bin/", os.path.dirname(sys.executable) + "/")
     result = subprocess.run(["bash", "-e", "-c", script], cwd=checkout, capture_output=True, text=True,
                             timeout=1800, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
@@ -129,6 +120,7 @@ def test_missing_authors_weights_say_where_they_are_published(tmp_path):
     assert "KuilongCui" not in str(own.value)
 
 
+@pytest.mark.slow
 def test_the_training_step_profile_prints_no_profiler_error_and_its_duration():
     status, output = run_script("-m", "mdpr_plugin.benchmarks.training_step", "profile", "--repeats", "1",
                                 "--warmup", "1", timeout=1800)

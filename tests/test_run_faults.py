@@ -110,6 +110,7 @@ def _replace_by_link(path, target):
     os.symlink(target, path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prepare, additions, expected", [case[1:] for case in BAD_RUNS],
                          ids=[case[0] for case in BAD_RUNS])
 def test_a_refused_run_says_why_in_one_line_and_leaves_output_dir_as_it_was(run_copy, prepare, additions,
@@ -125,6 +126,7 @@ def test_a_refused_run_says_why_in_one_line_and_leaves_output_dir_as_it_was(run_
     assert snapshot(run_copy) == before
 
 
+@pytest.mark.slow
 def test_a_run_refused_into_a_new_folder_leaves_no_folder(tmp_path):
     status, output = run_script(*DEMO, *SHORT, "DATASETS.NAMES", "('Market1501',)", "OUTPUT_DIR",
                                 str(tmp_path / "new"), env={"FASTREID_DATASETS": str(tmp_path / "nothing")})
@@ -132,6 +134,7 @@ def test_a_run_refused_into_a_new_folder_leaves_no_folder(tmp_path):
     assert not os.path.exists(tmp_path / "new")
 
 
+@pytest.mark.slow
 def test_an_empty_output_dir_is_refused_and_writes_nothing_where_it_runs(tmp_path):
     status, output = run_script(os.path.join(REPO, "train_net.py"), "--config-file", "MDPR/demo.yml", "OUTPUT_DIR",
                                 "", cwd=tmp_path)
@@ -140,6 +143,7 @@ def test_an_empty_output_dir_is_refused_and_writes_nothing_where_it_runs(tmp_pat
 
 
 # ----------------------------------------------------------------------------------------- the lock
+@pytest.mark.slow
 def test_the_lock_dies_with_the_main_process_though_its_loader_workers_live_on(tmp_path):
     output = tmp_path / "run"
     log = open(tmp_path / "first.out", "w")
@@ -191,6 +195,7 @@ def _run_with_fault(tmp_path, fault, at):
     return status, log, output
 
 
+@pytest.mark.slow
 def test_an_output_dir_removed_during_training_is_made_again(tmp_path):
     status, log, output = _run_with_fault(tmp_path, "remove-folder", "model_0001")
     assert status == 0, log[-4000:]
@@ -202,6 +207,7 @@ def test_an_output_dir_removed_during_training_is_made_again(tmp_path):
     assert safe_load(str(output / "model_final.pth"))["model"]
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_in_one_line_and_keeps_the_last_checkpoint(tmp_path):
     status, log, output = _run_with_fault(tmp_path, "disk-full", "model_0002")
     assert status == 1
@@ -300,6 +306,7 @@ def test_loader_workers_out_of_open_files_end_the_run_in_one_line(tmp_path):
     assert (output / "notes.txt").read_text() == "kept\n"
 
 
+@pytest.mark.slow
 def test_a_process_group_port_in_use_is_one_line(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -340,6 +347,7 @@ def test_an_error_in_a_loader_worker_is_reported_as_its_own_line():
 
 
 # ---------------------------------------------------------------------------------------------- links
+@pytest.mark.slow
 def test_eval_only_does_not_log_through_a_link(finished_run, tmp_path):
     folder = tmp_path / "run"
     shutil.copytree(finished_run, folder)

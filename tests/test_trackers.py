@@ -2,7 +2,7 @@
 with ``reid_model=extractor`` on a synthetic scene of bundled people crossing and hiding one another; what they
 receive equals ``crops(frame, boxes, bgr=True)``; boxes partly or wholly outside the frame do not stop them; no
 tracker builds (downloads) a model of its own. The tracking benchmark's runs with embeddings handed over in
-Detections (as the README's example for several streams), and the identity metrics it reports."""
+Detections (as docs/trackers.md's example for several streams), and the identity metrics it reports."""
 import numpy as np
 import pytest
 from boxmot import BoostTrack, BotSort, DeepOcSort
@@ -58,6 +58,7 @@ TRACKERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(TRACKERS))
 def test_a_tracker_owning_the_extractor_runs_end_to_end(name, extractor, scene, received, no_downloads):
     tracker = TRACKERS[name](extractor)

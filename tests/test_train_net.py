@@ -5,6 +5,8 @@ import re
 import pytest
 from helpers import run_script
 
+pytestmark = pytest.mark.slow  # train_net.py in a subprocess
+
 DEMO = ("--config-file", "configs/Baseline-demo.yml")
 
 

@@ -1,4 +1,4 @@
-"""The user's own code: modules named in IMPORTS (the README's example module, outside the repository, trained,
+"""The user's own code: modules named in IMPORTS (docs/extending.md's example module, outside the repository, trained,
 evaluated from its config.yaml and loaded by the tools and FeatureExtractor), every registry name checked in one
 line, and a run that does not learn stopped, in the plugin's trainer and in fastreid's own."""
 import os
@@ -8,34 +8,25 @@ import textwrap
 
 import numpy as np
 import pytest
-from helpers import BUNDLED_IMAGES, REPO, run_script
+from helpers import BUNDLED_IMAGES, REPO, code_after_marker, run_script
 
 from mdpr_plugin.config import build_config
 from mdpr_plugin.custom_imports import UserImportError, import_modules
 from mdpr_plugin.registry_names import UnknownNameError
 
-README_MARKER = "<!-- the user-module example, run by tests/test_user_code.py -->"
+EXAMPLE = ("docs/extending.md", "<!-- the user-module example, run by tests/test_user_code.py -->")
 SPLITS = {"bounding_box_train": "train", "query": "query", "bounding_box_test": "gallery"}
 USER_RUN = ["IMPORTS", "my_reid", "MODEL.BACKBONE.NAME", "build_my_backbone", "DATASETS.NAMES", "('MyCameras',)",
             "DATASETS.TESTS", "('MyCameras',)", "SOLVER.MAX_EPOCH", "4", "SEED", "0"]
 
 
-def readme_module():
-    """The ```python block that follows the marker line in README.md."""
-    lines = open(os.path.join(REPO, "README.md")).read().splitlines()
-    assert README_MARKER in lines, f"README.md has no line {README_MARKER!r}"
-    rest = lines[lines.index(README_MARKER) + 1:]
-    assert rest[0] == "```python" and "```" in rest[1:]
-    return "\n".join(rest[1:rest.index("```", 1)]) + "\n"
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    """The README's my_reid.py in a folder outside the repository, the bundled images laid out as its dataset, and
+    """docs/extending.md's my_reid.py in a folder outside the repository, the bundled images laid out as its dataset, and
     the environment a user's shell would have (PYTHONPATH naming that folder, FASTREID_DATASETS the data)."""
     root = tmp_path_factory.mktemp("user-project")
     (root / "code").mkdir()
-    (root / "code" / "my_reid.py").write_text(readme_module())
+    (root / "code" / "my_reid.py").write_text(code_after_marker(*EXAMPLE))
     for source, split in SPLITS.items():
         shutil.copytree(os.path.join(BUNDLED_IMAGES, source), root / "datasets" / "my_cameras" / split)
     pythonpath = os.pathsep.join(filter(None, [str(root / "code"), os.environ.get("PYTHONPATH")]))
@@ -57,6 +48,7 @@ def _one_error_line(output, prefix="ERROR:"):
     return errors[0]
 
 
+@pytest.mark.slow
 def test_the_readme_module_trains_through_imports(trained):
     assert trained["status"] == 0, trained["log"][-3000:]
     assert "Imported the modules IMPORTS names: my_reid" in trained["log"]
@@ -65,6 +57,7 @@ def test_the_readme_module_trains_through_imports(trained):
     assert re.search(r"^IMPORTS:\n- my_reid$", saved, re.M), saved[:500]
 
 
+@pytest.mark.slow
 def test_its_config_yaml_brings_the_module_back_for_eval_only(project, trained):
     config, weights = str(trained["output"] / "config.yaml"), str(trained["output"] / "model_final.pth")
     status, output = run_script("train_net.py", "--config-file", config, "--eval-only", "MODEL.WEIGHTS", weights,
@@ -79,6 +72,7 @@ def test_its_config_yaml_brings_the_module_back_for_eval_only(project, trained):
     assert "IMPORTS: module my_reid could not be imported: ModuleNotFoundError" in _one_error_line(output)
 
 
+@pytest.mark.slow
 def test_its_config_yaml_serves_the_tools_and_feature_extractor(project, trained):
     config, weights = str(trained["output"] / "config.yaml"), str(trained["output"] / "model_final.pth")
     query = str(project["root"] / "datasets" / "my_cameras" / "query")
@@ -134,6 +128,7 @@ def test_a_loss_name_fastreid_would_skip_is_refused_where_fastreid_reads_the_nam
         "Anything",)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command, prefix", [
     (["train_net.py", "--config-file", "configs/MDPR/demo.yml"], "ERROR:"),
     (["-m", "mdpr_plugin.tools.extract", "--config-file", "configs/MDPR/demo.yml", "--input", BUNDLED_IMAGES,
@@ -159,6 +154,7 @@ def test_a_module_that_fails_to_import_is_named_with_its_error(tmp_path, monkeyp
 NOT_LEARNING = "none of the {} trainable parameters changed"
 
 
+@pytest.mark.slow
 def test_a_frozen_model_stops_with_the_causes_and_a_normal_run_does_not(tmp_path, trained):
     status, output = run_script("train_net.py", "--config-file", "configs/MDPR/demo.yml", "OUTPUT_DIR",
                                 str(tmp_path), "MODEL.FREEZE_LAYERS", "['.*']", "SOLVER.FREEZE_ITERS", "1000",
@@ -194,6 +190,7 @@ STOCK_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("exclude", [[], ["fastreid.solver.build:build_optimizer"]])
 def test_fastreid_s_own_trainer_takes_the_check_in_one_line(exclude, tmp_path):
     script = tmp_path / "stock_train.py"

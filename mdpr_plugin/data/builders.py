@@ -9,7 +9,8 @@ samplers wait forever, an unreadable image stops the run when first drawn. The l
 batch sampling and collation.
 
 fastreid's own ``CommDataset`` is re-created as a :class:`~mdpr_plugin.data.datasets.RGBCommDataset`
-over the images that passed the check; a data set of another class (a user's own) is used as it is.
+over the images that passed the check; a data set of another class (a user's own) is used as it is. The data sets
+are built with the config at hand (:func:`mdpr_plugin.data.folder.folder_config`), where ReidFolder reads its keys.
 """
 import torch
 import fastreid.data.build as data_build
@@ -21,6 +22,7 @@ from fastreid.utils import comm
 from .checks import (check_folder_not_read_as_ids, check_identity_sampling, check_images, check_not_empty,
                      explained_dataset_errors, triplet_loss_used, warn_images_not_read)
 from .datasets import RGBCommDataset
+from .folder import folder_config
 from .loader import DeviceDataLoader
 from .transforms import build_transforms
 
@@ -40,8 +42,8 @@ def _checked_items(cfg, items, description, is_train):
     return kept
 
 
-def _load_dataset(name, **kwargs):
-    with explained_dataset_errors():
+def _load_dataset(cfg, name, **kwargs):
+    with explained_dataset_errors(), folder_config(cfg):
         return DATASET_REGISTRY.get(name)(root=data_build._root, **kwargs)
 
 
@@ -57,13 +59,13 @@ def train_loader_parts(cfg, **kwargs):
     transforms = build_transforms(cfg, is_train=True)
     for name in cfg.DATASETS.NAMES:
         check_folder_not_read_as_ids(name, data_build._root)
-    with explained_dataset_errors():
+    with explained_dataset_errors(), folder_config(cfg):
         train_set = data_build._train_loader_from_config(cfg, transforms=transforms, sampler=_BUILT_LATER,
                                                          **kwargs)["train_set"]
     if type(train_set) is CommDataset:
         names = "+".join(cfg.DATASETS.NAMES)
         if not train_set.img_items:  # read the first data set again to name its folder
-            check_not_empty(names, _load_dataset(cfg.DATASETS.NAMES[0], **kwargs), "train", [])
+            check_not_empty(names, _load_dataset(cfg, cfg.DATASETS.NAMES[0], **kwargs), "train", [])
         items = _checked_items(cfg, train_set.img_items, f"{names}'s training set", is_train=True)
         train_set = RGBCommDataset(items, train_set.transform, relabel=train_set.relabel)
     if hasattr(train_set, "img_items"):  # what fastreid's samplers read
@@ -76,7 +78,7 @@ def test_loader_parts(cfg, dataset_name, **kwargs):
     """fastreid's ``_test_loader_from_config`` with the plugin's transforms, the query and gallery sets
     checked (ids not read from their folder, neither empty, every image readable)."""
     check_folder_not_read_as_ids(dataset_name, data_build._root)
-    with explained_dataset_errors():
+    with explained_dataset_errors(), folder_config(cfg):
         parts = data_build._test_loader_from_config(cfg, dataset_name=dataset_name,
                                                     transforms=build_transforms(cfg, is_train=False), **kwargs)
     test_set, num_query = parts["test_set"], parts["num_query"]
@@ -84,7 +86,7 @@ def test_loader_parts(cfg, dataset_name, **kwargs):
         roles = {"query": test_set.img_items[:num_query], "gallery": test_set.img_items[num_query:]}
         for role, items in roles.items():
             if not items:  # read the data set again to name the folder
-                check_not_empty(dataset_name, _load_dataset(dataset_name, **kwargs), role, items)
+                check_not_empty(dataset_name, _load_dataset(cfg, dataset_name, **kwargs), role, items)
             roles[role] = _checked_items(cfg, items, f"{dataset_name}'s {role} set", is_train=False)
         parts["test_set"] = RGBCommDataset(roles["query"] + roles["gallery"], test_set.transform, relabel=False)
         parts["num_query"] = len(roles["query"])

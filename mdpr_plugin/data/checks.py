@@ -14,6 +14,8 @@ import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
 from ..errors import InputError, MissingFileError
 from .images import BAD_IMAGE_FIX, IMAGE_FILE_SUFFIXES, BadImageError, check_regular_file, inspect_image
 
@@ -372,3 +374,27 @@ def check_identity_sampling(items, sampler_name, ims_per_batch, num_instance, wo
             "%d of %d training identities have fewer images than DATALOADER.NUM_INSTANCE %d (fewest: %d); "
             "%s repeats their images to fill a batch.", len(short), len(per_identity), num_instance,
             min(short.values()), sampler_name)
+
+
+def check_rankable_queries(name, test_set, num_query):
+    """Check that the queries of the test set ``name`` (its first ``num_query`` items) can be ranked: an error when
+    no query has a gallery image of its person from another camera, a warning with the count when some have none
+    (fastreid's metrics leave those out). A data set class of the user's own, without ``img_items``, is left be."""
+    # imported here: the evaluation's modules (scikit-learn, ...) are not needed to import the data package
+    from ..evaluation.evaluator import EmptyEvaluationSetError
+    from ..evaluation.rank import query_validity
+
+    if not hasattr(test_set, "img_items"):
+        return
+    query, gallery = test_set.img_items[:num_query], test_set.img_items[num_query:]
+    q_pids, q_cams = (np.asarray([item[k] for item in query]) for k in (1, 2))
+    g_pids, g_cams = (np.asarray([item[k] for item in gallery]) for k in (1, 2))
+    valid, _ = query_validity(q_pids, g_pids, q_cams, g_cams)
+    if not valid.any():
+        raise EmptyEvaluationSetError(
+            f"{name}: none of its {num_query} queries has a gallery image of the same person from another "
+            f"camera ({len(g_pids)} gallery images), so nothing can be evaluated. Check that the query and "
+            "gallery folders belong together (same person ids), or set DATASETS.TESTS to another test set.")
+    if not valid.all():
+        logger.warning("%s: %d of %d queries have no gallery image of their person from another camera; the "
+                       "metrics leave them out.", name, int((~valid).sum()), num_query)

@@ -24,7 +24,10 @@ import socket
 import time
 from dataclasses import dataclass
 
+from fastreid.utils import comm
+
 from ..errors import InputError, MDPRError
+from .run_log import reopen_log_file, start_log_file
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +120,25 @@ def release_output_dir(folder):
         os.close(lock.fd)
 
 
+def eval_log_folder(folder):
+    """Where an evaluation's log.txt goes: OUTPUT_DIR ``folder``, or None (the console only) when it cannot be
+    written (an evaluation writes nothing else there) or holds a link named log.txt."""
+    if not folder:
+        return folder  # fastreid's setup_logger: log.txt in the working folder
+    try:
+        os.makedirs(folder, exist_ok=True)
+        check_output_dir(folder)
+        writable = os.access(folder, os.W_OK)
+    except (OSError, MDPRError) as error:
+        writable, reason = False, str(error)
+    else:
+        reason = "it cannot be written"
+    if writable:
+        return folder
+    logger.warning("Not writing log.txt into OUTPUT_DIR %s (%s): logging to the console only.", folder, reason)
+    return None
+
+
 def relock_output_dir(folder):
     """Take the lock again after ``folder`` was removed during training (the lock held was on the removed file)."""
     old = _held.pop(os.path.abspath(folder), None)
@@ -158,17 +180,85 @@ def remove_partial_checkpoints(folder):
     return removed
 
 
-def write_config(cfg):
-    """``OUTPUT_DIR/config.yaml``, as fastreid's default_setup writes it, once the run's checks have passed: to a
-    temporary file renamed over it, so that neither a kill nor a link planted under that name can make it write
-    anything else."""
-    path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+def write_after_checks(folder, name, text):
+    """Have :func:`write_config` write ``text`` into ``folder/name`` beside config.yaml, when (and each time) it writes
+    config.yaml into ``folder``: a file a data set makes for OUTPUT_DIR (ReidFolder's split) is built with the data,
+    before the run's checks have passed, and must not be written before them."""
+    _after_checks[os.path.abspath(folder), name] = text
+
+
+_after_checks = {}  # (absolute folder, file name) -> text
+
+
+def _replace_file(path, text):
+    """``path`` holding ``text``, through a temporary file renamed over it: neither a kill nor a link planted under
+    that name can make it write anything else."""
     temporary = f"{path}.tmp{os.getpid()}"
     try:
         with open(temporary, "x") as f:
-            f.write(cfg.dump())
+            f.write(text)
         os.replace(temporary, path)
     finally:
         if os.path.lexists(temporary):
             os.remove(temporary)
+
+
+def write_config(cfg):
+    """``OUTPUT_DIR/config.yaml``, as fastreid's default_setup writes it, once the run's checks have passed, and the
+    files held for OUTPUT_DIR by :func:`write_after_checks`."""
+    path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+    _replace_file(path, cfg.dump())
     logging.getLogger("fastreid.engine.defaults").info("Full config saved to %s", os.path.abspath(path))
+    folder = os.path.abspath(cfg.OUTPUT_DIR)
+    for (held_in, name), text in sorted(_after_checks.items()):
+        if held_in == folder:
+            _replace_file(os.path.join(folder, name), text)
+            logger.info("Saved %s", os.path.join(folder, name))
+
+
+def recreate_output_dir(cfg):
+    """After OUTPUT_DIR was removed during training and made again for a checkpoint: its lock, config.yaml and
+    log.txt (from then on) made again too."""
+    relock_output_dir(cfg.OUTPUT_DIR)
+    write_config(cfg)
+    reopen_log_file(cfg.OUTPUT_DIR)
+
+
+class TrainingOutputDir:
+    """The OUTPUT_DIR of a training run, locked by ``setup_config``, around the run's checks and training::
+
+        with TrainingOutputDir(cfg) as output_dir:
+            trainer = Trainer(cfg)                      # the checks: data sets, weights, ...
+            trainer.resume_or_load(resume=args.resume)
+            output_dir.start(trainer.cfg)               # every check passed
+            return trainer.train()
+
+    Nothing is written into the folder before :meth:`start`; a run that leaves the block before it (refused, or
+    interrupted) leaves OUTPUT_DIR as it found it. A run that ends normally releases the folder; one that fails
+    in training keeps its record in the lock file, so that the next run says it takes the folder over. Only the
+    main process writes.
+    """
+
+    def __init__(self, cfg):
+        self.folder = cfg.OUTPUT_DIR
+        self.started = False
+
+    def __enter__(self):
+        return self
+
+    def start(self, cfg):
+        """The run's checks passed: log.txt (the lines logged so far, then the rest), config.yaml (``cfg``, the
+        trainer's: MODEL.HEADS.NUM_CLASSES from the training set, as fastreid saves it), and the partly written
+        checkpoints of an interrupted run removed."""
+        self.started = True
+        if comm.is_main_process():
+            start_log_file(self.folder)
+            write_config(cfg)
+            remove_partial_checkpoints(self.folder)
+
+    def __exit__(self, kind, error, traceback):
+        if not self.started:
+            abandon_output_dir(self.folder)
+        elif kind is None:
+            release_output_dir(self.folder)
+        return False

@@ -11,39 +11,36 @@ seeds the initialisation, the sampler stream and each sample's augmentation; the
 checkpointed; ``--resume`` continues the stream where the checkpoint was written, and the global
 generators are re-seeded from (seed, iteration, rank) before every step.
 """
-import contextlib
 import logging
 import math
 import os
 from collections import OrderedDict
 
-import numpy as np
 import torch
 import fastreid.modeling
 import fastreid.solver
 from fastreid.engine import DefaultTrainer, hooks
-from fastreid.engine.train_loop import HookBase, TrainerBase
+from fastreid.engine.train_loop import TrainerBase
 from fastreid.evaluation import print_csv_format
 from fastreid.utils import comm
-from fastreid.utils.collect_env import collect_env_info
-from fastreid.utils.env import seed_all_rng
-from fastreid.utils.events import EventWriter, JSONWriter, TensorboardXWriter
+from fastreid.utils.events import JSONWriter, TensorboardXWriter
 from fastreid.utils.logger import setup_logger
 
-from ..config import build_config, config_file
 from ..data import test_loader, test_loader_parts, train_loader, train_loader_parts
-from ..data.samplers import ResumableSampler, SeededDataset, seed_all
+from ..data.checks import check_rankable_queries
+from ..data.samplers import ResumableSampler, SeededDataset
 from ..devices import on_available_device, resolve_device
-from ..errors import InputError, MDPRError
-from ..resources import check_model_memory
+from ..errors import InputError
 from ..evaluation import ReidEvaluator, inference_on_dataset
-from ..evaluation.evaluator import EmptyEvaluationSetError
-from ..evaluation.rank import query_validity
+from ..resources import check_model_memory
 from .checkpointer import MDPRCheckpointer
-from .output_dir import check_output_dir, lock_output_dir, relock_output_dir, write_config
-from .distributed import broadcast_buffers, check_batch_sizes, distributed_data_parallel, setup_worker_logging
-from .train_loop import (BestCheckpointer, CheckedAMPTrainer, CheckedTrainer, EvalHook, MetricPrinter,
-                         NotLearningError, PeriodicCheckpointer, StopIfNotLearning)
+from .distributed import broadcast_buffers, distributed_data_parallel
+from .hooks import (BestCheckpointer, EvalHook, NotLearningError, PeriodicCheckpointer, SeedEachIteration,
+                    StopIfNotLearning)
+from .output_dir import recreate_output_dir
+from .run_log import plugin_errors_not_logged_by_fastreid
+from .train_loop import CheckedAMPTrainer, CheckedTrainer
+from .writers import MetricPrinter, OpenedOnFirstWrite
 
 logger = logging.getLogger(__name__)
 
@@ -70,123 +67,6 @@ def use_fused_steps(optimizer):
         group.update(fused=True, foreach=False)
 
 
-def setup_config(args):
-    """fastreid defaults + the MDPR keys + the YAML file + ``KEY VALUE`` overrides, then the setup of
-    fastreid's ``default_setup`` (logging, the seed) on rank 0; other processes write no files.
-
-    A training run first takes OUTPUT_DIR's lock. Unlike ``default_setup``, nothing is written into OUTPUT_DIR
-    here: train_net.py starts log.txt, writes config.yaml and removes the files an interrupted run left half
-    written once the run's checks have passed (:func:`start_log_file`, :func:`mdpr_plugin.engine.output_dir.
-    write_config`, :func:`mdpr_plugin.engine.output_dir.remove_partial_checkpoints`).
-    """
-    cfg = build_config(args.config_file, args.opts)
-    cfg.freeze()
-    rank, world_size = comm.get_rank(), comm.get_world_size()
-    check_batch_sizes(cfg, world_size)
-    if rank == 0:
-        if not args.eval_only:
-            lock_output_dir(cfg.OUTPUT_DIR)
-        _log_setup(cfg, args)
-    else:
-        setup_worker_logging(cfg, rank)
-    if not args.eval_only:
-        torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK  # as default_setup does
-    if world_size > 1:
-        logger.info("%d processes (%s): SOLVER.IMS_PER_BATCH %d = %d images per process.", world_size,
-                    torch.distributed.get_backend(), cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.IMS_PER_BATCH // world_size)
-    # a set SEED makes the initialisation reproducible (+ rank, so that processes differ where they should;
-    # DDP copies rank 0's initial weights to all); without one, fastreid's random seed, as default_setup
-    if cfg.SEED >= 0:
-        seed_all(cfg.SEED + rank, cuda=True)
-    else:
-        seed_all_rng()
-    return cfg
-
-
-def _log_folder(cfg, args):
-    """Where log.txt goes: OUTPUT_DIR; for an evaluation, nowhere when OUTPUT_DIR cannot be written (it writes
-    nothing else there) or holds a link named log.txt."""
-    folder = cfg.OUTPUT_DIR
-    if not folder or not args.eval_only:
-        return folder  # a training run's folder was checked when it was locked
-    try:
-        os.makedirs(folder, exist_ok=True)
-        check_output_dir(folder)
-        writable = os.access(folder, os.W_OK)
-    except (OSError, MDPRError) as error:
-        writable, reason = False, str(error)
-    else:
-        reason = "it cannot be written"
-    if writable:
-        return folder
-    logger.warning("Not writing log.txt into OUTPUT_DIR %s (%s): logging to the console only.", folder, reason)
-    return None
-
-
-class _HeldRecords(logging.Handler):
-    """The records of a training run's set-up, kept for log.txt until the run's checks have passed, so that a run
-    refused before training leaves OUTPUT_DIR as it was."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-
-def _log_setup(cfg, args):
-    """What fastreid's ``default_setup`` logs, into OUTPUT_DIR/log.txt (for a training run, from
-    :func:`start_log_file` on); the plugin's lines go there too."""
-    training = not args.eval_only
-    fastreid_logger = setup_logger(None if training else _log_folder(cfg, args), distributed_rank=0)
-    if training:
-        fastreid_logger.addHandler(_HeldRecords())
-    fastreid_logger.info("Rank of current process: 0. World size: %d", comm.get_world_size())
-    fastreid_logger.info("Environment info:\n%s", collect_env_info())
-    fastreid_logger.info("Command line arguments: %s", args)
-    path = config_file(args.config_file)
-    with open(path) as f:
-        fastreid_logger.info("Contents of args.config_file=%s (%s):\n%s", args.config_file, path, f.read())
-    fastreid_logger.info("Running with full config:\n%s", cfg)
-    if cfg.IMPORTS:
-        fastreid_logger.info("Imported the modules IMPORTS names: %s", ", ".join(cfg.IMPORTS))
-
-
-class _LogFile(logging.StreamHandler):
-    """OUTPUT_DIR/log.txt, reopened if the folder is made again during training."""
-
-    def reopen(self, path):
-        old = self.setStream(open(path, "a"))
-        if old is not None:
-            old.close()
-
-
-def start_log_file(folder):
-    """OUTPUT_DIR/log.txt of a training run whose checks passed, as fastreid's ``setup_logger`` writes it: the
-    lines logged so far, then the rest of the run's."""
-    fastreid_logger = logging.getLogger("fastreid")
-    handler = _LogFile(open(os.path.join(folder, "log.txt"), "a"))
-    handler.setLevel(logging.DEBUG)
-    handler.setFormatter(logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s",
-                                           datefmt="%m/%d %H:%M:%S"))
-    for held in [h for h in fastreid_logger.handlers if isinstance(h, _HeldRecords)]:
-        fastreid_logger.removeHandler(held)
-        for record in held.records:
-            handler.handle(record)
-    fastreid_logger.addHandler(handler)
-
-
-def _recreate_output_dir(cfg):
-    """After OUTPUT_DIR was removed during training and made again for a checkpoint: its lock, config.yaml and
-    log.txt (from then on) made again too."""
-    relock_output_dir(cfg.OUTPUT_DIR)
-    write_config(cfg)
-    for handler in logging.getLogger("fastreid").handlers:
-        if isinstance(handler, _LogFile):
-            handler.reopen(os.path.join(cfg.OUTPUT_DIR, "log.txt"))
-
-
 # a scheduler's state that records how far it got, not what the schedule is (base_lrs: see resume_or_load)
 _PROGRESS = {"last_epoch", "_step_count", "_last_lr", "_is_initial", "_get_lr_called_within_step", "verbose",
              "base_lrs"}
@@ -194,78 +74,6 @@ _PROGRESS = {"last_epoch", "_step_count", "_last_lr", "_is_initial", "_get_lr_ca
 
 def _rounded(values):
     return sorted({float(f"{v:.4g}") for v in values})
-
-
-def check_test_sets(cfg):
-    """Build every ``DATASETS.TESTS`` set as the evaluation will (present, not empty, every image readable) and
-    check that its queries can be ranked: an error when no query has a gallery image of its person from
-    another camera, a warning with the count when some have none (fastreid's metrics leave those out)."""
-    for name in cfg.DATASETS.TESTS:
-        parts = test_loader_parts(cfg, name)
-        test_set, num_query = parts["test_set"], parts["num_query"]
-        if not hasattr(test_set, "img_items"):
-            continue  # a data set class of the user's own
-        query, gallery = test_set.img_items[:num_query], test_set.img_items[num_query:]
-        q_pids, q_cams = (np.asarray([item[k] for item in query]) for k in (1, 2))
-        g_pids, g_cams = (np.asarray([item[k] for item in gallery]) for k in (1, 2))
-        valid, _ = query_validity(q_pids, g_pids, q_cams, g_cams)
-        if not valid.any():
-            raise EmptyEvaluationSetError(
-                f"{name}: none of its {num_query} queries has a gallery image of the same person from another "
-                f"camera ({len(g_pids)} gallery images), so nothing can be evaluated. Check that the query and "
-                "gallery folders belong together (same person ids), or set DATASETS.TESTS to another test set.")
-        if not valid.all():
-            logger.warning("%s: %d of %d queries have no gallery image of their person from another camera; the "
-                           "metrics leave them out.", name, int((~valid).sum()), num_query)
-
-
-class _PluginErrorRecords(logging.Filter):
-    """Drops the records that log a plugin error with its traceback."""
-
-    def filter(self, record):
-        return not (record.exc_info and isinstance(record.exc_info[1], MDPRError))
-
-
-@contextlib.contextmanager
-def _plugin_errors_not_logged_by_fastreid():
-    """fastreid logs whatever ends training with its traceback (engine/train_loop.py:149); a plugin error (a NaN loss,
-    a run that does not learn) already says what happened and the fix, and is reported in one line by whoever
-    catches it (train_net.py: ``ERROR: ...``)."""
-    fastreid_loop = logging.getLogger("fastreid.engine.train_loop")
-    records = _PluginErrorRecords()
-    fastreid_loop.addFilter(records)
-    try:
-        yield
-    finally:
-        fastreid_loop.removeFilter(records)
-
-
-class _SeedEachIteration(HookBase):
-    """Re-seeds the global generators from (seed, iteration, rank) before every step, so that any
-    randomness in the model or the loss (dropout, ...) is the same in a resumed run. (The training
-    images are drawn from per-sample seeds, independently of these.)"""
-
-    def before_step(self):
-        sequence = np.random.SeedSequence((self.trainer.train_sampler.seed, self.trainer.iter, comm.get_rank()))
-        seed = int(sequence.generate_state(1)[0])
-        seed_all(seed, cuda=True)
-
-
-class _OpenedOnFirstWrite(EventWriter):
-    """A file-writing event writer made at its first write: building the trainer (which a refused ``--resume``
-    does) writes nothing into OUTPUT_DIR."""
-
-    def __init__(self, make):
-        self._make, self._writer = make, None
-
-    def write(self):
-        if self._writer is None:
-            self._writer = self._make()
-        self._writer.write()
-
-    def close(self):
-        if self._writer is not None:
-            self._writer.close()
 
 
 class Trainer(DefaultTrainer):
@@ -281,7 +89,7 @@ class Trainer(DefaultTrainer):
             setup_logger()
 
         data_loader = self.build_train_loader(cfg)
-        check_test_sets(cfg)  # before the first iteration, not at the first evaluation hours later
+        self.check_test_sets(cfg)  # before the first iteration, not at the first evaluation hours later
         cfg = self.auto_scale_hyperparams(cfg, data_loader.dataset.num_classes)
         model = self.build_model(cfg)
         optimizer, param_wrapper = self.build_optimizer(cfg, model)
@@ -295,7 +103,7 @@ class Trainer(DefaultTrainer):
         self.checkpointer = MDPRCheckpointer(model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(),
                                              allow_partial=cfg.MODEL.ALLOW_PARTIAL_WEIGHTS, optimizer=optimizer,
                                              **self.scheduler)
-        self.checkpointer.on_folder_recreated = lambda: _recreate_output_dir(cfg)
+        self.checkpointer.on_folder_recreated = lambda: recreate_output_dir(cfg)
         self.start_epoch = 0
         self.max_epoch = cfg.SOLVER.MAX_EPOCH
         self.max_iter = self.max_epoch * self.iters_per_epoch
@@ -384,7 +192,7 @@ class Trainer(DefaultTrainer):
         """fastreid's training; a resumed run with nothing left to train says so and makes sure model_final is
         there (a kill while it was written leaves the checkpoint before it)."""
         if self.start_epoch < self.max_epoch:
-            with _plugin_errors_not_logged_by_fastreid():
+            with plugin_errors_not_logged_by_fastreid():
                 return super().train()
         final = os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")
         # epochs counted as SOLVER.MAX_EPOCH counts them, from 1 (fastreid numbers them from 0)
@@ -399,7 +207,7 @@ class Trainer(DefaultTrainer):
         checkpoint: the epoch's checkpoint is written before its evaluation, and model_best after it, from
         that evaluation's metric. First, a hook that re-seeds every step and one that stops a run that does not
         learn."""
-        before, evaluation, after = [_SeedEachIteration(), StopIfNotLearning()], [], []
+        before, evaluation, after = [SeedEachIteration(), StopIfNotLearning()], [], []
         for hook in super().build_hooks():
             if type(hook) is hooks.EvalHook:
                 evaluation.append(EvalHook(hook._period, hook._func))
@@ -414,8 +222,8 @@ class Trainer(DefaultTrainer):
         """fastreid's writers, with a progress printer that survives runs of three or fewer iterations; the two
         that write files open them at their first write, once training runs."""
         return [MetricPrinter(self.max_iter),
-                _OpenedOnFirstWrite(lambda: JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))),
-                _OpenedOnFirstWrite(lambda: TensorboardXWriter(self.cfg.OUTPUT_DIR))]
+                OpenedOnFirstWrite(lambda: JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))),
+                OpenedOnFirstWrite(lambda: TensorboardXWriter(self.cfg.OUTPUT_DIR))]
 
     @staticmethod
     def auto_scale_hyperparams(cfg, num_classes):
@@ -496,6 +304,14 @@ class Trainer(DefaultTrainer):
         ``MODEL.DEVICE``."""
         parts = test_loader_parts(cfg, dataset_name)
         return test_loader(**parts, num_workers=cfg.DATALOADER.NUM_WORKERS, device=resolve_device(cfg.MODEL.DEVICE))
+
+    @classmethod
+    def check_test_sets(cls, cfg):
+        """Build every ``DATASETS.TESTS`` set as the evaluation will (present, not empty, every image readable) and
+        check that its queries can be ranked (:func:`mdpr_plugin.data.checks.check_rankable_queries`)."""
+        for name in cfg.DATASETS.TESTS:
+            parts = test_loader_parts(cfg, name)
+            check_rankable_queries(name, parts["test_set"], parts["num_query"])
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_dir=None):

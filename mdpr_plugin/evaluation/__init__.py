@@ -6,9 +6,9 @@ For the trainer: ``ReidEvaluator(cfg, num_query, output_dir)`` (fastreid's const
 ``evaluate_rank`` / ``evaluate_roc`` (= fastreid's, over blocks of queries), ``rerank_distance``
 (fastreid's k-reciprocal re-ranking, sparse) and ``aqe``.
 """
+from .dataset_inference import inference_on_dataset
 from .distance import pairwise_distance
 from .evaluator import ReidEvaluator
-from .inference import inference_on_dataset
 from .query_expansion import aqe
 from .rank import evaluate_rank, evaluate_roc
 from .rerank import rerank_distance

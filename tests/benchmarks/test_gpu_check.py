@@ -12,6 +12,7 @@ from mdpr_plugin.benchmarks import gpu_check
 MODULE = "mdpr_plugin.benchmarks.gpu_check"
 
 
+@pytest.mark.slow
 def test_without_cuda_it_says_so_in_one_line_and_exits_0():
     status, output = run_script("-m", MODULE, env={"CUDA_VISIBLE_DEVICES": ""})
     assert status == 0, output
@@ -34,6 +35,7 @@ def _rows(record, check):
     return [r for r in record["results"] if r["check"] == check]
 
 
+@pytest.mark.slow
 def test_every_check_s_cpu_half_runs_and_passes(small_run):
     assert small_run["status"] == 0, small_run["output"][-3000:]
     results = small_run["record"]["results"]
@@ -45,6 +47,7 @@ def test_every_check_s_cpu_half_runs_and_passes(small_run):
         assert f"[{r['status']}] {r['check']}: {r['case']}: " in small_run["output"]
 
 
+@pytest.mark.slow
 def test_training_rows_count_the_losses_and_every_changed_parameter(small_run):
     rows = _rows(small_run["record"], "training")
     assert len(rows) == 7  # MDPR: AMP, float32, channels-last, DDP, syncBN + DDP; Baseline: AMP, float32
@@ -56,6 +59,7 @@ def test_training_rows_count_the_losses_and_every_changed_parameter(small_run):
         assert all(torch.isfinite(torch.tensor(v)) for v in n["losses"].values())
 
 
+@pytest.mark.slow
 def test_cpu_halves_compare_the_cpu_with_itself_exactly(small_run):
     record = small_run["record"]
     step = _rows(record, "step")[0]["numbers"]
@@ -71,6 +75,7 @@ def test_cpu_halves_compare_the_cpu_with_itself_exactly(small_run):
     assert set(pytorch["images_per_s"]) == {str(b) for b in gpu_check.SMALL.extractor_batches}
 
 
+@pytest.mark.slow
 def test_the_table_goes_into_its_section_and_the_rest_of_the_file_stays(small_run):
     docs = small_run["docs"]
     assert "<!-- other:start -->\nkept\n<!-- other:end -->" in docs

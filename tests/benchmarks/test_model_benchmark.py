@@ -42,6 +42,7 @@ def small_run(tmp_path_factory):
             "docs": docs.read_text(), "tmp": tmp}
 
 
+@pytest.mark.slow
 def test_small_run_writes_every_row_and_column_with_positive_numbers(small_run):
     text = small_run["docs"]
     section = text[text.index(benchmark.SECTION.start):text.index(benchmark.SECTION.end)]
@@ -56,6 +57,7 @@ def test_small_run_writes_every_row_and_column_with_positive_numbers(small_run):
         assert float(cells["train peak memory added (GiB)"]) >= 0
 
 
+@pytest.mark.slow
 def test_small_run_reports_on_stdout_progress_on_stderr_and_exits_0(small_run):
     assert small_run["status"] == 0
     section = small_run["stdout"].strip()
@@ -64,6 +66,7 @@ def test_small_run_reports_on_stdout_progress_on_stderr_and_exits_0(small_run):
     assert "MDPR fp32 infer ..." in small_run["stderr"] and "| MDPR |" not in small_run["stderr"]
 
 
+@pytest.mark.slow
 def test_shares_of_the_ceiling_are_the_measured_flops_per_second_over_the_ceiling(small_run):
     data = small_run["data"]
     ceiling = data["ceiling"]["ceiling"]
@@ -80,6 +83,7 @@ def test_shares_of_the_ceiling_are_the_measured_flops_per_second_over_the_ceilin
     assert goals[2].value == pytest.approx(speedup)  # the only other mode is the fastest
 
 
+@pytest.mark.slow
 def test_docs_section_leaves_the_other_sections_alone_and_is_replaced_in_place(small_run):
     text, tmp = small_run["docs"], small_run["tmp"]
     assert "<!-- evaluation-benchmark:start -->\nkept\n<!-- evaluation-benchmark:end -->" in text
@@ -97,12 +101,14 @@ def _console_script(*args):
     return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_console_script_exits_0_and_prints_the_section(small_run):
     proc = _console_script("--from-json", str(small_run["tmp"] / "results.json"))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == small_run["stdout"].strip()
 
 
+@pytest.mark.slow
 def test_console_script_names_a_missing_config_file_in_one_line(tmp_path):
     missing = tmp_path / "nowhere.yml"
     proc = _console_script("--small", "--config-file", str(missing))
@@ -118,6 +124,7 @@ def test_small_mode_compiles_only_when_asked():
     assert "compile" in benchmark.parse_args(config).modes  # the full run measures it
 
 
+@pytest.mark.slow
 def test_mdpr_modes_are_compared_with_float32_on_the_real_images(small_run):
     data = small_run["data"]
     by_mode = {r["mode"]: r for r in benchmark.rows(data) if r["arch"] == "MDPR"}
@@ -165,6 +172,7 @@ def test_size_argument_is_checked():
         benchmark.parse_args(["--size", "384"])
 
 
+@pytest.mark.slow
 def test_other_load_counts_a_process_that_is_not_the_benchmarks():
     """A busy process the benchmark did not start (not reaped, so not in its children's CPU time) shows up
     as about one core's worth of the machine; the load average could not tell it from the benchmark's own."""

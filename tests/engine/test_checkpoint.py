@@ -102,6 +102,7 @@ def test_a_plain_pickle_of_numbers_is_not_called_malicious(tmp_path):
         load_checkpoint_file(str(path))
 
 
+@pytest.mark.slow
 def test_extract_reports_a_malicious_checkpoint_in_one_line(tmp_path):
     evil, marker = tmp_path / "evil.pth", tmp_path / "payload-ran"
     torch.save({"model": {}, "extra": _RunsShellCommand(str(marker))}, evil)
@@ -209,6 +210,7 @@ checkpointer.save("model_final")
 """
 
 
+@pytest.mark.slow
 def test_a_process_killed_while_saving_leaves_the_previous_checkpoint_loadable(tmp_path):
     returncode, output = run_script("-c", KILLED_WHILE_SAVING, str(tmp_path))
     assert returncode == -9, output

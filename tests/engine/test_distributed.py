@@ -93,6 +93,7 @@ def torchrun_baseline(tmp_path_factory):
     return out, output, infos, states
 
 
+@pytest.mark.slow
 def test_torchrun_joins_the_processes_into_one_ddp_job(torchrun_baseline):
     _, output, infos, _ = torchrun_baseline
     assert [info["world_size"] for info in infos] == [2, 2]
@@ -103,6 +104,7 @@ def test_torchrun_joins_the_processes_into_one_ddp_job(torchrun_baseline):
     assert "2 processes (gloo): SOLVER.IMS_PER_BATCH 16 = 8 images per process." in output
 
 
+@pytest.mark.slow
 def test_ranks_end_with_identical_parameters_and_statistics(torchrun_baseline):
     _, _, _, (state0, state1) = torchrun_baseline
     assert state0.keys() == state1.keys()
@@ -112,6 +114,7 @@ def test_ranks_end_with_identical_parameters_and_statistics(torchrun_baseline):
         assert torch.equal(state0[name], state1[name]), name
 
 
+@pytest.mark.slow
 def test_evaluation_sees_every_test_image_exactly_once_across_ranks(torchrun_baseline):
     _, output, (info0, info1), _ = torchrun_baseline
     shard0, shard1 = info0["evaluated"], info1["evaluated"]
@@ -122,6 +125,7 @@ def test_evaluation_sees_every_test_image_exactly_once_across_ranks(torchrun_bas
     assert len(metrics_rows(output)) == 1  # the metrics of the whole set, printed by rank 0 only
 
 
+@pytest.mark.slow
 def test_only_rank_0_writes_files(torchrun_baseline):
     out, _, _, _ = torchrun_baseline
     files = set(os.listdir(out))
@@ -133,6 +137,7 @@ def test_only_rank_0_writes_files(torchrun_baseline):
     assert iterations and len(iterations) == len(set(iterations))  # one writer
 
 
+@pytest.mark.slow
 def test_num_gpus_starts_cpu_processes_and_mdpr_trains_with_syncbn_falling_back(tmp_path):
     """train_net.py --num-gpus 2 without CUDA: 2 gloo processes; MDPR with SyncBN trains with per-process
     BatchNorm and a warning (torch's SyncBatchNorm runs on CUDA only)."""

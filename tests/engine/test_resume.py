@@ -158,6 +158,7 @@ def logged(output_dir):
     return {r["iteration"]: r for r in records if "total_loss" in r}
 
 
+@pytest.mark.slow
 def test_a_run_killed_after_a_checkpoint_and_resumed_ends_as_an_uninterrupted_run(tmp_path):
     whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
     uninterrupted = start(whole)  # runs alongside, on the other core

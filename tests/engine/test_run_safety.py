@@ -42,6 +42,7 @@ def running_run(tmp_path):
     process.wait()
 
 
+@pytest.mark.slow
 def test_a_second_run_into_a_folder_in_use_stops_at_once_naming_the_running_process(running_run):
     folder, pid = running_run
     in_use = rf"OUTPUT_DIR {folder} is in use by another training run \(pid {pid} "
@@ -54,6 +55,7 @@ def test_a_second_run_into_a_folder_in_use_stops_at_once_naming_the_running_proc
     assert sorted(os.listdir(folder)) == ["run.lock"]  # no log.txt, config.yaml or checkpoint written
 
 
+@pytest.mark.slow
 def test_the_lock_of_a_killed_run_is_taken_over_and_its_partial_checkpoints_removed(running_run):
     folder, pid = running_run
     os.kill(pid, 9)  # the run dies without releasing its lock: the file keeps its record
@@ -73,6 +75,7 @@ def test_the_lock_of_a_killed_run_is_taken_over_and_its_partial_checkpoints_remo
     assert (folder / "run.lock").read_text() == ""  # a released lock leaves no record
 
 
+@pytest.mark.slow
 def test_a_run_that_fails_its_checks_leaves_the_folders_config_yaml_as_it_was(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -141,6 +144,7 @@ def _train(cfg, resume=False):
     return trainer, trainer.train()
 
 
+@pytest.mark.slow
 def test_the_checkpoint_is_written_before_an_evaluation_that_fails(demo_cfg, monkeypatch):
     demo_cfg.merge_from_list(["SOLVER.MAX_EPOCH", 2, "SOLVER.CHECKPOINT_PERIOD", 1, "TEST.EVAL_PERIOD", 1])
 
@@ -155,6 +159,7 @@ def test_the_checkpoint_is_written_before_an_evaluation_that_fails(demo_cfg, mon
     assert torch.load(os.path.join(folder, "model_0000.pth"), weights_only=False)["epoch"] == 0
 
 
+@pytest.mark.slow
 def test_model_best_is_chosen_by_the_epochs_own_evaluation(demo_cfg, monkeypatch):
     """Three epochs whose evaluations give 10, 30, 20: model_best is epoch 1's model, neither the first
     evaluated nor the last."""
@@ -177,6 +182,7 @@ def test_model_best_is_chosen_by_the_epochs_own_evaluation(demo_cfg, monkeypatch
 
 
 # ------------------------------------------------------------------------------------------ resuming
+@pytest.mark.slow
 def test_a_finished_run_resumed_says_so_and_writes_a_missing_model_final(tmp_path):
     out = str(tmp_path / "out")
     short = ("SOLVER.MAX_EPOCH", "1", "TEST.EVAL_PERIOD", "1", "OUTPUT_DIR", out)  # 2 iterations
@@ -191,6 +197,7 @@ def test_a_finished_run_resumed_says_so_and_writes_a_missing_model_final(tmp_pat
     assert torch.load(os.path.join(out, "model_final.pth"), weights_only=False)["epoch"] == 0
 
 
+@pytest.mark.slow
 def test_a_resumed_run_takes_the_learning_rate_from_the_config(demo_cfg):
     demo_cfg.merge_from_list(["SOLVER.MAX_EPOCH", 3, "SOLVER.CHECKPOINT_PERIOD", 1, "TEST.EVAL_PERIOD", 3,
                               "SOLVER.WARMUP_ITERS", 0])
@@ -216,6 +223,7 @@ def test_a_resumed_run_takes_the_learning_rate_from_the_config(demo_cfg):
         Trainer(changed).resume_or_load(resume=True)
 
 
+@pytest.mark.slow
 def test_the_advice_of_the_non_finite_loss_message_works(tmp_path):
     """Diverge after a checkpoint, follow the message (lower SOLVER.BASE_LR, --resume), and the run completes."""
     out = str(tmp_path / "out")
@@ -233,6 +241,7 @@ def test_the_advice_of_the_non_finite_loss_message_works(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ several processes
+@pytest.mark.slow
 def test_a_failure_in_every_process_is_one_line_per_process_and_no_traceback(tmp_path):
     empty = tmp_path / "datasets"
     empty.mkdir()

@@ -86,6 +86,7 @@ def test_a_missing_key_is_refused(checkpoints, tmp_path):
         MDPRCheckpointer(model).load(str(tmp_path / "incomplete.pth"))
 
 
+@pytest.mark.slow
 def test_train_net_eval_only_refuses_another_models_weights_without_printing_results(checkpoints, tmp_path):
     returncode, output = run_script("train_net.py", "--config-file", MDPR_DEMO_CONFIG, "--eval-only",
                                     "MODEL.WEIGHTS", checkpoints["baseline"], "MODEL.DEVICE", "cpu",

@@ -10,6 +10,7 @@ from mdpr_plugin.benchmarks import evaluation as benchmark
 from mdpr_plugin.benchmarks.harness import GIB
 
 
+@pytest.mark.slow
 def test_small_benchmark_writes_its_section(tmp_path):
     output, saved = tmp_path / "benchmarks.md", tmp_path / "results.json"
     output.write_text("# Benchmarks\n\n## Model speed\n\nkept as is\n")

@@ -296,6 +296,7 @@ def test_the_timm_builder_says_which_resnet_options_it_ignores():
     assert [m for m in warnings if "ignores MODEL.BACKBONE.WITH_IBN" in m and "test_convnext" in m]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [[NAME, "build_osnet_backbone", DEPTH, "x0_25"],
                                        [NAME, "build_timm_backbone", TIMM, "convnext_atto"]],
                          ids=["fastreid_osnet", "timm_convnext"])

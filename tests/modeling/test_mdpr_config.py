@@ -61,7 +61,8 @@ ALL_CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yml"), rec
 
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=[os.path.relpath(p, REPO) for p in ALL_CONFIGS])
 def test_every_config_reads_as_fastreid_reads_it_and_passes_the_checks(path):
-    """build_config reads the _BASE_ files itself (to name them in errors), and checks the values."""
+    """build_config loads a config as fastreid does (after checking its files, to name them in errors), and checks
+    the values."""
     fastreids = add_mdpr_config(get_cfg())
     fastreids.merge_from_file(path)
     assert build_config(path).dump() == fastreids.dump()

@@ -13,6 +13,8 @@ from helpers import BUNDLED_IMAGES, MDPR_DEMO_CONFIG, REPO, colour_onnx
 
 from mdpr_plugin.tools import search
 
+pytestmark = pytest.mark.slow  # every case runs a console script
+
 BIN = os.path.dirname(sys.executable)  # where pip put the console scripts of this environment
 
 

@@ -25,6 +25,7 @@ def real_images(cfg, count):
     return bundled_test_images(cfg, count)
 
 
+@pytest.mark.slow
 def test_cli_exports_and_reports_parity(demo_onnx):
     path, output = demo_onnx
     match = re.search(r"parity on 8 images .*max abs diff (\S+), max rel diff (\S+)", output)
@@ -33,6 +34,7 @@ def test_cli_exports_and_reports_parity(demo_onnx):
     assert float(match.group(2)) <= export.MAX_REL_DIFF
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [1, 5])  # the export traced a batch of export.EXPORT_BATCH = 2
 def test_onnx_matches_pytorch_on_real_images(demo_model, demo_onnx, batch):
     cfg, model = demo_model
@@ -43,6 +45,7 @@ def test_onnx_matches_pytorch_on_real_images(demo_model, demo_onnx, batch):
     assert result["max_rel_diff"] <= 1e-4
 
 
+@pytest.mark.slow
 def test_graph_interface(demo_onnx):
     session = onnxruntime.InferenceSession(demo_onnx[0], providers=["CPUExecutionProvider"])
     (images,), (features,) = session.get_inputs(), session.get_outputs()
@@ -54,6 +57,7 @@ def test_graph_interface(demo_onnx):
     assert out.shape == (3, 1152)
 
 
+@pytest.mark.slow
 def test_check_reports_a_different_model(demo_model, demo_onnx):
     """The parity check can fail: another model's features are far from the exported graph's."""
     cfg, _ = demo_model
@@ -76,6 +80,7 @@ def test_fastreid_baseline_exports(tmp_path):
     assert torch.equal(images, before)
 
 
+@pytest.mark.slow
 def test_missing_onnxruntime_names_the_extra(monkeypatch, demo_onnx, tmp_path):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
     with pytest.raises(MissingExtraError, match=r"pip install -e '\.\[onnx\]'"):

@@ -60,6 +60,7 @@ def gallery_npz(demo_weights, image_folder, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_extract_file_format(gallery_npz, image_folder, demo_weights):
     record = extract.load_features(gallery_npz)
     assert record["features"].shape == (12, 1152) and record["features"].dtype == np.float32
@@ -71,6 +72,7 @@ def test_extract_file_format(gallery_npz, image_folder, demo_weights):
     assert record["config_file"] == MDPR_DEMO_CONFIG and list(record["image_size"]) == [128, 64]
 
 
+@pytest.mark.slow
 def test_torch_and_onnx_backends_agree(demo_cfg_with_weights, demo_onnx, image_folder):
     cfg = demo_cfg_with_weights
     records = [extract.extract_folder(image_folder, extract.build_extractor(cfg, backend, demo_onnx[0], batch_size=7))
@@ -82,6 +84,7 @@ def test_torch_and_onnx_backends_agree(demo_cfg_with_weights, demo_onnx, image_f
     assert records[1]["backend"] == "onnx" and records[1]["model"] == demo_onnx[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flip", [False, True])
 def test_the_extractor_s_onnx_backend_gives_pytorch_s_features(demo_weights, demo_onnx, image_folder, flip):
     """Paths, and the boxes of a frame (one beyond its edge), within 1e-4 relative of PyTorch, flip test included."""
@@ -105,6 +108,7 @@ def rank_one(rows):
     return {row[0]: (row[2], float(row[3])) for row in rows if int(row[1]) == 1}
 
 
+@pytest.mark.slow
 def test_each_query_finds_itself_first(gallery_npz, tmp_path, capsys):
     index = str(tmp_path / "gallery.index")
     search.main(["index", "--features", gallery_npz, "--output", index])
@@ -125,6 +129,7 @@ def test_each_query_finds_itself_first(gallery_npz, tmp_path, capsys):
     assert "nested/big.png\n    1  0.0000  nested/big.png" in printed
 
 
+@pytest.mark.slow
 def test_reranked_and_image_queries_find_themselves(gallery_npz, demo_onnx, image_folder, tmp_path):
     index = str(tmp_path / "gallery.index")
     search.main(["index", "--features", gallery_npz, "--output", index])
@@ -161,6 +166,7 @@ def test_ivf_recall_against_exact_search():
     assert search.ivf_recall(search.build_index(features), features) == 1.0
 
 
+@pytest.mark.slow
 def test_ivf_index_cli_prints_recall_and_keeps_paths(gallery_npz, tmp_path, capsys):
     index = str(tmp_path / "ivf.index")
     search.main(["index", "--features", gallery_npz, "--output", index, "--ivf", "2", "--nprobe", "2"])
@@ -230,6 +236,7 @@ def test_features_file_without_features(tmp_path):
         extract.load_features(str(tmp_path / "absent.npz"))
 
 
+@pytest.mark.slow
 def test_query_mistakes(gallery_npz, tmp_path):
     index = str(tmp_path / "gallery.index")
     search.main(["index", "--features", gallery_npz, "--output", index])
@@ -251,6 +258,7 @@ def test_query_mistakes(gallery_npz, tmp_path):
         search.main(["query", "--index", str(tmp_path / "missing.index"), "--features", gallery_npz])
 
 
+@pytest.mark.slow
 def test_extract_gives_the_features_eval_only_computes_for_every_kind_of_image(demo_cfg_with_weights, tmp_path,
                                                                             monkeypatch):
     """The same reader and resizing in mdpr-extract as in train_net.py --eval-only: an EXIF-rotated JPEG, a
@@ -407,6 +415,7 @@ def test_a_npy_features_file_is_refused_in_one_line(tmp_path):
         "an .npz written by mdpr-extract is expected: make it with mdpr-extract --input FOLDER --output FILE.npz")
 
 
+@pytest.mark.slow
 def test_extract_refuses_non_finite_features_naming_the_image(image_folder, demo_cfg_with_weights):
     paths = extract.list_images(image_folder)
     extractor = FeatureExtractor(demo_cfg_with_weights, batch_size=5)

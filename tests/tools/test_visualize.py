@@ -8,7 +8,9 @@ import csv
 import io
 import os
 import re
+import runpy
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -75,6 +77,7 @@ def descending(demo_weights, tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------------------- ranking
+@pytest.mark.slow
 def test_one_picture_per_query_of_the_layout_size(ascending, descending):
     for (folder, ranked, _, _), topk, count, scale in ((ascending, 3, 32, 1), (descending, 2, 5, 2)):
         pictures = sorted(name for name in os.listdir(folder) if name.endswith(".png"))
@@ -84,6 +87,7 @@ def test_one_picture_per_query_of_the_layout_size(ascending, descending):
                 assert picture.size == ranking_size(topk, scale)
 
 
+@pytest.mark.slow
 def test_frames_are_green_for_the_query_identity_and_red_otherwise(ascending):
     folder, ranked, _, rows = ascending
     for query, row in zip(ranked, rows):
@@ -102,11 +106,13 @@ def test_frames_are_green_for_the_query_identity_and_red_otherwise(ascending):
                 assert tuple(picture[y, x]) == expected, f"{row['picture']} slot {slot} ({path})"
 
 
+@pytest.mark.slow
 def test_gallery_is_in_ascending_distance(ascending):
     for query in ascending[1]:
         assert query.distances == sorted(query.distances)
 
 
+@pytest.mark.slow
 def test_ap_ascending_order_and_file_names(ascending):
     folder, ranked, printed, rows = ascending
     assert "ap-ascending" in printed
@@ -118,6 +124,7 @@ def test_ap_ascending_order_and_file_names(ascending):
     assert all(names[i].startswith(f"{i + 1:04d}_") for i in range(len(names)))
 
 
+@pytest.mark.slow
 def test_ap_descending_with_num_queries_takes_the_best_queries(ascending, descending):
     _, _, printed, rows = descending
     assert "ap-descending" in printed
@@ -127,6 +134,7 @@ def test_ap_descending_with_num_queries_takes_the_best_queries(ascending, descen
     assert aps == sorted(every_ap, reverse=True)[:5]
 
 
+@pytest.mark.slow
 def test_rerank_flag_turns_on_the_evaluation_s_re_ranking(ascending, demo_weights, tmp_path, monkeypatch):
     """With --rerank, the drawn distances and the printed mAP / Rank-1 are those of k-reciprocal re-ranking
     (TEST.RERANK's k1, k2 and lambda) of the evaluation's features; without it (``ascending``), those of the
@@ -164,6 +172,7 @@ def test_rerank_flag_turns_on_the_evaluation_s_re_ranking(ascending, demo_weight
         assert ("re-ranked" in printed) == (kind == "re-ranked")
 
 
+@pytest.mark.slow
 def test_summary_matches_the_evaluation(ascending):
     """Mean AP and rank-1 of the summary are the mAP / Rank-1 the evaluation printed: the per-query AP is
     attributed to the right query, and the drawn top-1 follows the evaluation's exclusion rule."""
@@ -178,6 +187,7 @@ def test_summary_matches_the_evaluation(ascending):
         assert int(row["rank1_correct"]) == (identity(query.gallery_paths[0])[0] == identity(query.path)[0])
 
 
+@pytest.mark.slow
 def test_queries_without_a_findable_match_have_no_ap_and_come_last(ascending):
     _, ranked, _, rows = ascending
     for query in ranked:
@@ -302,6 +312,7 @@ def test_attention_command_on_files_and_folders(demo_weights, tmp_path):
             assert picture.size == attention_size(ATTN_NUM, scale=2)
 
 
+@pytest.mark.slow
 def test_attention_command_on_the_test_set(demo_weights, tmp_path):
     code = main(["attention", "--config-file", MDPR_DEMO_CONFIG, "--output-dir", str(tmp_path), "--test-set",
                  "MODEL.WEIGHTS", demo_weights, "MODEL.DEVICE", "cpu", "TEST.IMS_PER_BATCH", "64"])
@@ -343,3 +354,10 @@ def test_usage_without_a_command(capsys):
     assert main([]) == 2
     assert main(["plot"]) == 2
     assert "ranking" in capsys.readouterr().err
+
+
+def test_python_m_runs_the_command_line_and_exits_with_its_status(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["python -m mdpr_plugin.tools.visualize"])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_module("mdpr_plugin.tools.visualize", run_name="__main__")
+    assert stop.value.code == 2 and "usage: mdpr-visualize {ranking,attention}" in capsys.readouterr().err
