@@ -139,7 +139,14 @@ def test_train_net_names_a_config_file_fastreid_could_not_load(tmp_path, earlier
 
 @pytest.mark.parametrize("key, value, message", [
     ("INPUT.SIZE_TRAIN", "[0, 0]", r"INPUT\.SIZE_TRAIN \[0, 0\] is not allowed: it must be \[height, width\], "
-                                   r"two integers >= 1 \(to keep images at their size, give that size\)\. Fix it in"),
+                                   r"two integers from 1 to 8192 \(to keep images at their size, give that size\)\. Fix it in"),
+    ("INPUT.SIZE_TEST", "[8193, 128]", r"INPUT\.SIZE_TEST \[8193, 128\] is not allowed: it must be \[height, width\], "
+                                       r"two integers from 1 to 8192"),
+    ("MODEL.BACKBONE.EMBEDDING_DIM", "0", r"MODEL\.BACKBONE\.EMBEDDING_DIM 0 is not allowed: it must be an integer "
+                                          r"from 1 to 16384 \(E, the width of every MDPR embedding"),
+    ("MODEL.BACKBONE.EMBEDDING_DIM", "16385", r"MODEL\.BACKBONE\.EMBEDDING_DIM 16385 is not allowed"),
+    ("ATTN_NUM", "65", r"ATTN_NUM 65 is not allowed: it must be an integer from 1 to 64 \(M, MDPR's foreground"),
+    ("PART_NUM", "0", r"PART_NUM 0 is not allowed: it must be an integer from 1 to 64 \(P, MDPR's horizontal"),
     ("INPUT.SIZE_TEST", "[256]", r"INPUT\.SIZE_TEST \[256\] is not allowed: it must be \[height, width\]"),
     ("INPUT.SIZE_TEST", "[256, 128.0]", r"INPUT\.SIZE_TEST \[256, 128\.0\] is not allowed"),
     ("SOLVER.IMS_PER_BATCH", "-4", r"SOLVER\.IMS_PER_BATCH -4 is not allowed: it must be an integer >= 1 "
@@ -157,7 +164,8 @@ def test_a_config_value_no_run_can_use_is_refused_naming_the_key(key, value, mes
 def test_the_smallest_allowed_config_values_pass():
     cfg = build_config(DEMO_CONFIG, ["INPUT.SIZE_TRAIN", "[1, 1]", "INPUT.SIZE_TEST", "[1, 1]",
                                      "SOLVER.IMS_PER_BATCH", "1", "TEST.IMS_PER_BATCH", "1", "DATALOADER.NUM_INSTANCE",
-                                     "1", "DATALOADER.NUM_WORKERS", "0", "SOLVER.MAX_EPOCH", "1"])
+                                     "1", "DATALOADER.NUM_WORKERS", "0", "SOLVER.MAX_EPOCH", "1",
+                                     "MODEL.BACKBONE.EMBEDDING_DIM", "1", "ATTN_NUM", "1", "PART_NUM", "1"])
     assert (cfg.INPUT.SIZE_TRAIN, cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_WORKERS) == ([1, 1], 1, 0)
 
 

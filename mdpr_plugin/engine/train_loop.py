@@ -17,6 +17,7 @@ import torch
 from fastreid.engine.train_loop import SimpleTrainer
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
+from ..devices import model_device
 from ..errors import MDPRError
 from ..resources import resource_failures_explained
 
@@ -33,10 +34,6 @@ NON_FINITE_FIXES = ("Usual fixes: lower SOLVER.BASE_LR, set SOLVER.CLIP_GRADIENT
                     "them from the config), or restart; a longer warm-up (SOLVER.WARMUP_ITERS) needs a restart.")
 
 
-def _model_device(model):
-    return next(model.parameters()).device
-
-
 class AMPTrainer(SimpleTrainer):
     """fastreid's SimpleTrainer step under ``torch.autocast`` with a gradient scaler (CUDA only)."""
 
@@ -47,7 +44,7 @@ class AMPTrainer(SimpleTrainer):
         assert not isinstance(model, DataParallel), unsupported
         super().__init__(model, data_loader, optimizer, param_wrapper)
 
-        self.device_type = _model_device(model).type
+        self.device_type = model_device(model).type
         self.amp_enabled = self.device_type == "cuda"
         if not self.amp_enabled:
             logger.warning(
@@ -78,7 +75,7 @@ class CheckedTrainer(SimpleTrainer):
 
     def run_step(self):
         with resource_failures_explained("a training step", "SOLVER.IMS_PER_BATCH or INPUT.SIZE_TRAIN",
-                                         _model_device(self.model), self.data_loader.num_workers,
+                                         model_device(self.model), self.data_loader.num_workers,
                                          after="; the checkpoints written before are intact"):
             super().run_step()
 

@@ -12,6 +12,7 @@ import torch
 
 from fastreid.evaluation.evaluator import inference_context
 
+from ..devices import model_device
 from ..resources import resource_failures_explained
 from .progress import Progress
 
@@ -39,7 +40,7 @@ def inference_on_dataset(model, data_loader, evaluator, flip_test=False, progres
     progress = Progress("Feature extraction (batches)", total, logger, progress_period)
     compute_time = 0.0
     explained = resource_failures_explained("the evaluation", "TEST.IMS_PER_BATCH or INPUT.SIZE_TEST",
-                                            next(model.parameters()).device, getattr(data_loader, "num_workers", 0))
+                                            model_device(model), getattr(data_loader, "num_workers", 0))
     with explained, inference_context(model), torch.no_grad():
         for idx, inputs in enumerate(data_loader):
             flipped = _flipped_inputs(inputs) if flip_test else None
