@@ -67,6 +67,23 @@ def _explained_worker_failures(batches, num_workers):
         yield batch
 
 
+def _stop_half_started(error):
+    """Stop the workers of a DataLoader iterator whose start failed with ``error`` (found in its traceback): torch's
+    cleanup of the half-made iterator would print a traceback of its own (an attribute it had not set yet)."""
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+
+    frame = error.__traceback__
+    while frame is not None:
+        half_made = frame.tb_frame.f_locals.get("self")
+        if isinstance(half_made, _MultiProcessingDataLoaderIter):
+            half_made._shutdown = True  # what torch's cleanup checks first
+            for worker in getattr(half_made, "_workers", []):
+                worker.terminate()
+                worker.join(timeout=5)
+            return
+        frame = frame.tb_next
+
+
 class _Failed:
     def __init__(self, error):
         self.error = error
@@ -138,6 +155,7 @@ class DeviceDataLoader(DataLoader):
             try:
                 batches = super().__iter__()  # starts the workers: each takes open files
             except OSError as error:
+                _stop_half_started(error)
                 raise (loader_worker_failure(error, [], self.num_workers) or error) from None
             batches = _explained_worker_failures(batches, self.num_workers)
         else:
