@@ -68,6 +68,16 @@ def _text_checkpoint(folder):
     (folder / "model_final.pth").write_text("not a checkpoint\n")
 
 
+def _last_checkpoint_altered(state=None, **entries):
+    """Rewrite the last checkpoint with ``entries`` (or, with ``state``, those entries of its ``state``) changed."""
+    def alter(folder):
+        last = folder / (folder / "last_checkpoint").read_text()
+        checkpoint = safe_load(str(last))
+        (checkpoint[state] if state else checkpoint).update(entries)
+        torch.save(checkpoint, last)
+    return alter
+
+
 BAD_RUNS = [  # (name, how the folder is prepared, the command line's additions, what the one line says)
     ("a changed schedule on --resume", None, ["--resume", "SOLVER.MAX_EPOCH", "6"],
      "--resume continues the learning-rate schedule"),
@@ -75,6 +85,12 @@ BAD_RUNS = [  # (name, how the folder is prepared, the command line's additions,
      "does not fit the model"),
     ("a truncated checkpoint on --resume", _truncate_last_checkpoint, ["--resume"], "could not be read"),
     ("a text file as the checkpoint", _text_checkpoint, ["--resume"], "could not be read"),
+    ("a checkpoint of epoch -1 on --resume", _last_checkpoint_altered(epoch=-1), ["--resume"],
+     "model_final.pth cannot be resumed from: its 'epoch' is -1, not a count (an integer from 0 to 4294967295)"),
+    ("a checkpoint of epoch 'abc' on --resume", _last_checkpoint_altered(epoch="abc"), ["--resume"],
+     "model_final.pth cannot be resumed from: its 'epoch' is 'abc', not a count"),
+    ("a checkpoint of iteration 'abc' on --resume", _last_checkpoint_altered("warmup_sched", last_epoch="abc"),
+     ["--resume"], "model_final.pth cannot be resumed from: its warmup_sched 'last_epoch' is 'abc', not a count"),
     ("a batch the sampler cannot fill", None, ["SOLVER.IMS_PER_BATCH", "15"],
      "is not a multiple of DATALOADER.NUM_INSTANCE 2"),
     ("one image of each identity in a batch", None, ["DATALOADER.NUM_INSTANCE", "1"],

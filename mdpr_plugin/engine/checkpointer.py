@@ -20,6 +20,7 @@ the model and writes atomically.
 import contextlib
 import errno
 import logging
+import numbers
 import os
 import re
 import shutil
@@ -73,6 +74,40 @@ def load_checkpoint_file(path):
         raise CheckpointError(f"{path}: checkpoint['model'] is a {type(checkpoint['model']).__name__}, "
                               "expected a state dict.")
     return checkpoint
+
+
+# what a checkpoint records of the training's progress: the epoch it ends, the schedulers' step counts, the sampler's
+# seed; --resume continues from them
+_PROGRESS_COUNTS = ("last_epoch", "_step_count", "seed")
+_LARGEST_COUNT = 2 ** 32 - 1  # numpy's largest seed
+
+
+def _progress_counts(checkpoint, states):
+    """(name, value) of each count of training progress in ``checkpoint``, for the trainer's ``states``."""
+    counts = [("'epoch'", checkpoint["epoch"])] if "epoch" in checkpoint else []
+    for name in states:
+        state = checkpoint.get(name, {})
+        if not isinstance(state, dict):
+            counts.append((f"'{name}' entry", state))
+            continue
+        counts += [(f"{name} '{key}'", state[key]) for key in _PROGRESS_COUNTS if key in state]
+    return counts
+
+
+def check_training_progress(checkpoint, path, states):
+    """Refuse to resume from ``checkpoint`` (read from ``path``) unless its record of the training's progress (for
+    the trainer's ``states``: optimizer, schedulers, sampler) holds counts: fastreid would start again from epoch 0
+    over the run's checkpoints for an epoch of -1, and fail in a traceback on "abc"."""
+    for name, value in _progress_counts(checkpoint, states):
+        if isinstance(value, dict) or (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+                                       and 0 <= value <= _LARGEST_COUNT):
+            continue
+        shown = repr(value) if len(repr(value)) <= 40 else f"a {type(value).__name__}"
+        raise CheckpointError(
+            f"{path} cannot be resumed from: its {name} is {shown}, not a count (an integer from 0 to "
+            f"{_LARGEST_COUNT}); the file was altered or not written by a training run. Write the name of an earlier "
+            f"checkpoint of the run (model_0001.pth, ...) into {os.path.join(os.path.dirname(path), 'last_checkpoint')}, "
+            "or start the run again without --resume.")
 
 
 def classifier_keys(model):
@@ -190,12 +225,14 @@ class MDPRCheckpointer(Checkpointer):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.allow_partial = allow_partial
         self._source = None  # the file being loaded, named by the fit check
+        self._resuming = False  # loading every state, the training's progress included
         self.on_folder_recreated = None  # called after save_dir, removed during training, was made again
 
     def load(self, path, checkpointables=None):
         if path:  # an empty MODEL.WEIGHTS means training from scratch
             check_weights_file(path)
         self._source = path
+        self._resuming = checkpointables is None  # fastreid's resume_or_load loads every state to resume
         return super().load(path, checkpointables)
 
     def load_model_weights(self, checkpoint, source):
@@ -208,7 +245,10 @@ class MDPRCheckpointer(Checkpointer):
         return remaining
 
     def _load_file(self, f):
-        return load_checkpoint_file(f)
+        checkpoint = load_checkpoint_file(f)
+        if self._resuming:
+            check_training_progress(checkpoint, f, self.checkpointables)
+        return checkpoint
 
     def _load_model(self, checkpoint):
         # the keys as the model loads them (the authors' layout renamed), so that the fit check and fastreid's
