@@ -1,6 +1,7 @@
 """A training run under faults and bad input, through train_net.py: refused runs leave OUTPUT_DIR byte for byte as
 they found it, in one line; the lock dies with the main process; a removed or full OUTPUT_DIR keeps the last good
 checkpoint; nothing is written through links planted in a shared OUTPUT_DIR."""
+import contextlib
 import hashlib
 import os
 import re
@@ -180,16 +181,25 @@ def test_the_lock_dies_with_the_main_process_though_its_loader_workers_live_on(t
 
 # ------------------------------------------------------------------------- a removed or full folder
 FAULTS = textwrap.dedent("""
-    # IMPORTS module of the tests: a fault at one checkpoint of the run
-    import errno, os, shutil, torch
+    # IMPORTS module of the tests: a fault at one point of the run (AT: a checkpoint's name, "checks" once the run's
+    # checks have passed, "first-step" at its first training step)
+    import errno, os, shutil, subprocess, torch
     from mdpr_plugin.engine.checkpointer import MDPRCheckpointer
+    from mdpr_plugin.engine.trainer import Trainer
 
     FAULT, AT = os.environ["MDPR_TEST_FAULT"], os.environ["MDPR_TEST_FAULT_AT"]
     save, torch_save = MDPRCheckpointer.save, torch.save
+    resume_or_load, run_step = Trainer.resume_or_load, Trainer.run_step
+
+    def fault(folder):
+        if FAULT == "remove-folder":
+            shutil.rmtree(folder)
+        if FAULT == "read-only":  # root writes into a folder without write permission: make it immutable
+            subprocess.run(["chattr", "+i", folder], check=True) if os.geteuid() == 0 else os.chmod(folder, 0o555)
 
     def faulty_save(self, name, **kwargs):
-        if name == AT and FAULT == "remove-folder":
-            shutil.rmtree(self.save_dir)
+        if name == AT:
+            fault(self.save_dir)
         if name == AT and FAULT == "disk-full":
             torch.save = lambda *args, **kwargs: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left"))
         try:
@@ -197,18 +207,40 @@ FAULTS = textwrap.dedent("""
         finally:
             torch.save = torch_save
 
+    def faulty_resume_or_load(self, resume=True):
+        resume_or_load(self, resume)
+        if AT == "checks":
+            fault(self.cfg.OUTPUT_DIR)
+
+    def faulty_run_step(self):
+        if AT == "first-step" and self.iter == self.start_iter:
+            fault(self.cfg.OUTPUT_DIR)
+        run_step(self)
+
     MDPRCheckpointer.save = faulty_save
+    Trainer.resume_or_load, Trainer.run_step = faulty_resume_or_load, faulty_run_step
 """)
 
 
-def _run_with_fault(tmp_path, fault, at):
+def _run_with_fault(tmp_path, fault, at, *additions, output=None, checkpoint_period=1):
     (tmp_path / "faults.py").write_text(FAULTS)
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
            "MDPR_TEST_FAULT": fault, "MDPR_TEST_FAULT_AT": at}
-    output = tmp_path / "run"
-    status, log = run_script(*DEMO, *SHORT, "SOLVER.CHECKPOINT_PERIOD", "1", "IMPORTS", "faults", "OUTPUT_DIR",
-                             str(output), env=env)
+    output = output or tmp_path / "run"
+    status, log = run_script(*DEMO, *additions, *SHORT, "SOLVER.CHECKPOINT_PERIOD", str(checkpoint_period),
+                             "IMPORTS", "faults", "OUTPUT_DIR", str(output), env=env)
     return status, log, output
+
+
+@contextlib.contextmanager
+def writable_again(folder):
+    """Give ``folder`` back its write permission (and take away the immutable flag) after the block."""
+    try:
+        yield
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        os.chmod(folder, 0o755)
 
 
 @pytest.mark.slow
@@ -233,6 +265,101 @@ def test_a_full_disk_stops_in_one_line_and_keeps_the_last_checkpoint(tmp_path):
     assert (output / "last_checkpoint").read_text() == "model_0001.pth"
     assert not [name for name in os.listdir(output) if ".tmp" in name]  # the partial file is gone
     assert torch.is_tensor(next(iter(safe_load(str(output / "model_0001.pth"))["model"].values())))
+
+
+def _resumable_after_epoch_2(folder):
+    """``folder``, a finished run, as a run interrupted after its second epoch: model_0000 and model_0001 kept."""
+    for name in ("model_0002.pth", "model_final.pth"):
+        (folder / name).unlink()
+    (folder / "last_checkpoint").write_text("model_0001.pth")
+
+
+def _checkpoints(folder):
+    return {name: digest for name, digest in snapshot(folder).items() if name.endswith(".pth") or name ==
+            "last_checkpoint"}
+
+
+@pytest.mark.slow
+def test_a_file_size_limit_during_a_checkpoint_is_one_line_and_keeps_the_checkpoints(run_copy):
+    """ulimit -f below a checkpoint's size (a full disk as a quota shows it): torch's zip writer reported the failed
+    write as a RuntimeError ("unexpected pos") with a traceback."""
+    _resumable_after_epoch_2(run_copy)
+    before = _checkpoints(run_copy)
+    limit = 8 * 2 ** 20
+    assert os.path.getsize(run_copy / "model_0001.pth") > limit
+    status, log = run_script(*DEMO, "--resume", *SHORT, "SOLVER.CHECKPOINT_PERIOD", "1", "OUTPUT_DIR", str(run_copy),
+                             limits={resource.RLIMIT_FSIZE: limit},
+                             before=lambda: signal.signal(signal.SIGXFSZ, signal.SIG_IGN))  # writes fail with EFBIG
+    assert status == 1, log[-4000:]
+    line = one_error_line(log)
+    assert line.startswith(f"ERROR: model_0002.pth could not be saved into OUTPUT_DIR {run_copy}: this process may "
+                           "write files of at most 8.0 MiB (ulimit -f), and it needs about "), line
+    assert line.endswith("; the last checkpoint written, model_0001.pth, is intact. Raise the limit (ulimit -f "
+                         "unlimited) or free space, then continue with --resume."), line
+    assert _checkpoints(run_copy) == before  # and no partial file left
+    assert not [name for name in os.listdir(run_copy) if ".tmp" in name]
+
+
+@pytest.mark.slow
+def test_an_output_dir_removed_before_the_metrics_are_written_is_one_line(tmp_path):
+    """No checkpoint comes before the epoch's metrics (which a checkpoint would write in a folder made again): the
+    metrics writer failed with a FileNotFoundError traceback."""
+    status, log, output = _run_with_fault(tmp_path, "remove-folder", "first-step", checkpoint_period=10)
+    assert status == 1, log[-4000:]
+    assert one_error_line(log) == (
+        f"ERROR: OUTPUT_DIR {output} was removed while the run wrote into it (found writing metrics.json): its "
+        "checkpoints and log went with it. Start the run again, or put the folder back and continue with --resume.")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("at, kept", [("checks", "the last checkpoint written, model_final.pth, is intact"),
+                                      ("model_0001", "the last checkpoint written, model_0000.pth, is intact")])
+def test_an_output_dir_made_read_only_during_a_run_is_one_line(run_copy, tmp_path, at, kept):
+    """Made read-only (immutable for root) once the checks passed, or at a checkpoint: the config.yaml or checkpoint
+    written through a temporary file failed with a PermissionError traceback."""
+    if at == "checks":
+        flags, folder = ["--resume"], run_copy  # a finished run: a refusal leaves it byte for byte
+    else:
+        flags, folder = [], tmp_path / "new"
+    before = snapshot(folder)
+    with writable_again(folder) if before else contextlib.nullcontext():
+        status, log, output = _run_with_fault(tmp_path, "read-only", at, *flags, output=folder)
+        name = "log.txt" if at == "checks" else "model_0001.pth"
+        assert status == 1, log[-4000:]
+        expected = (f"ERROR: OUTPUT_DIR {folder} can no longer be written (REASON, writing {name}): it was made "
+                    f"read-only after the run started; {kept}. Make it writable again (chmod u+w {folder}; chattr -i "
+                    "if it was made immutable), then continue with --resume.")
+        reason = "(Permission denied|Operation not permitted)"  # chmod, chattr +i
+        assert re.fullmatch(re.escape(expected).replace("REASON", reason), one_error_line(log)), log[-2000:]
+    if at == "checks":
+        assert snapshot(folder) == before
+    else:
+        assert (folder / "last_checkpoint").read_text() == "model_0000.pth"
+        assert not [name for name in os.listdir(folder) if ".tmp" in name]
+
+
+@pytest.mark.slow
+def test_a_stale_temporary_file_is_replaced_and_folders_named_like_one_are_left_alone(tmp_path):
+    """A config.yaml.tmp<pid> of an ended process that had the run's process id made the run fail on config.yaml; a
+    folder named like a partly written file (backup.tmp1, model_0001.pth.tmp77) in the removal of an interrupted
+    run's leftovers."""
+    output = tmp_path / "run"
+    for folder in ("backup.tmp1", "model_0001.pth.tmp77"):
+        (output / folder).mkdir(parents=True)
+        (output / folder / "kept.txt").write_text("kept\n")
+    (output / "notes.txt.tmp5").write_text("not the run's\n")
+
+    def leave_a_stale_config():  # in the new process, before Python starts: its process id is the run's
+        (output / f"config.yaml.tmp{os.getpid()}").write_text("stale\n")
+
+    status, log = run_script(*DEMO, *SHORT, "OUTPUT_DIR", str(output), before=leave_a_stale_config)
+    assert status == 0, log[-4000:]
+    assert "Traceback" not in log
+    assert {"backup.tmp1/kept.txt", "model_0001.pth.tmp77/kept.txt", "notes.txt.tmp5", "config.yaml",
+            "model_final.pth"} <= set(snapshot(output))
+    assert not [name for name in os.listdir(output) if name.startswith("config.yaml.tmp")]
+    assert (output / "notes.txt.tmp5").read_text() == "not the run's\n"
+    assert "MAX_EPOCH: 4" in (output / "config.yaml").read_text()
 
 
 # ----------------------------------------------------------------------------------------- memory

@@ -15,15 +15,13 @@ the model and writes atomically.
   ``allow_partial`` (``MODEL.ALLOW_PARTIAL_WEIGHTS``) asks for a partial load, e.g. for fine-tuning.
 - Writing: fastreid writes checkpoints and ``last_checkpoint`` in place (utils/checkpoint.py:93,202): a
   process killed while saving leaves a truncated file where the previous good one was. Here each is
-  written to a temporary file in the same folder and renamed over the old one.
+  written to a temporary file in the same folder and renamed over the old one, and a write that fails because
+  of the folder (removed, read-only, full, over ``ulimit -f``) is one line (mdpr_plugin/engine/output_files.py).
 """
-import contextlib
-import errno
 import logging
 import numbers
 import os
 import re
-import shutil
 
 import numpy as np
 import torch
@@ -31,9 +29,9 @@ from fastreid.modeling.heads.embedding_head import EmbeddingHead
 from fastreid.modeling.meta_arch.build import META_ARCH_REGISTRY
 from fastreid.utils.checkpoint import Checkpointer
 
-from ..errors import MDPRError
 from ..modeling.mdpr import state_dict_as_loaded
 from ..serialization import CheckpointError, safe_load
+from .output_files import atomic_open, writing_into
 
 logger = logging.getLogger(__name__)
 
@@ -184,25 +182,6 @@ def check_weights_fit(model, state_dict, source, allow_partial=False):
     return fitting
 
 
-@contextlib.contextmanager
-def atomic_open(path, mode="wb"):
-    """Open a temporary file next to ``path``; it replaces ``path`` only once fully written."""
-    temporary = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(temporary, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
-class CheckpointWriteError(MDPRError, OSError):
-    """A checkpoint could not be written (the disk is full); the checkpoints written before are intact."""
-
-
 def _tensor_bytes(value):
     """Bytes of the tensors in ``value`` (nested dicts, lists and tuples): about a checkpoint's size."""
     if isinstance(value, torch.Tensor):
@@ -212,6 +191,35 @@ def _tensor_bytes(value):
     if isinstance(value, (list, tuple)):
         return sum(_tensor_bytes(v) for v in value)
     return 0
+
+
+class _WriteErrorsKept:
+    """A file for ``torch.save`` that keeps the error of a failed write: torch's zip writer reports any as a
+    RuntimeError (``unexpected pos``) that does not say why."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data):
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self):
+        self.file.flush()
+
+
+def _save_telling_why(data, file):
+    """``torch.save(data, file)``; a write that failed raises its own OSError (a full disk, a file-size limit)."""
+    kept = _WriteErrorsKept(file)
+    try:
+        torch.save(data, kept)
+    except RuntimeError:
+        if kept.error is None:
+            raise
+        raise kept.error from None
 
 
 class MDPRCheckpointer(Checkpointer):
@@ -272,24 +280,11 @@ class MDPRCheckpointer(Checkpointer):
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {save_file}")
-        try:
-            with atomic_open(save_file, "wb") as f:
-                torch.save(data, f)
-        except OSError as error:
-            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            raise self._disk_full(basename, data) from None
+        with writing_into(self.save_dir, basename, _tensor_bytes(data)), atomic_open(save_file, "wb") as f:
+            _save_telling_why(data, f)
         self.tag_last_checkpoint(basename)
 
-    def _disk_full(self, basename, data):
-        last = self.get_checkpoint_file() if self.has_checkpoint() else ""
-        kept = (f"the last checkpoint written, {os.path.basename(last)}, is intact" if last else
-                "no checkpoint was written before")
-        return CheckpointWriteError(
-            f"No space left in OUTPUT_DIR {self.save_dir} to save {basename}: it needs about "
-            f"{_tensor_bytes(data) / 2 ** 20:.0f} MiB and {shutil.disk_usage(self.save_dir).free / 2 ** 20:.0f} MiB "
-            f"are free; {kept}. Free space there (or move the folder), then continue with --resume.")
-
     def tag_last_checkpoint(self, last_filename_basename):
-        with atomic_open(os.path.join(self.save_dir, "last_checkpoint"), "w") as f:
+        with writing_into(self.save_dir, "last_checkpoint"), \
+                atomic_open(os.path.join(self.save_dir, "last_checkpoint"), "w") as f:
             f.write(last_filename_basename)

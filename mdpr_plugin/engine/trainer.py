@@ -222,8 +222,10 @@ class Trainer(DefaultTrainer):
         """fastreid's writers, with a progress printer that survives runs of three or fewer iterations; the two
         that write files open them at their first write, once training runs."""
         return [MetricPrinter(self.max_iter),
-                OpenedOnFirstWrite(lambda: JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))),
-                OpenedOnFirstWrite(lambda: TensorboardXWriter(self.cfg.OUTPUT_DIR))]
+                OpenedOnFirstWrite(self.cfg.OUTPUT_DIR, "metrics.json",
+                                   lambda: JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))),
+                OpenedOnFirstWrite(self.cfg.OUTPUT_DIR, "the TensorBoard events file",
+                                   lambda: TensorboardXWriter(self.cfg.OUTPUT_DIR))]
 
     @staticmethod
     def auto_scale_hyperparams(cfg, num_classes):

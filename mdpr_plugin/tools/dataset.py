@@ -21,13 +21,12 @@ import json
 import logging
 import math
 import os
-import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from ..data.folder import Image as FolderImage, held_back_split
 from ..data.images import IMAGE_FILE_SUFFIXES, read_image
-from ..engine.checkpointer import atomic_open
+from ..engine.output_files import PARTIAL_NAME, atomic_open
 from ..errors import InputError, MissingFileError, reporting_errors
 from ..evaluation.progress import Progress
 from .common import check_output_folder, positive_int, setup_tool_logging
@@ -38,7 +37,6 @@ PROG = "mdpr-dataset"
 MANIFEST = "mdpr_dataset.json"
 GT_COLUMNS = ("frame", "id", "x", "y", "w", "h", "conf", "class", "visibility")
 JPEG_QUALITY = 95
-PARTIAL = re.compile(r"\.tmp\d+$")  # what atomic_open writes before renaming
 DEFAULTS = {"classes": [1], "min_visibility": 0.5, "min_height": 32, "min_width": 8, "every": 5, "test_ids": 0.2,
             "seed": 0, "keep_ignored": False}
 
@@ -365,7 +363,7 @@ def remove_partial_crops(root):
     removed = 0
     for folder, _, names in os.walk(root):
         for name in names:
-            if PARTIAL.search(name):
+            if PARTIAL_NAME.search(name):
                 os.remove(os.path.join(folder, name))
                 removed += 1
     if removed:
