@@ -54,7 +54,6 @@ setup(
             "mdpr-extract=mdpr_plugin.tools.extract:main",
             "mdpr-search=mdpr_plugin.tools.search:main",
             "mdpr-visualize=mdpr_plugin.tools.visualize:main",
-            "mdpr-benchmark=mdpr_plugin.benchmarks.model:main",
             "mdpr-dataset=mdpr_plugin.tools.dataset:main",
         ],
     },

@@ -1,6 +1,6 @@
 """What fine-tuning on one's own footage buys a tracker, measured: the demo MDPR model (configs/MDPR/demo.yml, trained
 on the 32 bundled images) against that model fine-tuned on crops of other sequences of the same synthetic street scene
-(mdpr_plugin/benchmarks/people_sequence.py), made and trained on through the user's entry points only:
+(mdpr_plugin/synthetic/people_scene.py), made and trained on through the user's entry points only:
 ``mdpr-dataset from-mot`` then ``train_net.py ... DATASETS.NAMES ("ReidFolder",) MODEL.WEIGHTS <demo>``. Both track
 held-out scenes with BoxMOT's BotSort and StrongSort (the tracking benchmark's runs and metrics).
 
@@ -12,10 +12,10 @@ Two kinds of footage are fine-tuned on, each its own model:
 * the same people: the held-out scenes' own identities in other sequences (other seeds: other walks, background,
   poses in other order): a fixed group one films and then tracks (staff, players, dancers).
 
-    python benchmarks/finetune_tracking.py --write-docs    # and its section at the end of docs/benchmarks.md
-    python benchmarks/finetune_tracking.py --small         # short scenes, short training: a check that it runs
+    python -m benchmarks.finetune_tracking --write-docs    # and its section at the end of docs/benchmarks.md
+    python -m benchmarks.finetune_tracking --small         # short scenes, short training: a check that it runs
 
-Run from a checkout. Nothing is timed; the tracking numbers do not depend on the machine's load.
+Run from a checkout's root. Nothing is timed; the tracking numbers do not depend on the machine's load.
 """
 import json
 import os
@@ -26,15 +26,16 @@ import tempfile
 
 import numpy as np
 
-from mdpr_plugin.benchmarks.harness import Benchmark, Section, log, machine, parser, recording_run, run_header
-from mdpr_plugin.benchmarks.mot_format import write_mot_sequence
-from mdpr_plugin.benchmarks.people_sequence import HELD_OUT, make_sequence
-from mdpr_plugin.benchmarks.tracking import (BOTSORT_THRESHOLDS, DEFAULT_THRESHOLDS, REPO, STRONGSORT_THRESHOLDS,
-                                             no_worker, scores_of, train, tracker_runs)
 from mdpr_plugin.errors import MDPRError
+from mdpr_plugin.synthetic.mot_format import write_mot_sequence
+from mdpr_plugin.synthetic.people_scene import HELD_OUT, make_sequence
+
+from .harness import Benchmark, Section, log, machine, parser, recording_run, run_header
+from .tracking import (BOTSORT_THRESHOLDS, DEFAULT_THRESHOLDS, REPO, STRONGSORT_THRESHOLDS, no_worker, scores_of, train,
+                       tracker_runs)
 
 SECTION = Section("finetune-tracking-benchmark")
-PROG = "python benchmarks/finetune_tracking.py"
+PROG = "python -m benchmarks.finetune_tracking"
 DEMO_CONFIG = "configs/MDPR/demo.yml"
 # footage -> (the identities of its sequences, their scene seeds)
 FOOTAGE = {"other people": (("bounding_box_train",), (101, 102, 103, 104)),
@@ -214,7 +215,7 @@ def render(data):
         *header,
         "What fine-tuning on crops of one's own videos buys a tracker: the demo MDPR model (`configs/MDPR/demo.yml`, "
         "trained on the 32 bundled images, `SEED 0`) against that model fine-tuned on the crops of other sequences "
-        "of the same synthetic street scene (`mdpr_plugin/benchmarks/people_sequence.py`), made and trained on "
+        "of the same synthetic street scene (`mdpr_plugin/synthetic/people_scene.py`), made and trained on "
         "through the user's entry points (docs/own-data.md): `mdpr-dataset from-mot <videos> --output <dataset> "
         f"--every {data['every']}`, then `{first['command']}` "
         "(`<demo>`: the demo model's weights). One fine-tuned model per footage:",

@@ -2,10 +2,10 @@
 
 Importing this package does two things and nothing else: it adds the two import names fastreid 1.4.0
 needs on Python >= 3.10 / torch 2 (:mod:`mdpr_plugin.shims`; names that did not exist), and it registers
-the ``MDPR`` meta-architecture, its ``MDPRHead``, the bundled ``MiniMarket1501`` dataset and ``ReidFolder`` (a
-dataset read from a folder named in the config) in fastreid's registries. No fastreid function or class is
-replaced. (Before that it checks the environment: Python 3.10+, PyTorch 2+ and faiss, which pip is never asked to
-install or replace behind the user's back.)
+the ``MDPR`` meta-architecture, its ``MDPRHead``, the bundled ``MiniMarket1501`` dataset, ``ReidFolder`` (a
+dataset read from a folder named in the config) and ``SynergyReID`` (in the MDPR authors' layout) in fastreid's
+registries. No fastreid function or class is replaced. (Before that it checks the environment: Python 3.10+,
+PyTorch 2+ and faiss, which pip is never asked to install or replace behind the user's back.)
 
 The plugin's own ``train_net.py`` and tools run through :class:`mdpr_plugin.engine.Trainer`, a
 ``DefaultTrainer`` subclass. fastreid's *stock* scripts and ``DefaultTrainer`` need fastreid itself

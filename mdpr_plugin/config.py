@@ -14,6 +14,7 @@ from fastreid.config import get_cfg
 from fastreid.config.config import BASE_KEY
 from fastreid.utils import comm
 
+from .authors_keys import add_authors_keys, authors_keys_in, check_authors_keys
 from .errors import InputError, MDPRError, MissingFileError
 from .resources import check_batch_memory
 
@@ -63,11 +64,12 @@ def add_mdpr_config(cfg):
     _add(cfg.MODEL.LOSSES, "ATTN_DIVERSITY", CN())
     _add(cfg.MODEL.LOSSES.ATTN_DIVERSITY, "SCALE", 0.001)
 
-    # Patch pool of RandomPatch (INPUT.RPT): fastreid hard-codes 50000; MDPR's configs use 1000.
-    _add(cfg.INPUT.RPT, "POOL_CAPACITY", 50000)
+    # Patch pool of RandomPatch (INPUT.RPT). 0: the meta-architecture's own, 1000 for MDPR (the authors' RandomPatch,
+    # whatever their files say) and fastreid's 50000 for any other (mdpr_plugin/data/transforms.py).
+    _add(cfg.INPUT.RPT, "POOL_CAPACITY", 0)
 
     # Speed switches, applied by the plugin's Trainer.build_model (measured in docs/benchmarks.md,
-    # `mdpr-benchmark`): torch.compile of the model in place (state-dict keys unchanged; the first
+    # the model benchmark): torch.compile of the model in place (state-dict keys unchanged; the first
     # iterations compile) and the channels-last memory format for the convolutions.
     _add(cfg.MODEL, "COMPILE", False)
     _add(cfg.MODEL, "CHANNELS_LAST", False)
@@ -272,6 +274,8 @@ def merge_config(cfg, path, opts):
     if isinstance(values.get("IMPORTS"), str):
         values["IMPORTS"] = [name.strip() for name in values["IMPORTS"].split(",") if name.strip()]
     opts = [_module_list(value) if i % 2 and opts[i - 1] == "IMPORTS" else value for i, value in enumerate(opts)]
+    # the keys the authors' fork adds, where given: their files and runs' config.yaml load (mdpr_plugin/authors_keys.py)
+    add_authors_keys(cfg, authors_keys_in(values, opts))
     for source, merge in ((path, lambda: cfg.merge_from_other_cfg(type(cfg)(values))),
                           ("the command line", lambda: cfg.merge_from_list(opts))):
         try:
@@ -302,6 +306,7 @@ _MINIMUMS = {
     "SOLVER.MAX_EPOCH": (1, "epochs to train"),
     "SOLVER.CHECKPOINT_PERIOD": (1, "epochs between checkpoints"),
     "TEST.EVAL_PERIOD": (1, "epochs between evaluations; the last epoch is always evaluated"),
+    "INPUT.RPT.POOL_CAPACITY": (0, "RandomPatch's patch pool; 0: the meta-architecture's own"),
 }
 # Learning rates and factors: a negative one ascends the loss (0 is allowed: a frozen part, or a run that only
 # collects statistics)
@@ -330,6 +335,7 @@ def _is_int(value):
 
 def check_config(cfg):
     """Refuse values no run can use, naming the key, the value and what is allowed; returns ``cfg``."""
+    check_authors_keys(cfg)
     for key, (minimum, meaning) in _MINIMUMS.items():
         value = _value(cfg, key)  # an int: yacs refuses values of another type than the default's
         if value < minimum:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from fastreid.config import CfgNode
 from PIL import Image
 
+from .authors_keys import warn_authors_keys
 from .config import build_config, prepare_user_code
 from .data import build_transforms, read_image
 from .data.images import to_rgb
@@ -84,19 +85,44 @@ def _image_list(images):
     raise InputError(f"images is of type {type(images).__name__}; give {IMAGES_HELP}")
 
 
-def _box_array(boxes_xyxy, columns=(4,)):
-    """``boxes_xyxy`` as an N x 4 float64 array (the first four columns of an N x ``columns`` one)."""
+def _numeric_array(boxes_xyxy):
+    """``boxes_xyxy`` as a float64 array, refusing values that are not numbers: text ("10" would be read as 10),
+    booleans, complex numbers, dates, None."""
+    if isinstance(boxes_xyxy, torch.Tensor):
+        boxes_xyxy = boxes_xyxy.detach().cpu()
     try:
-        boxes = np.asarray(boxes_xyxy, dtype=np.float64)
+        boxes = np.asarray(boxes_xyxy)
     except (TypeError, ValueError) as error:
         raise InputError(f"boxes_xyxy must be an N x 4 array of x1, y1, x2, y2 pixels ({error})") from None
+    if boxes.dtype.kind not in "iuf":  # object arrays of numbers pass (a list mixing Python and numpy numbers)
+        values = [value.item() if isinstance(value, np.generic) else value for value in boxes.flat]
+        wrong = [value for value in values if not isinstance(value, numbers.Real) or isinstance(value, bool)]
+        if wrong:
+            raise InputError(f"boxes_xyxy holds values that are not numbers ({boxes.dtype}: {wrong[0]!r} ...); it "
+                             "must be an N x 4 array of x1, y1, x2, y2 pixels")
+    return boxes.astype(np.float64)
+
+
+def _box_array(boxes_xyxy, columns=(4,)):
+    """``boxes_xyxy`` as an N x 4 float64 array (the first four columns of an N x ``columns`` one), refusing what is
+    not a box: values that are not numbers or not finite, x2 before x1 or y2 before y1."""
+    boxes = _numeric_array(boxes_xyxy)
     if boxes.size == 0:
         boxes = boxes.reshape(0, 4)
     if boxes.ndim != 2 or boxes.shape[1] not in columns:
         accepted = ("N x 4 (x1, y1, x2, y2 in pixels), e.g. dets[:, :4] of N x 6 detections" if columns == (4,) else
                     " or ".join(f"N x {n}" for n in columns) + " (x1, y1, x2, y2 in pixels, then any other columns)")
         raise InputError(f"boxes_xyxy has shape {boxes.shape}; it must be {accepted}")
-    return boxes[:, :4]
+    boxes = boxes[:, :4]
+    for wrong, what, fix in (
+            (~np.isfinite(boxes).all(axis=1), "not finite", "drop these, or check the detector's output"),
+            ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]), "inverted (x2 < x1 or y2 < y1)",
+             "boxes are x1, y1, x2, y2 in pixels: check the detector's box format (x, y, w, h boxes give x2 = x + w, "
+             "y2 = y + h)")):
+        if wrong.any():
+            named = _named_boxes(boxes, np.flatnonzero(wrong))
+            raise InputError(f"{len(named)} of {len(boxes)} boxes are {what}: {first_few(named)}; {fix}")
+    return boxes
 
 
 def _clipped(boxes, width, height):
@@ -115,15 +141,16 @@ def _named_boxes(boxes, rows):
 def pixel_boxes(boxes_xyxy, width, height):
     """N x 4 integer crops ``x1, y1, x2, y2`` of a ``width`` x ``height`` frame for boxes in pixels: clipped to
     the frame, then rounded outward (x1, y1 floored, x2, y2 ceiled), so that a crop covers every pixel its box
-    touches. A box that is empty after clipping (zero width or height) is an error naming it."""
+    touches. A box that is not one (see :func:`_box_array`) or is empty after clipping (zero width or height) is an
+    error naming it."""
     boxes = _box_array(boxes_xyxy)
     clipped = _clipped(boxes, width, height)
-    empty = ~np.isfinite(boxes).all(axis=1) | (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
+    empty = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
     if empty.any():
         named = _named_boxes(boxes, np.flatnonzero(empty))
         raise InputError(f"{len(named)} of {len(boxes)} boxes are empty in the {width} x {height} frame after "
-                         f"clipping to it (zero width or height, or not finite): {first_few(named)}; boxes are "
-                         "x1, y1, x2, y2 in pixels: drop these, or check the detector's box format")
+                         f"clipping to it (zero width or height): {first_few(named)}; boxes are x1, y1, x2, y2 in "
+                         "pixels: drop these, or check the detector's box format")
     return _rounded_outward(clipped)
 
 
@@ -131,15 +158,10 @@ def tracker_pixel_boxes(boxes_xyxy, width, height):
     """``(crops, outside)`` for a tracker's boxes (N x 4, or the first four columns of N x 6 detections): the
     crops of :func:`pixel_boxes`, except that a box with no pixel left in the frame after clipping is not an error
     (a detection drifting out of view must not stop a tracking loop): each side that has no pixel becomes the one
-    pixel row or column of the frame nearest to it (at x1 / y1 for a box whose x2 / y2 lies before them), so its
-    crop is the 1-pixel-wide strip of the frame nearest to the box. ``outside`` marks those boxes. A box that is
-    not finite is still an error (a tracker refuses such detections before asking for features)."""
+    pixel row or column of the frame nearest to it, so its crop is the 1-pixel-wide strip of the frame nearest to the
+    box. ``outside`` marks those boxes. A box that is not one (not finite, inverted: see :func:`_box_array`) is
+    still an error: no strip stands for it."""
     boxes = _box_array(boxes_xyxy, columns=(4, 6))
-    not_finite = ~np.isfinite(boxes).all(axis=1)
-    if not_finite.any():
-        named = _named_boxes(boxes, np.flatnonzero(not_finite))
-        raise InputError(f"{len(named)} of {len(boxes)} boxes are not finite: {first_few(named)}; drop these, or "
-                         "check the detector's output")
     crops = _rounded_outward(_clipped(boxes, width, height))
     outside = (crops[:, 2] <= crops[:, 0]) | (crops[:, 3] <= crops[:, 1])
     crops[:, :2] = np.minimum(crops[:, :2], [width - 1, height - 1])
@@ -257,6 +279,7 @@ class FeatureExtractor:
             cfg = prepare_user_code(config.clone())
         else:
             cfg = build_config(config, opts)
+            warn_authors_keys(cfg)
         cfg.defrost()
         if weights is not None:
             cfg.MODEL.WEIGHTS = os.fspath(weights)

@@ -6,7 +6,6 @@ checked at once: the key, the name, the closest registered names, and, when none
 user's own gets registered (a module named in ``IMPORTS``).
 """
 import difflib
-import os
 
 import torch
 
@@ -58,9 +57,9 @@ def _lookups(cfg):
     ]
 
 
-# The loss names fastreid's own meta-architectures test for (meta_arch/baseline.py:151-179, mgn.py:293-351);
-# any other name is skipped without a word, so a typo trains without that loss. MDPR's losses are fixed by the
-# paper and a user's meta-architecture reads the names its own way: neither is checked.
+# The loss names fastreid's own meta-architectures and MDPR test for (meta_arch/baseline.py:151-179,
+# mgn.py:293-351, mdpr_plugin/modeling/heads.py); any other name is skipped without a word, so a typo trains
+# without that loss. A user's meta-architecture reads the names its own way: not checked.
 _BASELINE_LOSSES = ("CrossEntropyLoss", "TripletLoss", "CircleLoss", "Cosface")  # Distiller and MoCo inherit them
 _FASTREID_LOSSES = {"Baseline": _BASELINE_LOSSES, "Distiller": _BASELINE_LOSSES, "MoCo": _BASELINE_LOSSES,
                     "MGN": ("CrossEntropyLoss", "TripletLoss")}
@@ -116,10 +115,23 @@ def check_registered_names(cfg):
         for name in names:
             if name not in choices and not (key.endswith(".NORM") and name == ""):  # "": no norm layer
                 raise UnknownNameError(_message(key, name, choices, what))
-    arch = cfg.MODEL.META_ARCHITECTURE
-    known_losses = _FASTREID_LOSSES.get(arch, cfg.MODEL.LOSSES.NAME)  # other architectures: nothing to refuse
-    for name in cfg.MODEL.LOSSES.NAME:
-        if name not in known_losses:
-            raise UnknownNameError(f"MODEL.LOSSES.NAME {name!r} is not a loss fastreid's {arch} computes: it would "
-                                   f"train without it. It must be among {', '.join(known_losses)}.")
+    check_loss_names(cfg)
     return cfg
+
+
+def check_loss_names(cfg):
+    """``MODEL.LOSSES.NAME`` of ``cfg``, as a tuple, once every name is one its meta-architecture computes (for
+    fastreid's and MDPR; a user's is not checked) and, for MDPR, it names one at least."""
+    from .modeling.heads import IDENTITY_LOSSES
+
+    arch, names = cfg.MODEL.META_ARCHITECTURE, tuple(cfg.MODEL.LOSSES.NAME)
+    known_losses = {**_FASTREID_LOSSES, "MDPR": IDENTITY_LOSSES}.get(arch, names)  # others: nothing to refuse
+    computes = "MDPR" if arch == "MDPR" else f"fastreid's {arch}"
+    for name in names:
+        if name not in known_losses:
+            raise UnknownNameError(f"MODEL.LOSSES.NAME {name!r} is not a loss {computes} computes: it would train "
+                                   f"without it. It must be among {', '.join(known_losses)}.")
+    if arch == "MDPR" and not names:
+        raise UnknownNameError(f"MODEL.LOSSES.NAME is empty: MDPR's heads of the evaluation feature would be trained "
+                               f"by no loss. Name {' and / or '.join(IDENTITY_LOSSES)} (both: the paper's).")
+    return names

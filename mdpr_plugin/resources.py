@@ -212,3 +212,12 @@ def resource_failures_explained(stage, lower, device="cpu", num_workers=0, after
         if explained is None:
             raise
         raise explained from None
+
+
+# ------------------------------------------------------------------------------------------ sizes, before the work
+def check_fits(needed, what, fix):
+    """Refuse ``needed`` bytes for ``what`` (e.g. "x.npz: its arrays ('features' 3000000 x 1152 float32)") when this
+    process cannot get them, before they are allocated; ``fix`` says what to lower or give instead."""
+    available = available_memory()
+    if available is not None and needed > available:
+        raise ResourceError(f"{what} would need {gib(needed)} of memory and {gib(available)} are available; {fix}")

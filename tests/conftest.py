@@ -1,6 +1,23 @@
+import functools
+
 import pytest
 from helpers import load_config
 from process_guard import pytest_runtest_makereport, pytest_runtest_protocol  # noqa: F401 (hooks)
+
+
+@functools.cache
+def _cuda_available():
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test marked ``gpu`` is skipped, "needs CUDA", on a machine without CUDA."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu and not _cuda_available():
+        for item in gpu:
+            item.add_marker(pytest.mark.skip(reason="needs CUDA"))
 
 
 @pytest.fixture

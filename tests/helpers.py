@@ -154,3 +154,26 @@ def colour_onnx(path, repeats=1, symbolic_width=False):
                               initializer=[tiles])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
     return str(path)
+
+
+SYNERGYREID_SPLITS = {"bounding_box_train": "reid_training", "query": "reid_test/query",
+                      "bounding_box_test": "reid_test/gallery"}
+
+
+def synergyreid_copy(root):
+    """The bundled images laid out as SynergyReID under ``root`` (``root/synergyreid_data/reid_training/`` etc.), each
+    named ``<person id>_<camera>_<number>.jpeg`` after its Market-1501 name; returns ``{copy's path: Market-1501
+    person id}``."""
+    import re
+    import shutil
+
+    ids = {}
+    for market_split, split in SYNERGYREID_SPLITS.items():
+        folder = os.path.join(str(root), "synergyreid_data", split)
+        os.makedirs(folder)
+        for number, name in enumerate(sorted(os.listdir(os.path.join(BUNDLED_IMAGES, market_split)))):
+            pid, camera = re.match(r"(\d+)_c(\d)", name).groups()
+            path = os.path.join(folder, f"{int(pid)}_{camera}_{number:03d}.jpeg")
+            shutil.copyfile(os.path.join(BUNDLED_IMAGES, market_split, name), path)
+            ids[path] = int(pid)
+    return ids

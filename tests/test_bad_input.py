@@ -561,7 +561,7 @@ def test_fewer_images_per_identity_than_num_instance_warns_with_counts(market_cf
 
 # (f) a non-finite loss ---------------------------------------------------------------------------
 # SOLVER.AMP.ENABLED picks the AMP loop; on the CPU it trains in float32, so the second case checks that loop's
-# wiring, not float16. Real AMP is trained on CUDA by the GPU check (python -m mdpr_plugin.benchmarks.gpu_check).
+# wiring, not float16. Real AMP is trained on CUDA by the GPU check (make gpu-check).
 @pytest.mark.slow
 @pytest.mark.parametrize("amp", [False, True], ids=["float32_loop", "amp_loop_in_float32_on_cpu"])
 def test_a_nan_loss_stops_training_naming_the_term_and_keeps_the_checkpoints(demo_cfg, earlier_run, amp):

@@ -92,22 +92,27 @@ def test_importing_the_plugin_rebinds_no_fastreid_name():
     assert int(summary.split()[1]) > 50 and int(summary.split()[3]) > 3000, summary  # it looked at everything
 
 
-# The tools and the benchmarks sit above the library: they import it, it never imports them.
-ABOVE_THE_LIBRARY = ("mdpr_plugin.tools", "mdpr_plugin.benchmarks")
+# The tools, the synthetic data (made from the bundled images, read back by a tool's readers) and the repository's
+# benchmarks sit above the library: they import it, it never imports them.
+ABOVE_THE_LIBRARY = ("mdpr_plugin.tools", "mdpr_plugin.synthetic", "benchmarks")
+SOURCE_PACKAGES = ("mdpr_plugin", "benchmarks")
+
+
+def _sources():
+    """Every Python file of the package and of the repository's benchmarks."""
+    return [os.path.join(folder, file) for package in SOURCE_PACKAGES
+            for folder, _, files in os.walk(os.path.join(REPO, package)) for file in files if file.endswith(".py")]
 
 
 def _plugin_import_graph():
-    """``{module: modules of the plugin it imports}``, from every import statement, those inside functions too:
-    a lazy import is still a dependency, and a cycle through one is still a cycle."""
-    package = os.path.join(REPO, "mdpr_plugin")
+    """``{module: modules of the plugin it imports}`` over the package and the repository's benchmarks, from every
+    import statement, those inside functions too: a lazy import is still a dependency, and a cycle through one is
+    still a cycle."""
     modules = {}
-    for folder, _, files in os.walk(package):
-        for file in files:
-            if file.endswith(".py"):
-                path = os.path.join(folder, file)
-                parts = os.path.relpath(path, REPO)[:-3].split(os.sep)
-                is_package = parts[-1] == "__init__"
-                modules[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
+    for path in _sources():
+        parts = os.path.relpath(path, REPO)[:-3].split(os.sep)
+        is_package = parts[-1] == "__init__"
+        modules[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
 
     def imported(name):
         path, is_package = modules[name]
@@ -124,6 +129,7 @@ def _plugin_import_graph():
     graph = {name: {m for m in imported(name) if m in modules and m != name} for name in modules}
     assert len(graph) > 50 and sum(map(len, graph.values())) > 80  # the walk found the package
     assert "mdpr_plugin.engine" in graph["mdpr_plugin.inference"]  # ... and the imports inside functions
+    assert "mdpr_plugin.engine" in graph["benchmarks.gpu_cases"]  # ... and the benchmarks' imports of the library
     return graph
 
 
@@ -164,6 +170,15 @@ def test_the_library_never_imports_a_tool_or_a_benchmark():
     assert upward == [], "; ".join(upward)
 
 
+def test_the_installed_package_never_imports_the_repository_s_benchmarks():
+    # benchmarks/ is not in the wheel: an import of it from the package fails wherever the package is installed
+    graph = _plugin_import_graph()
+    assert any(name.startswith("benchmarks.") for name in graph)
+    into = [f"{name} imports {imported}" for name, imports in sorted(graph.items()) if name.startswith("mdpr_plugin")
+            for imported in sorted(imports) if imported == "benchmarks" or imported.startswith("benchmarks.")]
+    assert into == [], "; ".join(into)
+
+
 def _calls_patch_fastreid(path):
     for node in ast.walk(ast.parse(open(path).read())):
         if isinstance(node, ast.Call):
@@ -174,8 +189,7 @@ def _calls_patch_fastreid(path):
 
 
 def test_train_net_the_tools_and_the_benchmarks_never_call_patch_fastreid():
-    sources = [os.path.join(folder, file) for folder, _, files in os.walk(os.path.join(REPO, "mdpr_plugin"))
-               for file in files if file.endswith(".py")]
+    sources = _sources()
     assert len(sources) > 50 and compat.__file__ in sources
     assert [path for path in sources + [os.path.join(REPO, "train_net.py")] if _calls_patch_fastreid(path)] == []
     assert _calls_patch_fastreid(__file__)  # the check finds a call where there is one

@@ -3,6 +3,7 @@ tools/train_net.py (fastreid's DefaultTrainer) trains and evaluates MDPR with th
 module; the user's own edits to fastreid (read_image, the train-set builder) still run; a tool runs from the
 clone on the clone's fastreid."""
 import os
+import re
 import shutil
 
 import fastreid
@@ -94,6 +95,18 @@ def test_the_clones_own_script_trains_mdpr_and_runs_the_users_edits(clone, tmp_p
         assert returncode == 0, evaluated[-3000:]
         assert "not found in the checkpoint" not in evaluated and "not used by the model" not in evaluated
         assert metrics_rows(evaluated) == [final_metrics]
+
+    # without NUM_CLASSES fastreid's script builds classifiers of no rows: its checkpointer skips exactly those, one
+    # warning each (what the drop-in page says to expect), and the evaluation is the same
+    returncode, evaluated = run_in_clone(clone, log, *script, "--eval-only", "MODEL.WEIGHTS", str(out / "model_final.pth"),
+                                         "OUTPUT_DIR", str(tmp_path / "eval_no_classes"))
+    assert returncode == 0, evaluated[-3000:]
+    skipped = re.findall(r"Skip loading parameter '([^']+)' to the model due to incompatible shapes: "
+                         r"\((\d+), \d+\) in the checkpoint but \(0, \d+\)", evaluated)
+    classifiers = {key for key, value in checkpoint["model"].items() if key.endswith(".weight") and value.dim() == 2
+                   and value.shape[0] == 16}  # one row per training identity
+    assert sorted(key for key, _ in skipped) == sorted(classifiers) and len(classifiers) == 8
+    assert metrics_rows(evaluated) == [final_metrics]
 
     # a tool, run from the clone as the recipe says: the clone's fastreid, not the one installed beside it
     tool_log = tmp_path / "tool.log"

@@ -156,17 +156,21 @@ def test_zero_boxes_give_a_0_x_d_array(extractor):
     assert extractor([]).shape == (0, width)
 
 
-@pytest.mark.parametrize("box, shown", [
-    ((50.0, 20.0, 50.0, 90.0), "box 1 (50, 20, 50, 90)"),           # zero width
-    ((10.0, 80.0, 60.0, 30.0), "box 1 (10, 80, 60, 30)"),           # y2 above y1
-    ((400.0, 10.0, 450.0, 90.0), "box 1 (400, 10, 450, 90)"),       # right of the frame
-    ((10.0, -40.0, 60.0, -1.0), "box 1 (10, -40, 60, -1)"),         # above the frame
-    ((10.0, np.nan, 60.0, 90.0), "box 1 (10, nan, 60, 90)"),        # not a number
+EMPTY = f"1 of 2 boxes are empty in the {FRAME_W} x {FRAME_H} frame after clipping to it (zero width or height): "
+INVERTED = "1 of 2 boxes are inverted (x2 < x1 or y2 < y1): "
+
+
+@pytest.mark.parametrize("box, refusal", [
+    ((50.0, 20.0, 50.0, 90.0), EMPTY),                                   # zero width
+    ((10.0, 80.0, 60.0, 30.0), INVERTED),                                # y2 above y1
+    ((400.0, 10.0, 450.0, 90.0), EMPTY),                                 # right of the frame
+    ((10.0, -40.0, 60.0, -1.0), EMPTY),                                  # above the frame
+    ((10.0, np.nan, 60.0, 90.0), "1 of 2 boxes are not finite: "),       # not a number
 ])
-def test_an_empty_box_is_named_with_its_coordinates(extractor, box, shown):
+def test_an_empty_box_is_named_with_its_coordinates(extractor, box, refusal):
     frame = np.zeros((FRAME_H, FRAME_W, 3), np.uint8)
-    one_clear_error(InputError, lambda: extractor.crops(frame, [(0, 0, 10, 10), box]), shown,
-                    f"1 of 2 boxes are empty in the {FRAME_W} x {FRAME_H} frame")
+    one_clear_error(InputError, lambda: extractor.crops(frame, [(0, 0, 10, 10), box]),
+                    refusal + "box 1 (" + ", ".join(f"{v:g}" for v in box) + ")")
 
 
 @pytest.mark.parametrize("images, kind, fragments", [
@@ -234,8 +238,7 @@ def test_get_features_takes_boxmot_s_boxes_and_equals_crops_of_the_bgr_frame(ext
 OUTSIDE = [((400.0, 10.0, 450.0, 90.0), (359, 10, 360, 90)),     # right of the frame: its last column
            ((10.0, -40.0, 60.0, -1.0), (10, 0, 60, 1)),           # above: its first row
            ((-50.0, 300.0, -5.0, 320.0), (0, 239, 1, 240)),      # below left: the corner pixel
-           ((50.0, 20.0, 50.0, 90.0), (50, 20, 51, 90)),         # zero width: the column at x1
-           ((60.0, 80.0, 10.0, 30.0), (60, 80, 61, 81))]         # x2, y2 before x1, y1: the pixel at x1, y1
+           ((50.0, 20.0, 50.0, 90.0), (50, 20, 51, 90))]         # zero width: the column at x1
 
 
 def test_tracker_pixel_boxes_give_a_box_outside_the_frame_its_nearest_strip():
@@ -254,7 +257,7 @@ def test_a_box_outside_the_frame_does_not_stop_a_tracker_and_is_reported_once(de
                  "boxes outside: their strips' features")
     assert_close(features[:1], extractor.crops(frame, [BOXES[0][0]], bgr=True), "the box inside")
     assert len(warnings) == 1, warnings
-    assert f"5 of 6 boxes have no pixel in the {FRAME_W} x {FRAME_H} frame (box 1 (400, 10, 450, 90)" in warnings[0]
+    assert f"4 of 5 boxes have no pixel in the {FRAME_W} x {FRAME_H} frame (box 1 (400, 10, 450, 90)" in warnings[0]
 
 
 def test_get_features_batch_equals_get_features_frame_by_frame(extractor, frame):
@@ -265,11 +268,26 @@ def test_get_features_batch_equals_get_features_frame_by_frame(extractor, frame)
         assert_close(features, extractor.get_features(frame_boxes, image), "a frame of the batch")
 
 
+@pytest.mark.parametrize("boxes, refusal", [
+    ([(0, 0, 10, 10), (60, 80, 10, 30)], INVERTED + "box 1 (60, 80, 10, 30); boxes are x1, y1, x2, y2 in pixels: "
+                                         "check the detector's box format (x, y, w, h boxes give x2 = x + w"),
+    ([(0, 0, 10, 10), (10, 30, 60, 20)], INVERTED + "box 1 (10, 30, 60, 20)"),
+    ([(0, 0, 10, 10), (10, np.nan, 60, 90)], "1 of 2 boxes are not finite: box 1 (10, nan, 60, 90)"),
+    ([(0, 0, 10, 10), (10, np.inf, 60, 90)], "1 of 2 boxes are not finite: box 1 (10, inf, 60, 90)"),
+    ([("10", "20", "60", "90")], "boxes_xyxy holds values that are not numbers (<U2: '10' ...)"),
+    (np.ones((1, 4), bool), "boxes_xyxy holds values that are not numbers (bool: True ...)"),
+    ([(10, 20, 60, None)], "boxes_xyxy holds values that are not numbers (object: None ...)"),
+    (np.array([(10j, 20, 60, 90)]), "boxes_xyxy holds values that are not numbers (complex128: 10j ...)"),
+    (np.zeros((2, 5)), "boxes_xyxy has shape (2, 5); it must be N x 4 or N x 6"),
+    ([(10, 20, 60, 90), (10, 20)], "boxes_xyxy must be an N x 4 array of x1, y1, x2, y2 pixels"),
+], ids=["x2 before x1", "y2 before y1", "nan", "inf", "text", "bool", "None", "complex", "5 columns", "ragged"])
+def test_boxes_that_are_not_boxes_are_refused_by_a_tracker_s_call(extractor, frame, boxes, refusal):
+    """An inverted box inside the frame got the feature of a 1-pixel strip; text, booleans and complex numbers
+    were read as numbers."""
+    one_clear_error(InputError, lambda: extractor.get_features(boxes, frame), refusal)
+
+
 def test_bad_tracker_input_gives_one_clear_error(extractor, frame):
-    one_clear_error(InputError, lambda: extractor.get_features([(0, 0, 10, 10), (10, np.nan, 60, 90)], frame),
-                    "1 of 2 boxes are not finite: box 1 (10, nan, 60, 90)")
-    one_clear_error(InputError, lambda: extractor.get_features(np.zeros((2, 5)), frame),
-                    "boxes_xyxy has shape (2, 5); it must be N x 4 or N x 6")
     one_clear_error(InputError, lambda: extractor.get_features_batch([np.zeros((0, 4))] * 2, [frame]),
                     "2 box arrays for 1 images")
     one_clear_error(InputError, lambda: extractor.get_features([(0, 0, 10, 10)], frame[:, :, 0]),

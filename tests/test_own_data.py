@@ -13,11 +13,11 @@ import pytest
 from boxmot import BotSort
 from helpers import REPO, run_script
 
+from benchmarks.tracking import run_tracker
 from mdpr_plugin import FeatureExtractor
-from mdpr_plugin.benchmarks.mot_format import read_mot_sequence, write_mot_sequence
-from mdpr_plugin.benchmarks.mot_metrics import identity_scores
-from mdpr_plugin.benchmarks.people_sequence import make_sequence
-from mdpr_plugin.benchmarks.tracking import run_tracker
+from mdpr_plugin.evaluation.tracking_metrics import identity_scores
+from mdpr_plugin.synthetic.mot_format import read_mot_sequence, write_mot_sequence
+from mdpr_plugin.synthetic.people_scene import make_sequence
 
 pytestmark = pytest.mark.slow
 

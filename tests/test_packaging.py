@@ -2,6 +2,7 @@
 import importlib.metadata
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -91,26 +92,30 @@ def test_an_environment_without_what_the_package_needs_is_refused_on_import(tmp_
     assert returncode != 0 and message in output, output[-2000:]
 
 
-ENTRY_POINTS = [  # (command, the line's prefix), named
-    *(pytest.param([os.path.join(os.path.dirname(sys.executable), script), "--help"], f"{script}: error:", id=script)
-      for script in ("mdpr-export", "mdpr-extract", "mdpr-search", "mdpr-visualize", "mdpr-benchmark",
-                     "mdpr-dataset")),
-    *(pytest.param([sys.executable, "-m", f"mdpr_plugin.{module}", "--help"], "ERROR:", id=module)
-      for module in ("tools.extract", "benchmarks.evaluation", "benchmarks.gpu_check", "benchmarks.training_step")),
+ENTRY_POINTS = [  # (command, the line's prefix, whether it runs from the repository root), named
+    *(pytest.param([os.path.join(os.path.dirname(sys.executable), script), "--help"], f"{script}: error:", False,
+                   id=script) for script in ("mdpr-export", "mdpr-extract", "mdpr-search", "mdpr-visualize",
+                                             "mdpr-dataset")),
+    pytest.param([sys.executable, "-m", "mdpr_plugin.tools.extract", "--help"], "ERROR:", False, id="tools.extract"),
+    # the repository's benchmarks are not installed: they run from its root
+    *(pytest.param([sys.executable, "-m", f"benchmarks.{module}", argument], "ERROR:", True, id=f"benchmarks.{module}")
+      for module, argument in (("model", "--help"), ("evaluation", "--help"), ("gpu_timing", "--help"),
+                               ("training_step", "profile"))),  # its --help needs no fastreid
     pytest.param([sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", "MDPR/demo.yml"], "ERROR:",
-                 id="train_net.py"),
+                 False, id="train_net.py"),
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command, prefix", ENTRY_POINTS)
-def test_every_entry_point_says_in_one_line_that_fastreid_is_missing(command, prefix, tmp_path):
+@pytest.mark.parametrize("command, prefix, from_the_repository", ENTRY_POINTS)
+def test_every_entry_point_says_in_one_line_that_fastreid_is_missing(command, prefix, from_the_repository, tmp_path):
     # fastreid absent: what the first import of it finds says so, as an uninstalled package would
     (tmp_path / "fastreid").mkdir()
     (tmp_path / "fastreid" / "__init__.py").write_text(
         "raise ModuleNotFoundError(\"No module named 'fastreid'\", name='fastreid')\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, cwd=REPO if from_the_repository else tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and result.stdout == "", result.stderr[-2000:]
     assert result.stderr.strip().splitlines() == [
@@ -133,10 +138,19 @@ def test_the_packaged_configs_are_found_by_name_from_anywhere(tmp_path, monkeypa
     assert os.path.realpath(os.path.join(REPO, "configs")) == os.path.realpath(PACKAGED_CONFIGS)
 
 
+# what .gitignore keeps out of a clone (.git: a worktree's is a file naming the repository)
+NOT_IN_A_CLONE = (".git", ".venv", "__pycache__", "*.pyc", "*.egg-info", "logs", "output", "build", ".pytest_cache",
+                  ".whl")
+
+
 @pytest.mark.slow
 def test_the_wheel_carries_the_configs_and_the_bundled_images(tmp_path):
+    # built from a copy of the checkout as a clone has it (benchmarks/ included, so that packaging it is caught):
+    # setuptools never empties a checkout's build/, which keeps the modules of every earlier build
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*NOT_IN_A_CLONE))
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-                             "-w", str(tmp_path), REPO], capture_output=True, text=True, timeout=600)
+                             "-w", str(tmp_path), str(source)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     (wheel,) = tmp_path.glob("mdpr_plugin-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -145,3 +159,7 @@ def test_the_wheel_carries_the_configs_and_the_bundled_images(tmp_path):
     assert len(configs) == 7 and [c for c in configs if c not in names] == []
     assert sum(n.startswith("mdpr_plugin/data/mini_market1501/") and n.endswith(".jpg") for n in names) == 96
     assert "mdpr_plugin/data/mini_market1501/README.md" in names
+    # the benchmarks and the GPU check are the repository's own tools: not installed, no console script
+    assert [n for n in names if n.endswith(".py") and ("benchmark" in n or "gpu_" in n)] == []
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    assert "benchmark" not in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -122,7 +122,7 @@ def test_missing_authors_weights_say_where_they_are_published(tmp_path):
 
 @pytest.mark.slow
 def test_the_training_step_profile_prints_no_profiler_error_and_its_duration():
-    status, output = run_script("-m", "mdpr_plugin.benchmarks.training_step", "profile", "--repeats", "1",
+    status, output = run_script("-m", "benchmarks.training_step", "profile", "--repeats", "1",
                                 "--warmup", "1", timeout=1800)
     assert status == 0, output[-3000:]
     assert not [line for line in output.splitlines() if "ERROR" in line], output[-3000:]

@@ -8,10 +8,10 @@ import pytest
 from boxmot import BoostTrack, BotSort, DeepOcSort
 from helpers import logged, save_demo_checkpoint
 
+from benchmarks.tracking import run_tracker, tracker_runs
 from mdpr_plugin import FeatureExtractor
-from mdpr_plugin.benchmarks.mot_metrics import identity_scores
-from mdpr_plugin.benchmarks.people_sequence import make_sequence
-from mdpr_plugin.benchmarks.tracking import run_tracker, tracker_runs
+from mdpr_plugin.evaluation.tracking_metrics import identity_scores
+from mdpr_plugin.synthetic.people_scene import make_sequence
 
 OUTSIDE = np.array([[700.0, 120.0, 760.0, 250.0, 0.9, 0.0]], np.float32)  # right of the 640 x 360 frame
 OUTSIDE_STRIP = [[639, 120, 640, 250]]  # the frame's 1-pixel-wide strip nearest to it

@@ -123,9 +123,20 @@ def test_a_loss_name_fastreid_would_skip_is_refused_where_fastreid_reads_the_nam
                                                "CrossEntropyLoss, TripletLoss.$"):
         build_config("configs/Baseline-demo.yml", ["MODEL.META_ARCHITECTURE", "MGN",
                                                    "MODEL.LOSSES.NAME", "('CircleLoss',)"])
-    # MDPR does not read the names (its losses are the paper's), so they are not checked there
-    assert build_config("configs/MDPR/demo.yml", ["MODEL.LOSSES.NAME", "('Anything',)"]).MODEL.LOSSES.NAME == (
-        "Anything",)
+
+
+@pytest.mark.parametrize("names, message", [
+    ("('CrossEntropyLoss', 'CircleLoss')", "MODEL.LOSSES.NAME 'CircleLoss' is not a loss MDPR computes: it would train "
+                                           "without it. It must be among CrossEntropyLoss, TripletLoss."),
+    ("('CrossEntropyloss',)", "MODEL.LOSSES.NAME 'CrossEntropyloss' is not a loss MDPR computes: it would train "
+                              "without it. It must be among CrossEntropyLoss, TripletLoss."),
+    ("()", "MODEL.LOSSES.NAME is empty: MDPR's heads of the evaluation feature would be trained by no loss. Name "
+           "CrossEntropyLoss and / or TripletLoss (both: the paper's)."),
+])
+def test_mdpr_refuses_loss_names_it_would_skip_and_none(names, message):
+    with pytest.raises(UnknownNameError) as caught:
+        build_config("configs/MDPR/demo.yml", ["MODEL.LOSSES.NAME", names])
+    assert str(caught.value) == message
 
 
 @pytest.mark.slow

@@ -48,6 +48,9 @@ _LAYOUTS = {
                   "0002_c1s1_000451_03.jpg",
     "DukeMTMC": "bounding_box_train/, query/ and bounding_box_test/, each holding .jpg files directly (no "
                 "sub-folders) named <person id>_c<camera 1-8>_f<frame>.jpg, e.g. 0001_c2_f0046182.jpg",
+    "SynergyReID": "synergyreid_data/ (or the datasets folder itself) holding reid_training/, reid_test/query/ and "
+                   "reid_test/gallery/, each holding .jpeg files directly whose name starts with <person id>_<digit>, "
+                   "e.g. 12_3_001.jpeg",
 }
 _FOLDER_ATTRIBUTES = {"train": "train_dir", "query": "query_dir", "gallery": "gallery_dir"}
 
@@ -261,15 +264,9 @@ def warn_images_not_read(items, description):
 
 # --------------------------------------------------------------------------------------- sampling
 def triplet_loss_used(cfg):
-    """Whether training computes a triplet loss: MDPR's heads always do (it does not read MODEL.LOSSES.NAME),
-    fastreid's meta-architectures when MODEL.LOSSES.NAME names TripletLoss; MODEL.LOSSES.TRI.SCALE 0 turns it off."""
-    from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
-    from ..modeling.mdpr import MDPR
-
-    if not cfg.MODEL.LOSSES.TRI.SCALE:
-        return False
-    architecture = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
-    return issubclass(architecture, MDPR) or "TripletLoss" in cfg.MODEL.LOSSES.NAME
+    """Whether training computes a triplet loss: MODEL.LOSSES.NAME names TripletLoss (MDPR reads it as fastreid's
+    meta-architectures do) and MODEL.LOSSES.TRI.SCALE is not 0."""
+    return bool(cfg.MODEL.LOSSES.TRI.SCALE) and "TripletLoss" in cfg.MODEL.LOSSES.NAME
 
 
 def _fewest_instances(sampler_name, triplet):
@@ -329,7 +326,7 @@ def check_batch_composition(sampler_name, ims_per_batch, num_instance, world_siz
     if triplet and num_instance < 2:
         raise SamplingError(
             f"DATALOADER.NUM_INSTANCE {num_instance} gives each identity one image per training batch: the triplet "
-            "loss (MODEL.LOSSES.NAME TripletLoss, and every MDPR head) has no positive pair and stays 0 for the "
+            "loss (MODEL.LOSSES.NAME TripletLoss) has no positive pair and stays 0 for the "
             f"whole run. {advice} (Or turn the triplet loss off with MODEL.LOSSES.TRI.SCALE 0.)")
 
 

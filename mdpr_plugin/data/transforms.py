@@ -2,8 +2,9 @@
 
 - ``INPUT.AFFINE`` builds ``RandomAffine(resample=..., fillcolor=...)`` (data/transforms/build.py:81),
   arguments torchvision removed; the same transform is built here with today's arguments.
-- ``INPUT.RPT`` uses a fixed patch pool of 50000 (data/transforms/transforms.py:57); MDPR trains with
-  a pool of 1000, so the pool size comes from ``INPUT.RPT.POOL_CAPACITY``.
+- ``INPUT.RPT`` uses a fixed patch pool of 50000 (data/transforms/transforms.py:57); the MDPR authors' RandomPatch
+  has a pool of 1000, so the pool size comes from ``INPUT.RPT.POOL_CAPACITY``, and where that is 0 (its default),
+  from the meta-architecture (:func:`random_patch_pool`).
 - fastreid's ``ToTensor`` goes through torch's deprecated ``TypedStorage`` (data/transforms/functional.py:46),
   which warns in every process; the pipelines built here silence that one warning while they run.
 """
@@ -24,9 +25,23 @@ class Compose(T.Compose):
             return super().__call__(image)
 
 
+# The pool of INPUT.RPT.POOL_CAPACITY 0 (the default) per meta-architecture: the authors' RandomPatch keeps 1000 patches
+# (their build_transforms never passes one, their class default is 1000); fastreid's keeps 50000 for the others.
+ARCHITECTURE_PATCH_POOLS = {"MDPR": 1000}
+FASTREID_PATCH_POOL = 50000
+
+
+def random_patch_pool(cfg):
+    """The RandomPatch pool size of ``cfg``: INPUT.RPT.POOL_CAPACITY, or where it is 0 or absent (a config without
+    the plugin's keys), the meta-architecture's own (:data:`ARCHITECTURE_PATCH_POOLS`, else fastreid's 50000)."""
+    return cfg.INPUT.RPT.get("POOL_CAPACITY", 0) or ARCHITECTURE_PATCH_POOLS.get(cfg.MODEL.META_ARCHITECTURE,
+                                                                                 FASTREID_PATCH_POOL)
+
+
 def build_transforms(cfg, is_train=True):
     """fastreid's transforms for ``cfg``, from the ``build_transforms`` its loader builders call (looked up
-    when called, so that a user's edits to it run), with INPUT.AFFINE and INPUT.RPT.POOL_CAPACITY applied."""
+    when called, so that a user's edits to it run), with INPUT.AFFINE and the RandomPatch pool
+    (:func:`random_patch_pool`) applied."""
     if not is_train:
         return Compose(data_build.build_transforms(cfg, is_train=False).transforms)
 
@@ -47,8 +62,7 @@ def build_transforms(cfg, is_train=True):
                                 interpolation=T.InterpolationMode.NEAREST, fill=0)
         steps.insert(position, affine)
 
-    pool_capacity = cfg.INPUT.RPT.get("POOL_CAPACITY", None)
     for step in steps:
-        if isinstance(step, RandomPatch) and pool_capacity is not None:
-            step.patchpool = deque(maxlen=pool_capacity)
+        if isinstance(step, RandomPatch):
+            step.patchpool = deque(maxlen=random_patch_pool(cfg))
     return Compose(steps)

@@ -16,7 +16,7 @@ the model and writes atomically.
 - Writing: fastreid writes checkpoints and ``last_checkpoint`` in place (utils/checkpoint.py:93,202): a
   process killed while saving leaves a truncated file where the previous good one was. Here each is
   written to a temporary file in the same folder and renamed over the old one, and a write that fails because
-  of the folder (removed, read-only, full, over ``ulimit -f``) is one line (mdpr_plugin/engine/output_files.py).
+  of the folder (removed, read-only, full, over ``ulimit -f``) is one line (mdpr_plugin/engine/write_faults.py).
 """
 import logging
 import numbers
@@ -30,8 +30,9 @@ from fastreid.modeling.meta_arch.build import META_ARCH_REGISTRY
 from fastreid.utils.checkpoint import Checkpointer
 
 from ..modeling.mdpr import state_dict_as_loaded
+from ..output_files import atomic_open
 from ..serialization import CheckpointError, safe_load
-from .output_files import atomic_open, writing_into
+from .write_faults import remake_removed_folder, writing_into
 
 logger = logging.getLogger(__name__)
 
@@ -269,11 +270,7 @@ class MDPRCheckpointer(Checkpointer):
         if not self.save_dir or not self.save_to_disk:
             return
         if not os.path.isdir(self.save_dir):
-            self.logger.warning("OUTPUT_DIR %s was removed during training: recreating it for this checkpoint (the "
-                                "files it held are gone).", self.save_dir)
-            os.makedirs(self.save_dir, exist_ok=True)
-            if self.on_folder_recreated:
-                self.on_folder_recreated()
+            remake_removed_folder(self.save_dir, "this checkpoint", self.on_folder_recreated)
         data = {"model": self.model.state_dict()}
         data.update((key, obj.state_dict()) for key, obj in self.checkpointables.items())
         data.update(kwargs)

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from fastreid.utils import comm
 
 from ..errors import InputError, MDPRError
-from .output_files import PARTIAL_NAME, atomic_open, writing_into
+from ..output_files import PARTIAL_FILE, atomic_open
+from .write_faults import writing_into
 from .run_log import reopen_log_file, start_log_file
 
 logger = logging.getLogger(__name__)
@@ -172,7 +173,7 @@ def _partial_files(folder):
     own = set(WRITTEN_BY_NAME) | {name for held_in, name in _after_checks if held_in == os.path.abspath(folder)}
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
-        match = PARTIAL_NAME.search(name)
+        match = PARTIAL_FILE.search(name)
         target = name[:match.start()] if match else ""
         if (target in own or target.endswith(".pth")) and os.path.isfile(path) and not os.path.islink(path):
             yield path

@@ -13,9 +13,10 @@ from fastreid.utils import comm
 from fastreid.utils.collect_env import collect_env_info
 from fastreid.utils.logger import setup_logger
 
+from ..authors_keys import warn_authors_keys
 from ..config import config_file
 from ..errors import MDPRError
-from .output_files import writing_into
+from .write_faults import writing_into
 
 
 class _HeldRecords(logging.Handler):
@@ -43,6 +44,7 @@ def log_setup(cfg, args, folder=None):
     with open(path) as f:
         fastreid_logger.info("Contents of args.config_file=%s (%s):\n%s", args.config_file, path, f.read())
     fastreid_logger.info("Running with full config:\n%s", cfg)
+    warn_authors_keys(cfg)
     if cfg.IMPORTS:
         fastreid_logger.info("Imported the modules IMPORTS names: %s", ", ".join(cfg.IMPORTS))
 

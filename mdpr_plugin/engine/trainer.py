@@ -221,11 +221,12 @@ class Trainer(DefaultTrainer):
     def build_writers(self):
         """fastreid's writers, with a progress printer that survives runs of three or fewer iterations; the two
         that write files open them at their first write, once training runs."""
+        folder, recreated = self.cfg.OUTPUT_DIR, self.checkpointer.on_folder_recreated
         return [MetricPrinter(self.max_iter),
-                OpenedOnFirstWrite(self.cfg.OUTPUT_DIR, "metrics.json",
-                                   lambda: JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))),
-                OpenedOnFirstWrite(self.cfg.OUTPUT_DIR, "the TensorBoard events file",
-                                   lambda: TensorboardXWriter(self.cfg.OUTPUT_DIR))]
+                OpenedOnFirstWrite(folder, "metrics.json", lambda: JSONWriter(os.path.join(folder, "metrics.json")),
+                                   recreated),
+                OpenedOnFirstWrite(folder, "the TensorBoard events file", lambda: TensorboardXWriter(folder),
+                                   recreated)]
 
     @staticmethod
     def auto_scale_hyperparams(cfg, num_classes):

@@ -81,13 +81,15 @@ class SoftContentBranch(nn.Module):
     @staticmethod
     def head_specs(embedding_dim, num_attn):
         """The heads this branch feeds, in loss-key order. The BAP vectors (M*E wide, already pooled) get
-        heads trained with cross-entropy only and left out of the eval feature, so that BAP runs in
-        training only; fastreid logs the layer4 BAP head's accuracy."""
+        heads trained with cross-entropy only, whatever MODEL.LOSSES.NAME says (as in the authors' model), and
+        left out of the eval feature, so that BAP runs in training only; fastreid logs the layer4 BAP head's
+        accuracy."""
         e, bap = embedding_dim, num_attn * embedding_dim
+        bap_policy = {"with_triplet": False, "follows_loss_names": False, "in_eval_feature": False}
         return [HeadSpec("attn_feature4", e),
-                HeadSpec("attn_bap4", bap, "Identity", with_triplet=False, in_eval_feature=False, logs_accuracy=True),
+                HeadSpec("attn_bap4", bap, "Identity", **bap_policy, logs_accuracy=True),
                 HeadSpec("attn_feature3", e),
-                HeadSpec("attn_bap3", bap, "Identity", with_triplet=False, in_eval_feature=False)]
+                HeadSpec("attn_bap3", bap, "Identity", **bap_policy)]
 
     def attention(self, x3, x4, include_background=False):
         """Softmaxed attention (B x M x H x W) of layer4 and layer3; with ``include_background`` all

@@ -6,13 +6,19 @@ from fastreid.modeling.heads import REID_HEADS_REGISTRY
 from fastreid.modeling.heads.embedding_head import EmbeddingHead
 
 
+# The identity losses an MDPR head can be trained with: the names MODEL.LOSSES.NAME may hold for MDPR.
+IDENTITY_LOSSES = ("CrossEntropyLoss", "TripletLoss")
+
+
 @dataclass(frozen=True)
 class HeadSpec:
     """One head a branch feeds: its name (the loss keys' ``<head>``), input width, pooling and training policy.
 
-    ``pool_type`` None keeps ``MODEL.HEADS.POOL_LAYER``. A head with ``with_triplet`` False is trained
-    with cross-entropy only; one with ``in_eval_feature`` False is training-only. fastreid logs the
-    accuracy of the head with ``logs_accuracy`` (of the first head when none has it).
+    ``pool_type`` None keeps ``MODEL.HEADS.POOL_LAYER``. A head is trained with the identity losses
+    ``MODEL.LOSSES.NAME`` names (:meth:`identity_losses`); one with ``follows_loss_names`` False with both
+    whatever it names, and one with ``with_triplet`` False never with triplet loss. One with
+    ``in_eval_feature`` False is training-only. fastreid logs the accuracy of the head with ``logs_accuracy``
+    (of the first head when none has it).
     """
     name: str
     width: int
@@ -20,6 +26,13 @@ class HeadSpec:
     with_triplet: bool = True
     in_eval_feature: bool = True
     logs_accuracy: bool = False
+    follows_loss_names: bool = True
+
+    def identity_losses(self, loss_names):
+        """The names of :data:`IDENTITY_LOSSES` this head is trained with under MODEL.LOSSES.NAME ``loss_names``."""
+        wanted = loss_names if self.follows_loss_names else IDENTITY_LOSSES
+        return tuple(name for name in IDENTITY_LOSSES
+                     if name in wanted and (self.with_triplet or name != "TripletLoss"))
 
 
 @REID_HEADS_REGISTRY.register()

@@ -10,6 +10,7 @@ from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from fastreid.utils import events
 
 from ..errors import InputError
+from ..registry_names import check_loss_names
 from .authors_layout import convert_authors_keys
 from .backbone import build_split_backbone
 from .blocks import blocks_norm
@@ -31,9 +32,10 @@ class MDPR(nn.Module):
     - eval: the B x ``eval_feature_dim`` feature, the BNNeck outputs of the heads in
       ``eval_feature_names`` concatenated. With ``OUTPUT_ALL`` the soft branch's attention maps of the
       batch are also kept on ``self.last_attention_maps`` (see ``attention_maps``).
-    Each branch declares the heads it feeds (``head_specs``): every head is trained with cross-entropy
-    and, unless its HeadSpec says otherwise (the soft branch's BAP heads), triplet loss, as the paper does;
-    ``MODEL.LOSSES.NAME`` is not consulted, their CE / TRI settings are.
+    Each branch declares the heads it feeds (``head_specs``): every head is trained with the identity losses
+    ``MODEL.LOSSES.NAME`` names, cross-entropy and / or triplet (both by default, as the paper does), with their
+    CE / TRI settings, as the authors' model reads it; the soft branch's BAP heads, by their HeadSpec, with
+    cross-entropy alone whatever it names. The attention and distillation losses have their own switches.
 
     Loading a state dict in the authors' layout (``generate.backbone.*``, ...) converts it, whoever loads it:
     ``load_state_dict``, fastreid's ``Checkpointer``, ``DefaultPredictor``.
@@ -111,6 +113,7 @@ class MDPR(nn.Module):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "loss_kwargs": {
+                "names": check_loss_names(cfg),
                 "ce": {"eps": losses.CE.EPSILON, "alpha": losses.CE.ALPHA, "scale": losses.CE.SCALE},
                 "tri": {"margin": losses.TRI.MARGIN, "norm_feat": losses.TRI.NORM_FEAT,
                         "hard_mining": losses.TRI.HARD_MINING, "scale": losses.TRI.SCALE},
@@ -214,11 +217,13 @@ class MDPR(nn.Module):
         """Loss dict from the heads' training outputs and the soft branch's attention / BAP results."""
         ce, tri, diversity = (self.loss_kwargs[k] for k in ("ce", "tri", "diversity"))
         loss_dict = {}
-        # Identity losses: cross-entropy for every head, triplet where its HeadSpec asks for it.
+        # Identity losses: those MODEL.LOSSES.NAME names, as each head's HeadSpec takes them.
         for name, out in outputs.items():
-            loss_dict[f"loss_{name}_cls"] = cross_entropy_loss(
-                out["cls_outputs"], targets, ce["eps"], ce["alpha"]) * ce["scale"]
-            if self.head_specs[name].with_triplet:
+            identity_losses = self.head_specs[name].identity_losses(self.loss_kwargs["names"])
+            if "CrossEntropyLoss" in identity_losses:
+                loss_dict[f"loss_{name}_cls"] = cross_entropy_loss(
+                    out["cls_outputs"], targets, ce["eps"], ce["alpha"]) * ce["scale"]
+            if "TripletLoss" in identity_losses:
                 loss_dict[f"loss_{name}_triplet"] = triplet_loss(
                     out["features"], targets, tri["margin"], tri["norm_feat"], tri["hard_mining"]) * tri["scale"]
 

@@ -7,9 +7,11 @@ import sys
 import tempfile
 from collections import Counter
 
+from ..authors_keys import warn_authors_keys
 from ..config import build_config
 from ..data.images import IMAGE_FILE_SUFFIXES
 from ..errors import InputError, MissingFileError
+from ..text_escapes import escape_unwritable
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 logger = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ def tool_parser(description):
 def setup_tool_config(args):
     """The config train_net.py would build, for inference: the backbone weights come from MODEL.WEIGHTS."""
     cfg = build_config(args.config_file, args.opts)
+    warn_authors_keys(cfg)
     cfg.MODEL.BACKBONE.PRETRAIN = False
     cfg.freeze()
     return cfg
@@ -91,14 +94,21 @@ def _check_can_create_in(folder, option, path):
 
 def check_output_file(path, option="--output"):
     """Refuse, before any work, an output file the tool could not write at the end: a folder of that name, a
-    file where one of its folders should be, a folder no file can be created in, a read-only file."""
+    symbolic link (the new file replaces the entry, so it would replace the link, not write where it points), a
+    file where one of its folders should be, a folder no file can be created in (the file is written beside itself
+    and renamed over the old one), a read-only file (kept, as its owner asked)."""
+    if os.path.islink(path):
+        raise InputError(f"{option} {path} is a symbolic link (to {os.readlink(path)}): the tool writes a new file in "
+                         f"its place and would replace the link; give the path it points to "
+                         f"({os.path.realpath(path)}), or remove the link")
     if os.path.isdir(path):
         raise InputError(f"{option} {path} is a folder; give the path of the file to write")
     existing = _nearest_existing(path)
-    if existing != os.path.abspath(path):
-        _check_can_create_in(existing, option, path)
-    elif not os.access(path, os.W_OK):  # the file is rewritten in place: its own permission is what counts
-        raise InputError(f"{option} {path} is a read-only file; give another path, or make it writable")
+    if existing == os.path.abspath(path):
+        if not os.access(path, os.W_OK):
+            raise InputError(f"{option} {path} is a read-only file; give another path, or make it writable")
+        existing = os.path.dirname(existing)
+    _check_can_create_in(existing, option, path)
 
 
 def check_output_folder(path, option="--output-dir"):
@@ -124,7 +134,11 @@ def spreadsheet_safe(cell):
 
 def setup_tool_logging(level=logging.INFO):
     """Progress and timing lines of the plugin, fastreid and the tool on stderr (stdout stays free for
-    results); other libraries (the ONNX exporter's passes log every step) only warn."""
+    results); other libraries (the ONNX exporter's passes log every step) only warn. Both streams write what their
+    encoding cannot (a file name that is not UTF-8, any name on an ASCII terminal) escaped, rather than fail after
+    the work is done."""
+    for stream in (sys.stdout, sys.stderr):
+        escape_unwritable(stream)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for name in ("mdpr_plugin", "fastreid", "__main__"):

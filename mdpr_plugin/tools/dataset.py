@@ -26,9 +26,10 @@ from dataclasses import dataclass
 
 from ..data.folder import Image as FolderImage, held_back_split
 from ..data.images import IMAGE_FILE_SUFFIXES, read_image
-from ..engine.output_files import PARTIAL_NAME, atomic_open
 from ..errors import InputError, MissingFileError, reporting_errors
 from ..evaluation.progress import Progress
+from ..output_files import PARTIAL_FILE, atomic_open
+from ..resources import resource_failures_explained
 from .common import check_output_folder, positive_int, setup_tool_logging
 
 logger = logging.getLogger(__name__)
@@ -329,7 +330,7 @@ def _same_inputs(recorded, manifest):
 
 
 def _write_json(path, data):
-    with atomic_open(path, "w") as f:
+    with atomic_open(path, "w", "--output") as f:
         json.dump(data, f, indent=1)
         f.write("\n")
 
@@ -363,7 +364,7 @@ def remove_partial_crops(root):
     removed = 0
     for folder, _, names in os.walk(root):
         for name in names:
-            if PARTIAL_NAME.search(name):
+            if PARTIAL_FILE.search(name):
                 os.remove(os.path.join(folder, name))
                 removed += 1
     if removed:
@@ -373,7 +374,7 @@ def remove_partial_crops(root):
 def save_crop(image, path):
     """``image`` as a JPEG at ``path``, through a temporary file renamed over it."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with atomic_open(path) as f:
+    with atomic_open(path, "wb", "--output") as f:
         image.save(f, format="JPEG", quality=JPEG_QUALITY)
 
 
@@ -463,7 +464,8 @@ def parse_args(argv=None):
 def main(argv=None):
     setup_tool_logging()
     args = parse_args(argv)
-    with reporting_errors(PROG):
+    with reporting_errors(PROG), resource_failures_explained(
+            f"{PROG} {args.command}", "the frames' size (each frame is decoded whole)"):
         crops, written = from_mot(args)
     roles = Counter(crop.path.split("/", 1)[0] for crop in crops)
     identities = {role: len({c.identity for c in crops if c.path.startswith(role + "/")}) for role in roles}

@@ -23,6 +23,8 @@ from ..errors import InputError, reporting_errors, require
 from ..data.datasets import BUNDLED_ROOT
 from ..inference import FeatureExtractor
 from ..onnx_runtime import INPUT_NAME, OUTPUT_NAME, onnx_session
+from ..output_files import staged_outputs
+from ..resources import resource_failures_explained
 from .common import check_output_file, list_images, setup_tool_config, setup_tool_logging, tool_parser
 
 logger = logging.getLogger(__name__)
@@ -60,18 +62,26 @@ def export_onnx(model, path, height, width, opset=None):
     device = next(model.parameters()).device
     example = torch.rand(EXPORT_BATCH, 3, height, width, device=device) * 255
     batch = torch.export.Dim("batch", min=1)
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     start = time.perf_counter()
     logger.info("Exporting %s (%dx%d input) to %s: this takes from seconds to a few minutes",
                 type(model).__name__, height, width, path)
     with torch.no_grad():
-        torch.onnx.export(_ImagesToFeatures(model).eval(), (example,), path, input_names=[INPUT_NAME],
-                          output_names=[OUTPUT_NAME], dynamic_shapes={"images": {0: batch}},
-                          opset_version=opset, dynamo=True,
-                          external_data=_parameter_bytes(model) > 0.9 * PROTOBUF_LIMIT)
+        program = torch.onnx.export(_ImagesToFeatures(model).eval(), (example,), None, input_names=[INPUT_NAME],
+                                    output_names=[OUTPUT_NAME], dynamic_shapes={"images": {0: batch}},
+                                    opset_version=opset, dynamo=True)
+    save_onnx(program, path, external_data=_parameter_bytes(model) > 0.9 * PROTOBUF_LIMIT)
     logger.info("Exported in %.1f s", time.perf_counter() - start)
     return path
+
+
+def save_onnx(program, path, external_data=False):
+    """Write an exported ``program`` to ``path`` (its weights to ``<path>.data`` with ``external_data``), replacing
+    the previous file(s) only once complete. The .onnx names its .data file, so both are written under their
+    final names in a temporary folder beside ``path``, then moved into place."""
+    companions = [".data"] if external_data else []
+    with staged_outputs("--output") as outputs, outputs.writing_in_folder(path, companions) as written:
+        program.save(written, external_data=external_data)
 
 
 def check_onnx(path, model, images):
@@ -123,7 +133,8 @@ def parse_args(argv=None):
 def main(argv=None):
     setup_tool_logging()
     args = parse_args(argv)
-    with reporting_errors("mdpr-export"):
+    with reporting_errors("mdpr-export"), resource_failures_explained(
+            "the export", f"--check-batch (now {args.check_batch}) or INPUT.SIZE_TEST"):
         for module in ("onnx", "onnxscript", "onnxruntime"):  # before minutes of model building, not after
             require(module, "onnx")
         if args.check_batch < 1:

@@ -15,21 +15,26 @@ Images (.jpg/.jpeg/.png, recursively, any size) are resized as at test time (INP
   ``feature_dim``, ``image_size`` (H, W), ``normalized`` (True).
 """
 import logging
+import math
 import os
 import time
 import zipfile
+import zlib
 
 import numpy as np
 
 from ..errors import InputError, MissingFileError, reporting_errors
 from ..evaluation.progress import Progress
 from ..inference import FeatureExtractor, first_few, non_finite_rows, zero_rows
+from ..output_files import atomic_open
+from ..resources import check_fits, resource_failures_explained
 from .common import check_output_file, list_images, setup_tool_config, setup_tool_logging, tool_parser
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnx")
 REQUIRED_KEYS = ("features", "paths")
+NOT_AN_NPZ = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError)  # what reading a damaged one raises
 
 
 # ---------------------------------------------------------------------------------------- extraction
@@ -83,24 +88,56 @@ def extract_folder(folder, extractor, config_file="", paths=None):
 
 
 # --------------------------------------------------------------------------------------------- files
-def save_features(path, record):
-    """Write ``record`` (``extract_folder``'s dict) to ``path`` as an .npz, no pickled objects."""
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
+def save_features(path, record, option="--output"):
+    """Write ``record`` (``extract_folder``'s dict) to ``path`` as an .npz, no pickled objects; the previous file
+    is replaced only once the new one is complete."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     arrays = {key: np.asarray(value) for key, value in record.items() if key != "images_per_second"}
-    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a name without it
+    with atomic_open(path, "wb", option) as f:  # a file object: np.savez would append ".npz" to a name without it
         np.savez(f, **arrays)
     return path
 
 
+def npz_arrays(path):
+    """``{name: (shape, dtype)}`` of the arrays of the .npz at ``path``, read from their .npy headers: nothing
+    else is decompressed (a small .npz can inflate to more than any memory)."""
+    arrays = {}
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.namelist():
+            if not member.endswith(".npy"):
+                continue
+            with archive.open(member) as f:
+                version = np.lib.format.read_magic(f)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+                               np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read_header(f)
+            arrays[member[:-len(".npy")]] = (shape, dtype)
+    return arrays
+
+
+def check_npz_fits(path):
+    """Refuse an .npz whose arrays, once read, would not fit in the memory this process can get."""
+    arrays = npz_arrays(path)
+    needed = sum(math.prod(shape) * dtype.itemsize for shape, dtype in arrays.values())
+    if "features" in arrays and arrays["features"][1] != np.float32:  # converted: a second copy
+        needed += math.prod(arrays["features"][0]) * 4
+    described = ", ".join(f"'{name}' {' x '.join(map(str, shape)) or 'scalar'} {dtype}"
+                          for name, (shape, dtype) in arrays.items() if shape)
+    check_fits(needed, f"{path}: its arrays ({described})", "extract the gallery in parts (a folder at a time), "
+               "or run on a machine with more memory")
+
+
 def load_features(path):
     """An .npz written by mdpr-extract as a dict: ``features`` (N x D float32), ``paths`` (list of str),
-    ``root`` and the metadata present; a clear error for anything else."""
+    ``root`` and the metadata present; a clear error for anything else, and for a file that would not fit in
+    memory before it is decompressed."""
     if not os.path.isfile(path):
         raise MissingFileError(f"features file {path} does not exist; make it with mdpr-extract")
     try:
+        if zipfile.is_zipfile(path):
+            check_npz_fits(path)
         data = np.load(path, mmap_mode="r", allow_pickle=False)  # a .npy is mapped, not read, to be refused
-    except (zipfile.BadZipFile, ValueError, OSError) as error:
+    except NOT_AN_NPZ as error:
         raise InputError(f"{path} is not an .npz of features written by mdpr-extract ({error})") from None
     if not isinstance(data, np.lib.npyio.NpzFile):  # a .npy: one bare array, without the image paths
         shape = " x ".join(map(str, data.shape))
@@ -109,7 +146,7 @@ def load_features(path):
     try:
         with data:
             record = {key: data[key] for key in data.files}
-    except (zipfile.BadZipFile, ValueError, OSError) as error:
+    except NOT_AN_NPZ as error:
         raise InputError(f"{path} is not an .npz of features written by mdpr-extract ({error})") from None
     missing = [key for key in REQUIRED_KEYS if key not in record]
     if missing:
@@ -166,7 +203,8 @@ def parse_args(argv=None):
 def main(argv=None):
     setup_tool_logging()
     args = parse_args(argv)
-    with reporting_errors("mdpr-extract"):
+    with reporting_errors("mdpr-extract"), resource_failures_explained(
+            "feature extraction", f"--batch-size (now {args.batch_size}) or INPUT.SIZE_TEST"):
         check_output_file(args.output)  # before the work, not after it
         cfg = setup_tool_config(args)
         paths = list_images(args.input)  # an empty folder fails before the model is loaded

@@ -30,6 +30,8 @@ import torch
 
 from ..errors import InputError, MissingFileError, reporting_errors
 from ..evaluation import rerank_distance
+from ..output_files import atomic_open, staged_outputs
+from ..resources import check_fits, resource_failures_explained
 from .common import check_output_file, setup_tool_config, setup_tool_logging, spreadsheet_safe
 from .extract import add_backend_arguments, backend_of, build_extractor, extract_folder, load_features
 
@@ -38,6 +40,11 @@ logger = logging.getLogger(__name__)
 RECALL_K = 10
 RECALL_SAMPLE = 1000   # gallery vectors used as queries to measure an IVF index's recall
 MIN_POINTS_PER_LIST = 39  # fewer training points per list than this and faiss warns k-means is poor
+LOWER = {  # what to lower when a command runs out of memory
+    "index": lambda args: "the gallery's size (index it in parts)",
+    "query": lambda args: (f"--topk (now {args.topk}), the number of queries, --batch-size (now {args.batch_size}, "
+                           "with --images)" + (", or search without --rerank" if args.rerank else "")),
+}
 
 
 def _faiss():
@@ -111,11 +118,15 @@ def sidecar(index_path):
 
 
 def save_index(path, index, meta):
-    """``path``: the faiss index; ``path``.json: ``meta`` (the gallery's paths, root, settings)."""
+    """``path``: the faiss index; ``path``.json: ``meta`` (the gallery's paths, root, settings). Both replace the
+    previous pair together, once both are written."""
+    faiss = _faiss()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    _faiss().write_index(index, path)
-    with open(sidecar(path), "w") as f:
-        json.dump(meta, f, indent=1)
+    with staged_outputs("--output") as outputs:
+        with outputs.open(path, "wb") as f:  # through Python's file: a failed write is an OSError, not faiss's text
+            faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))
+        with outputs.open(sidecar(path), "w") as f:
+            json.dump(meta, f, indent=1)
 
 
 def load_index(path):
@@ -130,6 +141,8 @@ def load_index(path):
             raise InputError(f"{sidecar(path)} is not valid JSON ({error}); rebuild the index") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("paths"), list):
         raise InputError(f"{sidecar(path)} has no 'paths' list; rebuild the index with `mdpr-search index`")
+    check_fits(os.path.getsize(path), f"{path}: the index", "build it from fewer gallery features, or run on a "
+               "machine with more memory")  # read whole into memory
     try:
         index = _faiss().read_index(path)
     except RuntimeError as error:
@@ -246,7 +259,7 @@ def command_query(args):
     rows = list(result_rows(record["paths"], meta["paths"], distances, indices))
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w", newline="") as f:
+        with atomic_open(args.output, "w", "--output", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["query", "rank", "gallery", "distance"])
             writer.writerows([spreadsheet_safe(cell) for cell in row] for row in rows)  # paths can start with =
@@ -297,7 +310,8 @@ def parse_args(argv=None):
 def main(argv=None):
     setup_tool_logging()
     args = parse_args(argv)
-    with reporting_errors("mdpr-search"):
+    with reporting_errors("mdpr-search"), resource_failures_explained(
+            f"mdpr-search {args.command}", LOWER[args.command](args)):
         if args.command == "index":
             command_index(args)
         else:

@@ -1,25 +1,17 @@
 """The fine-tuning benchmark's section of docs/benchmarks.md is what its saved results render to (no number edited by
 hand), and its numbers are the saved runs'."""
-import importlib.util
 import json
 import os
 
 import pytest
 from helpers import REPO
 
-SCRIPT = os.path.join(REPO, "benchmarks", "finetune_tracking.py")
+from benchmarks import finetune_tracking as script
+
 SAVED = os.path.join(REPO, "docs", "finetune-tracking", "2026-12-07-cpu.json")
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("finetune_tracking", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_docs_section_is_the_saved_results_rendered():
-    script = load_script()
     data = json.load(open(SAVED))
     section = script.render(data)
     docs = open(os.path.join(REPO, "docs", "benchmarks.md")).read()

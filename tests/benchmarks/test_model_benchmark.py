@@ -1,4 +1,4 @@
-"""The model speed benchmark (mdpr_plugin.benchmarks.model) in its small mode, its report logic and its
+"""The model speed benchmark (benchmarks.model) in its small mode, its report logic and its
 command line."""
 import argparse
 import contextlib
@@ -12,8 +12,8 @@ import time
 import pytest
 from helpers import REPO
 
-from mdpr_plugin.benchmarks import model as benchmark
-from mdpr_plugin.benchmarks.harness import OtherLoad
+from benchmarks import model as benchmark
+from benchmarks.harness import OtherLoad
 
 EXPECTED_ROWS = {("MDPR", "fp32"), ("MDPR", "channels_last"), ("Baseline", "fp32"), ("MGN", "fp32")}
 POSITIVE = ("train step (s)", "train images/s", "train GFLOP/image", "train % of ceiling",
@@ -94,27 +94,26 @@ def test_docs_section_leaves_the_other_sections_alone_and_is_replaced_in_place(s
     assert again.count(benchmark.SECTION.start) == 1 and again == text
 
 
-def _console_script(*args):
-    """``mdpr-benchmark`` as installed: the console_scripts entry point, run the way its script runs it."""
-    script = ("import sys; from importlib.metadata import entry_points; "
-              "sys.exit(entry_points(group='console_scripts')['mdpr-benchmark'].load()())")
-    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120)
+def _command_line(*args):
+    """``python -m benchmarks.model`` run as its docstring says: from the repository's root."""
+    return subprocess.run([sys.executable, "-m", "benchmarks.model", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
 
 
 @pytest.mark.slow
-def test_console_script_exits_0_and_prints_the_section(small_run):
-    proc = _console_script("--from-json", str(small_run["tmp"] / "results.json"))
+def test_the_command_line_exits_0_and_prints_the_section(small_run):
+    proc = _command_line("--from-json", str(small_run["tmp"] / "results.json"))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == small_run["stdout"].strip()
 
 
 @pytest.mark.slow
-def test_console_script_names_a_missing_config_file_in_one_line(tmp_path):
+def test_the_command_line_names_a_missing_config_file_in_one_line(tmp_path):
     missing = tmp_path / "nowhere.yml"
-    proc = _console_script("--small", "--config-file", str(missing))
+    proc = _command_line("--small", "--config-file", str(missing))
     assert proc.returncode == 1 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and str(missing) in proc.stderr
-    assert proc.stderr.startswith("mdpr-benchmark: error: ")
+    assert proc.stderr.startswith("python -m benchmarks.model: error: ")
 
 
 def test_small_mode_compiles_only_when_asked():
@@ -188,7 +187,7 @@ def test_other_load_counts_a_process_that_is_not_the_benchmarks():
 
 
 def test_repeat_timed_warms_up_then_times_until_the_repeats_or_the_budget():
-    from mdpr_plugin.benchmarks.harness import repeat_timed
+    from benchmarks.harness import repeat_timed
 
     calls = []
     first, times = repeat_timed(lambda: calls.append(1), warmup=3, repeats=5)
@@ -206,6 +205,6 @@ def test_repeat_timed_warms_up_then_times_until_the_repeats_or_the_budget():
 def test_from_json_of_another_file_is_one_line(tmp_path, content, message):
     """A file that is not --json's raised JSONDecodeError or KeyError with a traceback."""
     (tmp_path / "results.json").write_text(content)
-    with pytest.raises(SystemExit, match=rf"^mdpr-benchmark: error: --from-json {tmp_path}/results\.json " + message):
+    with pytest.raises(SystemExit, match=rf"^python -m benchmarks\.model: error: --from-json {tmp_path}/results\.json " + message):
         benchmark.main(["--from-json", str(tmp_path / "results.json"), "--output", str(tmp_path / "b.md")])
     assert not (tmp_path / "b.md").exists()

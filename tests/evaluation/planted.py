@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from mdpr_plugin.benchmarks.synthetic import Shape, synthetic_set
+from mdpr_plugin.synthetic.planted_features import Shape, synthetic_set
 
 SHAPE = Shape("test", num_query=60, num_gallery=540, num_identities=30, num_distractors=15, num_cameras=4)
 

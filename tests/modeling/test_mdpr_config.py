@@ -28,7 +28,7 @@ def test_defaults_and_idempotence():
     assert cfg.MODEL.BACKBONE.EMBEDDING_DIM == 512
     assert cfg.MODEL.BACKBONE.BRANCH_STAGES == () and cfg.MODEL.BACKBONE.TIMM_MODEL == ""
     assert cfg.MODEL.LOSSES.ATTN_DIVERSITY.SCALE == 0.001
-    assert cfg.INPUT.RPT.POOL_CAPACITY == 50000
+    assert cfg.INPUT.RPT.POOL_CAPACITY == 0  # the meta-architecture's own pool (1000 for MDPR)
 
 
 def test_authors_style_root_keys_load(tmp_path):
@@ -102,6 +102,7 @@ def test_paper_recipe(name, dataset):
     assert (s.MAX_EPOCH, s.DELAY_EPOCHS, s.FREEZE_ITERS, s.ETA_MIN_LR, s.SCHED) == (
         60, 0, 0, 1e-7, "CosineAnnealingLR")
     assert s.AMP.ENABLED and cfg.TEST.EVAL_PERIOD == 10 and cfg.DATALOADER.NUM_INSTANCE == 16
+    assert (cfg.SEED, s.CHECKPOINT_PERIOD) == (3407, 60)  # the authors' seed and checkpoint period
     assert {k: cfg[k] for k in DEFAULTS if k not in ("HARD_BRANCH_ENABLE", "SOFT_BRANCH_ENABLE")} == {
         k: v for k, v in DEFAULTS.items() if k not in ("HARD_BRANCH_ENABLE", "SOFT_BRANCH_ENABLE")}
 

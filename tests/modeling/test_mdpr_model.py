@@ -139,6 +139,24 @@ def test_bap_heads_are_declared_cross_entropy_only_and_training_only():
     assert model.eval_feature_dim == sum(spec.width for spec in declared if spec.in_eval_feature) == 9 * E
 
 
+TRIPLET = {key for key in DEFAULT if key.endswith("_triplet")}
+BAP_CE = {"loss_attn_bap4_cls", "loss_attn_bap3_cls"}
+OWN = DIVERSITY | DISTILLATION  # MDPR's own losses, with their own switches
+
+
+@pytest.mark.parametrize("names, keys", [
+    ("('CrossEntropyLoss', 'TripletLoss')", DEFAULT),
+    ("('CrossEntropyLoss',)", DEFAULT - TRIPLET),
+    # as in the authors' model, the BAP heads are trained with cross-entropy whatever the names say
+    ("('TripletLoss',)", TRIPLET | BAP_CE | OWN),
+])
+def test_loss_names_switch_cross_entropy_and_triplet_of_every_head(names, keys):
+    model = build(small_cfg("MODEL.LOSSES.NAME", names))
+    losses = model(batch())
+    assert set(losses) == keys
+    assert all(torch.isfinite(value) for value in losses.values())
+
+
 def test_the_model_reads_the_declared_policy_rather_than_head_names(monkeypatch):
     declared = SoftContentBranch.head_specs
     monkeypatch.setattr(SoftContentBranch, "head_specs", staticmethod(lambda e, m: [

@@ -8,10 +8,10 @@ import pytest
 from helpers import load_config, logged
 from PIL import Image
 
-from mdpr_plugin.benchmarks.mot_format import write_mot_sequence
-from mdpr_plugin.benchmarks.people_sequence import make_sequence
 from mdpr_plugin.data import builders
 from mdpr_plugin.errors import InputError
+from mdpr_plugin.synthetic.mot_format import write_mot_sequence
+from mdpr_plugin.synthetic.people_scene import make_sequence
 from mdpr_plugin.tools import dataset
 from mdpr_plugin.tools.dataset import Box, Filters, clipped_box, parse_gt_line, read_gt, rejection
 

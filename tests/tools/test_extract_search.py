@@ -371,7 +371,8 @@ def test_the_ranking_summary_quotes_formulas(tmp_path):
 
     query = RankedQuery(index=0, path="=cmd|' /C calc'!A0", pid=1, camid=0, ap=0.5, gallery=[3],
                         gallery_paths=["@SUM(1+1)*cmd.jpg"], distances=[-1e-7], correct=[True])
-    write_summary(str(tmp_path / "summary.csv"), [query], ["0001_query.png"])
+    with open(tmp_path / "summary.csv", "w", newline="") as f:
+        write_summary(f, [query], ["0001_query.png"])
     with open(tmp_path / "summary.csv", newline="") as f:
         row = list(csv.reader(f))[1]
     assert row == ["1", "0001_query.png", "'=cmd|' /C calc'!A0", "1", "0", "0.500000", "1", "'@SUM(1+1)*cmd.jpg",

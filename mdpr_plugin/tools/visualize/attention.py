@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from ...errors import InputError, MissingFileError
 from ...engine import Trainer
 from ...inference import FeatureExtractor
+from ...output_files import staged_outputs
 from ..common import list_images
 from . import drawing
 
@@ -164,15 +165,17 @@ def run(cfg, config_file, output_dir, inputs=None, test_set=False, scale=1):
     batches = test_set_batches(cfg) if test_set else input_batches(extractor, pairs)
     size = (scale * cfg.INPUT.SIZE_TEST[0], scale * cfg.INPUT.SIZE_TEST[1])  # (height, width)
     written = []
-    for images, names in batches:
-        maps = attention_at(extractor.model, images, size)
-        for b, (path, name) in enumerate(names):
-            picture = draw_attention(os.path.basename(path), images[b],
-                                     {level: (fg[b], bg[b]) for level, (fg, bg) in maps.items()})
-            target = os.path.join(output_dir, name + ".png")
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            picture.save(target)
-            written.append(target)
+    with staged_outputs("--output-dir") as outputs:  # the pictures replace the old ones once all are drawn
+        for images, names in batches:
+            maps = attention_at(extractor.model, images, size)
+            for b, (path, name) in enumerate(names):
+                picture = draw_attention(os.path.basename(path), images[b],
+                                         {level: (fg[b], bg[b]) for level, (fg, bg) in maps.items()})
+                target = os.path.join(output_dir, name + ".png")
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with outputs.open(target) as f:
+                    picture.save(f, format="PNG")
+                written.append(target)
     print(f"Wrote {len(written)} attention pictures to {output_dir}: per image, rows layer4 and layer3; "
           "columns the input, the foreground maps, the background map (colour scale 0 blue .. 1 red)")
     return written

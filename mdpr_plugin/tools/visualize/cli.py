@@ -2,6 +2,7 @@
 import sys
 
 from ...errors import reporting_errors
+from ...resources import resource_failures_explained
 from ..common import check_output_folder, positive_int, setup_tool_config, setup_tool_logging, tool_parser
 from . import attention, ranking
 
@@ -77,6 +78,7 @@ def main(argv=None):
         print(f"{PROG}: unknown command {argv[0]!r}\n{USAGE}", file=sys.stderr)
         return 2
     setup_tool_logging()
-    with reporting_errors(f"{PROG} {argv[0]}"):
+    with reporting_errors(f"{PROG} {argv[0]}"), resource_failures_explained(
+            f"{PROG} {argv[0]}", "--scale, TEST.IMS_PER_BATCH or INPUT.SIZE_TEST"):
         run_command(argv[0], argv[1:])
     return 0

@@ -5,6 +5,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ...text_escapes import escaped
+
 WHITE = (255, 255, 255)
 BLACK = (0, 0, 0)
 CORRECT = (0, 170, 0)     # frame of a gallery image of the query's identity
@@ -47,8 +49,8 @@ def fit(text, width):
 
 
 def write(draw, x, y, text, width, colour=BLACK):
-    """One caption line at (x, y), cut to ``width`` pixels."""
-    draw.text((x, y), fit(text, width), fill=colour, font=font())
+    """One caption line at (x, y), cut to ``width`` pixels; a file name's bytes that are not UTF-8 as ``\\xNN``."""
+    draw.text((x, y), fit(escaped(text), width), fill=colour, font=font())
 
 
 def to_pil(image, size=None):

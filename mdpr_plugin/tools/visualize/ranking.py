@@ -17,6 +17,7 @@ from ...engine import Trainer
 from ...evaluation import ReidEvaluator, evaluate_rank, inference_on_dataset
 from ...evaluation.rank import query_validity
 from ...inference import FeatureExtractor
+from ...output_files import staged_outputs
 from ..common import spreadsheet_safe
 from . import drawing
 
@@ -155,17 +156,17 @@ def file_name(position, total, path):
     return f"{position:0{digits}d}_{os.path.splitext(os.path.basename(path))[0]}.png"
 
 
-def write_summary(path, ranked, names):
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["position", "picture", "query", "pid", "camid", "ap", "rank1_correct",
-                         "top1_gallery", "top1_distance"])
-        for position, (query, name) in enumerate(zip(ranked, names), 1):
-            row = [position, name, query.path, query.pid, query.camid,
-                   "" if np.isnan(query.ap) else f"{query.ap:.6f}", int(query.rank1_correct),
-                   query.gallery_paths[0] if query.gallery else "",
-                   f"{query.distances[0]:.6f}" if query.gallery else ""]
-            writer.writerow([spreadsheet_safe(cell) for cell in row])  # paths can start with =
+def write_summary(handle, ranked, names):
+    """summary.csv's rows to ``handle`` (a text file opened with newline="")."""
+    writer = csv.writer(handle)
+    writer.writerow(["position", "picture", "query", "pid", "camid", "ap", "rank1_correct",
+                     "top1_gallery", "top1_distance"])
+    for position, (query, name) in enumerate(zip(ranked, names), 1):
+        row = [position, name, query.path, query.pid, query.camid,
+               "" if np.isnan(query.ap) else f"{query.ap:.6f}", int(query.rank1_correct),
+               query.gallery_paths[0] if query.gallery else "",
+               f"{query.distances[0]:.6f}" if query.gallery else ""]
+        writer.writerow([spreadsheet_safe(cell) for cell in row])  # paths can start with =
 
 
 # ------------------------------------------------------------------------------------------ the command
@@ -205,12 +206,15 @@ def run(cfg, output_dir, topk=10, order="ap-ascending", num_queries=None, scale=
     os.makedirs(output_dir, exist_ok=True)
     tile_size = (scale * cfg.INPUT.SIZE_TEST[1], scale * cfg.INPUT.SIZE_TEST[0])  # SIZE_TEST is (h, w)
     names = []
-    for position, query in enumerate(ranked, 1):
-        images = extractor.preprocess([query.path] + query.gallery_paths)
-        picture = draw_ranking(query, position, len(ranked), order, images, g_pids, g_camids, tile_size, topk)
-        names.append(file_name(position, len(ranked), query.path))
-        picture.save(os.path.join(output_dir, names[-1]))
-    write_summary(os.path.join(output_dir, "summary.csv"), ranked, names)
+    with staged_outputs("--output-dir") as outputs:  # the pictures replace the old ones once all are drawn
+        for position, query in enumerate(ranked, 1):
+            images = extractor.preprocess([query.path] + query.gallery_paths)
+            picture = draw_ranking(query, position, len(ranked), order, images, g_pids, g_camids, tile_size, topk)
+            names.append(file_name(position, len(ranked), query.path))
+            with outputs.open(os.path.join(output_dir, names[-1])) as f:
+                picture.save(f, format="PNG")
+        with outputs.open(os.path.join(output_dir, "summary.csv"), "w", newline="") as f:
+            write_summary(f, ranked, names)
 
     print(f"{cfg.DATASETS.TESTS[0]}: mAP {results['mAP']:.2f}%, Rank-1 {results['Rank-1']:.2f}% "
           f"(the evaluation's numbers{', re-ranked' if cfg.TEST.RERANK.ENABLED else ''})")

@@ -14,10 +14,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ..errors import InputError, MissingFileError, reporting_errors
-from ..tools.common import check_output_file, positive_int
+from mdpr_plugin.errors import InputError, MissingFileError, reporting_errors
+from mdpr_plugin.tools.common import check_output_file, positive_int
 
 GIB = 1024 ** 3
+# this folder sits in the checkout, beside train_net.py, configs/ and docs/ (it is not installed)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
@@ -109,7 +111,9 @@ def run_isolated(module, argument, threads):
     """``module``'s ``--worker`` on ``argument`` in a fresh interpreter, the thread variables set before any
     import, so that no earlier case's allocator or thread pools touch its times and peak memory. The
     worker's log goes straight to this process's stderr; its result comes as the last line of its stdout."""
-    env = dict(os.environ, **{v: str(threads) for v in THREAD_VARIABLES})
+    # the checkout first on the path: ``-m benchmarks.<name>`` is found from whatever folder the run started in
+    path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=path, **{v: str(threads) for v in THREAD_VARIABLES})
     command = [sys.executable, "-m", module, "--worker", json.dumps(argument)]
     proc = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:

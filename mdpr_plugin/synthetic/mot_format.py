@@ -1,4 +1,4 @@
-"""The synthetic street scene of :mod:`.people_sequence` written as a MOTChallenge-format sequence, as a tracker's
+"""The synthetic street scene of :mod:`.people_scene` written as a MOTChallenge-format sequence, as a tracker's
 own video would be: ``SEQ/img1/000001.jpg ...``, ``SEQ/gt/gt.txt`` and ``SEQ/seqinfo.ini``.
 
 gt.txt holds, per frame, the true box of every person the scene counts as seen (at least ``min_visible`` of the box
@@ -11,13 +11,13 @@ import os
 import numpy as np
 from PIL import Image
 
-from .people_sequence import Sequence
+from .people_scene import Sequence
 
 FRAME_RATE = 25
 
 
 def write_mot_sequence(scene, folder, name=None):
-    """Write ``scene`` (a :class:`.people_sequence.Sequence`) into ``folder``; returns ``folder``."""
+    """Write ``scene`` (a :class:`.people_scene.Sequence`) into ``folder``; returns ``folder``."""
     name = name or os.path.basename(os.path.abspath(folder))
     os.makedirs(os.path.join(folder, "img1"), exist_ok=True)
     os.makedirs(os.path.join(folder, "gt"), exist_ok=True)
@@ -36,7 +36,7 @@ def write_mot_sequence(scene, folder, name=None):
 
 
 def read_mot_sequence(folder):
-    """A MOTChallenge-format sequence folder (img1/<frame>.jpg, gt/gt.txt) as a :class:`.people_sequence.Sequence`:
+    """A MOTChallenge-format sequence folder (img1/<frame>.jpg, gt/gt.txt) as a :class:`.people_scene.Sequence`:
     its frames (BGR, OpenCV's order, as a video reader gives them), the gt boxes of each frame as both the truth and
     the detections (confidence 0.9, class 0), the track ids as the people."""
     from ..tools.dataset import frame_files, read_gt, read_sequence

@@ -1,7 +1,7 @@
 """Evaluation benchmark: the plugin's evaluation against fastreid's own, on synthetic features.
 
-    python -m mdpr_plugin.benchmarks.evaluation            # full: Duke and MSMT17 shapes, 4608/2048-d
-    python -m mdpr_plugin.benchmarks.evaluation --small    # seconds: a tiny shape, for CI
+    python -m benchmarks.evaluation            # full: Duke and MSMT17 shapes, 4608/2048-d
+    python -m benchmarks.evaluation --small    # seconds: a tiny shape, for CI
 
 For each data-set shape and feature width it times, on the same synthetic features and in one run:
 
@@ -30,13 +30,13 @@ RERANK = {"k1": 20, "k2": 6, "lambda_value": 0.3}  # fastreid's TEST.RERANK defa
 METRIC = "cosine"  # fastreid's TEST.METRIC default
 PROGRESS_PERIOD = 60.0  # seconds between the plugin's progress lines in a worker's log
 SECTION = Section("evaluation-benchmark")
-MODULE = "mdpr_plugin.benchmarks.evaluation"
+MODULE = "benchmarks.evaluation"
 PROG = "python -m " + MODULE
 
 
 # ------------------------------------------------------------------------------------- cases
 def shapes(small):
-    from .synthetic import DUKE, MSMT17, SMALL
+    from mdpr_plugin.synthetic.planted_features import DUKE, MSMT17, SMALL
 
     return {"small": SMALL} if small else {"duke": DUKE, "msmt17": MSMT17}
 
@@ -64,7 +64,7 @@ def _steps(impl, rerank):
     from fastreid.evaluation.rank import evaluate_rank as fastreid_rank
     from fastreid.utils import compute_dist
 
-    from ..evaluation import evaluate_rank, pairwise_distance, rerank_distance
+    from mdpr_plugin.evaluation import evaluate_rank, pairwise_distance, rerank_distance
 
     def fastreid_rerank(q, g):
         # fastreid's ReidEvaluator.evaluate with TEST.RERANK.ENABLED, the search on the CPU
@@ -97,7 +97,7 @@ def run_case(case):
     import faiss
 
     import mdpr_plugin  # noqa: F401  (the import shims fastreid needs)
-    from .synthetic import synthetic_set
+    from mdpr_plugin.synthetic.planted_features import synthetic_set
 
     from threadpoolctl import threadpool_limits
 
@@ -257,7 +257,7 @@ def goals(results):
 
 
 METHOD = (
-    "Synthetic features with planted identities and cameras (`mdpr_plugin/benchmarks/synthetic.py`) at "
+    "Synthetic features with planted identities and cameras (`mdpr_plugin/synthetic/planted_features.py`) at "
     "the test-split shapes; cosine distance; re-ranking with k1=20, k2=6, lambda=0.3 (fastreid's "
     "defaults). Times are medians over the timed runs after an untimed warm-up; \"peak RSS added\" is the "
     "peak resident memory during the step minus the resident memory just before it (outputs included, "

@@ -6,7 +6,7 @@ that grows towards the bottom of the frame (nearer) and in front of everyone far
 of its identity's images every ``pose_frames`` frames (the images come from different cameras: a change of pose and
 light a tracker's appearance model must bridge). A person counts as seen in a frame when at least ``min_visible``
 of its box is inside the frame and not hidden: only those are detected (their boxes jittered by ``jitter`` pixels,
-not clipped to the frame, as some detectors give them) and scored by :mod:`.mot_metrics`.
+not clipped to the frame, as some detectors give them) and scored by :mod:`mdpr_plugin.evaluation.tracking_metrics`.
 """
 import os
 from collections import defaultdict

@@ -1,12 +1,12 @@
 """Tracking with MDPR embeddings, measured: BoxMOT's BotSort (and StrongSort) on the synthetic street scene of
-:mod:`.people_sequence` built from the held-out bundled identities, with the embeddings of models trained on the
-bundled training images, against motion alone; the appearance distances a tracker's thresholds are compared with;
+:mod:`mdpr_plugin.synthetic.people_scene` built from the held-out bundled identities, with the embeddings of models
+trained on the bundled training images, against motion alone; the appearance distances a tracker's thresholds are compared with;
 and how much a feature moves when its box shifts by 1-4 pixels, as a detector's boxes jitter.
 
-    python -m mdpr_plugin.benchmarks.tracking --write-docs   # and its section of docs/benchmarks.md (~15 min)
-    python -m mdpr_plugin.benchmarks.tracking --small        # a short scene, one short training: a check that it runs
+    python -m benchmarks.tracking --write-docs   # and its section of docs/benchmarks.md (~15 min)
+    python -m benchmarks.tracking --small        # a short scene, one short training: a check that it runs
 
-Run from a checkout (it trains with train_net.py): each recipe is ``train_net.py --config-file <config> SEED 0``
+It trains with train_net.py: each recipe is ``train_net.py --config-file <config> SEED 0``
 plus its overrides, into --weights-dir (a recipe whose model_final.pth is there is not trained again). Nothing here
 is timed; the trackers run with camera-motion compensation off (the scene's camera does not move).
 """
@@ -18,13 +18,12 @@ import tempfile
 
 import numpy as np
 
-from .harness import Benchmark, Section, log, machine, parser, recording_run, run_header
-from .mot_metrics import identity_scores
-from .people_sequence import make_sequence
+from .harness import REPO, Benchmark, Section, log, machine, parser, recording_run, run_header
+from mdpr_plugin.evaluation.tracking_metrics import identity_scores
+from mdpr_plugin.synthetic.people_scene import make_sequence
 
 SECTION = Section("tracking-benchmark")
-PROG = "python -m mdpr_plugin.benchmarks.tracking"
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PROG = "python -m benchmarks.tracking"
 # name -> (config, overrides): the demo recipe, and what its crop augmentation becomes without padding or with
 # random resized crops; fastreid's Baseline trained as long, as a reference re-id model
 RECIPES = {
@@ -53,9 +52,6 @@ def train(name, folder, small):
         log(f"  {name}: reusing {weights}")
         return weights
     script = os.path.join(REPO, "train_net.py")
-    if not os.path.isfile(script):
-        from ..errors import MissingFileError
-        raise MissingFileError(f"{script} does not exist: run this benchmark from a checkout of the repository")
     short = ["SOLVER.MAX_EPOCH", "2", "SOLVER.WARMUP_ITERS", "1", "TEST.EVAL_PERIOD", "100"] if small else []
     command = [sys.executable, script, "--config-file", os.path.join(REPO, config), "MODEL.DEVICE", "cpu",
                "OUTPUT_DIR", output, "SEED", "0", *overrides, *short]
@@ -144,7 +140,7 @@ def shift_stability(extractor, scene, boxes_wanted=40, every=10):
 
 # ------------------------------------------------------------------------------------ the run
 def run_recipe(name, scene, args):
-    from ..inference import FeatureExtractor
+    from mdpr_plugin.inference import FeatureExtractor
 
     weights = train(name, args.weights_dir, args.small)
     extractor = FeatureExtractor(os.path.join(REPO, RECIPES[name][0]), weights, device="cpu")
@@ -236,13 +232,13 @@ def render(data):
         *header,
         f"The scene: {scene['people']} held-out people (identities {', '.join(scene['identities'])}: the bundled "
         f"test split, not trained on) walking for {scene['frames']} frames of {scene['size'][1]} x "
-        f"{scene['size'][0]} pixels (seed {scene['seed']}; `mdpr_plugin.benchmarks.people_sequence`), crossing "
+        f"{scene['size'][0]} pixels (seed {scene['seed']}; `mdpr_plugin.synthetic.people_scene`), crossing "
         f"and hiding one another: {scene['detections']} detections (boxes jittered by 1 px, "
         f"{scene['edge_detections']} of them partly outside the frame). Models: trained on the 32 bundled training "
         f"images with `train_net.py --config-file <config> SEED 0` plus each recipe's overrides "
         f"({first['feature_dim']}-d MDPR features). Trackers: BoxMOT's defaults but `use_cmc=False`, the "
         "embeddings given in `Detections`; IDF1 and ID switches against the true boxes at IoU 0.5 "
-        "(`mdpr_plugin.benchmarks.mot_metrics`). Nothing is timed: the load above does not affect these numbers. "
+        "(`mdpr_plugin.evaluation.tracking_metrics`). Nothing is timed: the load above does not affect these numbers. "
         "StrongSort has no motion-only mode; at a small `max_cos_dist` appearance hardly ever matches.",
         "",
         *tracking_table(data),

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from mdpr_plugin.benchmarks import evaluation as benchmark
-from mdpr_plugin.benchmarks.harness import GIB
+from benchmarks import evaluation as benchmark
+from benchmarks.harness import GIB
 
 
 @pytest.mark.slow

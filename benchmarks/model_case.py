@@ -22,7 +22,7 @@ IDS_PER_BATCH = 4  # synthetic batches: B / 4 identities of 4 images, so the tri
 def build_config(case):
     """The config of ``case["arch"]``: the MDPR config file, its overrides, and for fastreid's Baseline /
     MGN the same backbone, input, norm and loss settings under their own meta-architecture."""
-    from ..config import build_config as build_mdpr_config
+    from mdpr_plugin.config import build_config as build_mdpr_config
 
     cfg = build_mdpr_config(case["config_file"], case["opts"])
     cfg.MODEL.BACKBONE.PRETRAIN = False  # speed does not depend on the weights; no file to find
@@ -39,8 +39,8 @@ def build_config(case):
 
 
 def build(case):
-    from ..devices import resolve_device
-    from ..engine import build_model
+    from mdpr_plugin.devices import resolve_device
+    from mdpr_plugin.engine import build_model
 
     cfg = build_config(case)
     device = resolve_device(cfg.MODEL.DEVICE)
@@ -138,7 +138,7 @@ def _eval_images(cfg, size):
     from fastreid.data.transforms import build_transforms
     from PIL import Image
 
-    from ..data.datasets import MiniMarket1501
+    from mdpr_plugin.data.datasets import MiniMarket1501
 
     data = MiniMarket1501()
     records = list(data.query) + list(data.gallery)
@@ -179,7 +179,7 @@ def infer_phase(model, cfg, device, case):
 def evaluate_features(runner, cfg, device, case):
     import numpy as np
 
-    from ..evaluation import evaluate_rank, pairwise_distance
+    from mdpr_plugin.evaluation import evaluate_rank, pairwise_distance
 
     images, pids, camids, num_query = _eval_images(cfg, case["size"])
     features = torch.cat([runner(images[i:i + case["batch"]].to(device)).cpu()

@@ -1,7 +1,7 @@
 """Where a training step's time goes, and the step's speed against another checkout of this project.
 
-    python -m mdpr_plugin.benchmarks.training_step profile           # the phases of a step (torch profiler)
-    python -m mdpr_plugin.benchmarks.training_step compare BASE_DIR  # this checkout vs the one at BASE_DIR
+    python -m benchmarks.training_step profile           # the phases of a step (torch profiler)
+    python -m benchmarks.training_step compare BASE_DIR  # this checkout vs the one at BASE_DIR
 
 The case is the CPU benchmark's: configs/MDPR/market.yml with ResNet-50-IBN, 128x64 input, E 512, 751
 classes, batch 16, float32, with the trainer's own model and optimizer (``Trainer.build_model`` /
@@ -86,7 +86,7 @@ def profile(repeats, warmup):
     from fastreid.utils.events import EventStorage
     from torch.profiler import ProfilerActivity, record_function
 
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))
     cfg, model, optimizer, loop, batch = _case(repo)
     phases = ("forward", "zero_grad", "backward", "bookkeeping", "optimizer")
@@ -137,7 +137,7 @@ def _data_time(cfg, batches=10):
 
 def compare(base, rounds, repeats, warmup):
     """Step and inference medians of this checkout and of ``base``, in fresh processes, alternating."""
-    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     runs = {"base": [], "here": []}
     for round_index in range(rounds):
         for name, repo in (("base", base), ("here", here)):
@@ -166,13 +166,12 @@ def main(argv=None):
         # torch's profiler (kineto) prints an "ERROR: ... gpuGetDeviceCount failed" line on a machine without a GPU,
         # and trace lines, though profiling the CPU works; its log level is read when torch loads, so run again
         # with it set
-        os.execve(sys.executable, [sys.executable, "-m", "mdpr_plugin.benchmarks.training_step", *sys.argv[1:]],
-                  dict(os.environ, KINETO_LOG_LEVEL="7"))
+        os.execve(sys.executable, sys.orig_argv, dict(os.environ, KINETO_LOG_LEVEL="7"))
     from mdpr_plugin.errors import reporting_errors
 
     started = time.perf_counter()
 
-    with reporting_errors("python -m mdpr_plugin.benchmarks.training_step"):
+    with reporting_errors("python -m benchmarks.training_step"):
         if args.command == "measure":
             result = measure(args.repo, args.repeats, args.warmup)
         elif args.command == "profile":

@@ -1,58 +1,33 @@
-"""Writing a run's files: atomically, beside what a shared folder may hold, and a failure said in one line.
+"""A write into OUTPUT_DIR that fails because of the folder, said in one line.
 
-Each file is written to ``<file>.tmp<pid>`` and renamed over the old one once complete. A file of that name is a
-leftover of an ended process that had this one's id (live processes do not share one): it is replaced. Anything
-else there (a folder, a link) is not the plugin's: it is left alone and another name taken.
-
-A write into OUTPUT_DIR that fails because the folder was removed, made read-only, is full, or the file is over the
-size this process may write (``ulimit -f``) is an :class:`OutputWriteError`, one line naming the folder, the file and
-the fix; what was written before stays as it was.
+A training run's files are written whole or not at all (:func:`mdpr_plugin.output_files.atomic_open`). A write that
+fails because OUTPUT_DIR was removed, made read-only, is full, or the file is over the size this process may write
+(``ulimit -f``) is an :class:`~mdpr_plugin.output_files.OutputWriteError` naming the folder, the file, what is kept and
+the fix (``--resume``); what was written before stays as it was.
 """
 import contextlib
 import errno
-import itertools
+import logging
 import os
-import re
 import resource
 import shutil
 
-from ..errors import MDPRError
+from ..output_files import OutputWriteError
 
-PARTIAL_NAME = re.compile(r"\.tmp\d+(-\d+)?$")  # the temporary files of atomic_open
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+logger = logging.getLogger(__name__)
 _READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-class OutputWriteError(MDPRError, OSError):
-    """A file could not be written into OUTPUT_DIR (removed, read-only, full); what was written before is intact."""
-
-
-def _new_temporary(path):
-    """``(name, descriptor)`` of a new file to write ``path`` through."""
-    for attempt in itertools.count():
-        name = f"{path}.tmp{os.getpid()}" + (f"-{attempt}" if attempt else "")
-        try:
-            return name, os.open(name, _NEW_FILE, 0o644)
-        except FileExistsError:
-            if os.path.isfile(name) and not os.path.islink(name):
-                os.remove(name)  # an ended process's, which had this id: no live process writes it
-                return name, os.open(name, _NEW_FILE, 0o644)
-
-
-@contextlib.contextmanager
-def atomic_open(path, mode="wb"):
-    """Open a new temporary file next to ``path``; it replaces ``path`` only once fully written."""
-    temporary, fd = _new_temporary(path)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)  # not renamed: a partial file
+def remake_removed_folder(folder, writing, on_recreated=None):
+    """OUTPUT_DIR ``folder``, removed during training, made again before ``writing`` (what is about to be written)
+    goes into it: the run goes on, with a warning that the files it held are gone; ``on_recreated`` then restores
+    the run's own files (lock, config.yaml, log.txt)."""
+    logger.warning("OUTPUT_DIR %s was removed during training: recreating it for %s (the files it held are gone).",
+                   folder, writing)
+    os.makedirs(folder, exist_ok=True)
+    if on_recreated:
+        on_recreated()
 
 
 def last_checkpoint_kept(folder):
@@ -108,8 +83,8 @@ def writing_into(folder, name, needed_bytes=None):
         raise write_failure(folder, name, FileNotFoundError(errno.ENOENT, "removed"))
     try:
         yield
-    except OSError as error:
-        failure = None if isinstance(error, MDPRError) else write_failure(folder, name, error, needed_bytes)
+    except OSError as error:  # atomic_open's own OutputWriteError too: it keeps the cause's errno
+        failure = write_failure(folder, name, error, needed_bytes)
         if failure is None:
             raise
         raise failure from None

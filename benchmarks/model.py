@@ -1,9 +1,9 @@
 """Model speed benchmark: MDPR's training step and inference, with fastreid's Baseline and MGN as references.
 
-    mdpr-benchmark --config-file configs/MDPR/market.yml                 # the CPU setting of docs/benchmarks.md
-    mdpr-benchmark --config-file configs/MDPR/market.yml --size 384x192 \\
+    python -m benchmarks.model --config-file configs/MDPR/market.yml     # the CPU setting of docs/benchmarks.md
+    python -m benchmarks.model --config-file configs/MDPR/market.yml --size 384x192 \\
         --batch 64 MODEL.DEVICE cuda                                      # a GPU setting
-    mdpr-benchmark --small                                                # minutes: tiny input, no compile
+    python -m benchmarks.model --small                                    # minutes: tiny input, no compile
 
 Everything runs at the same input size and batch, in one run. The MDPR config is the config file with
 its ``KEY VALUE`` overrides on top of the CPU setting (ResNet-50-IBN, E=512, 751 classes; no
@@ -34,13 +34,13 @@ import argparse
 import logging
 import os
 
-from ..tools.common import check_output_folder, positive_int
+from mdpr_plugin.tools.common import check_output_folder, positive_int
 from .harness import GIB, Benchmark, Goal, Section, goals_lines, log, machine, parser, \
     recording_run, run_cases, run_header, run_isolated, saver
 
 SECTION = Section("model-benchmark")
-MODULE = "mdpr_plugin.benchmarks.model"
-PROG = "mdpr-benchmark"
+MODULE = "benchmarks.model"
+PROG = "python -m " + MODULE
 ARCHS = ("MDPR", "Baseline", "MGN")
 # The CPU setting of docs/benchmarks.md; the user's KEY VALUE pairs come after these and override them.
 CPU_OPTS = ["MODEL.BACKBONE.DEPTH", "50x", "MODEL.BACKBONE.WITH_IBN", "True",
@@ -69,7 +69,7 @@ def default_modes(args):
 def _wants_cuda(args):
     """Whether the cases will run on CUDA: the config's MODEL.DEVICE (fastreid's default is cuda), if
     this machine has it."""
-    from ..devices import resolve_device
+    from mdpr_plugin.devices import resolve_device
     from .model_case import build_config
 
     cfg = build_config({"config_file": args.config_file, "opts": _opts(args), "size": [1, 1], "arch": "MDPR"})
@@ -162,7 +162,7 @@ def _summary(r):
 
 
 def _command(args):
-    parts = ["python -m mdpr_plugin.benchmarks.model", "--config-file", args.config_file,
+    parts = [PROG, "--config-file", args.config_file,
              "--size", "x".join(map(str, args.size)), "--batch", str(args.batch), "--threads", str(args.threads)]
     if args.small:
         parts.append("--small")
@@ -381,7 +381,7 @@ BENCHMARK = Benchmark(PROG, parse_args, run_worker, run_all, render, SECTION,
 
 
 def main(argv=None):
-    """The ``mdpr-benchmark`` console script: 0 on success (see the module's docstring)."""
+    """0 on success (see the module's docstring)."""
     return BENCHMARK.main(argv)
 
 

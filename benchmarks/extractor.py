@@ -1,8 +1,8 @@
 """Throughput of :class:`mdpr_plugin.FeatureExtractor`: images/s for image files and for the person boxes of a
 1080p frame (a tracker's call), with PyTorch and with ONNX Runtime.
 
-    python -m mdpr_plugin.benchmarks.extractor --write-docs     # and its section of docs/benchmarks.md (minutes)
-    python -m mdpr_plugin.benchmarks.extractor --small          # two timed calls a case: a check that it runs
+    python -m benchmarks.extractor --write-docs     # and its section of docs/benchmarks.md (minutes)
+    python -m benchmarks.extractor --small          # two timed calls a case: a check that it runs
 
 The model is --config-file's (default configs/MDPR/demo.yml) with untrained weights (the speed does not depend on
 them), saved in a temporary folder and exported there with mdpr-export's ``export_onnx``. Inputs: the bundled
@@ -23,7 +23,7 @@ from .harness import (Benchmark, Section, log, machine, parser, recording_run, r
                       run_header, saver)
 
 SECTION = Section("extractor-benchmark")
-PROG = "python -m mdpr_plugin.benchmarks.extractor"
+PROG = "python -m benchmarks.extractor"
 FRAME_SIZE = (1080, 1920)  # height, width
 PERSON_SIZE = (300, 120)   # height, width of a pasted person
 PEOPLE = 16
@@ -59,11 +59,11 @@ def demo_model_files(config_file, folder):
     import torch
     from fastreid.utils.checkpoint import Checkpointer
 
-    from ..config import build_config
-    from ..engine import build_model
-    from ..errors import MissingExtraError
-    from ..inference import FeatureExtractor
-    from ..tools.export import export_onnx
+    from mdpr_plugin.config import build_config
+    from mdpr_plugin.engine import build_model
+    from mdpr_plugin.errors import MissingExtraError
+    from mdpr_plugin.inference import FeatureExtractor
+    from mdpr_plugin.tools.export import export_onnx
 
     torch.manual_seed(0)
     model = build_model(build_config(config_file, ["MODEL.BACKBONE.PRETRAIN", "False", "MODEL.DEVICE", "cpu"]))
@@ -83,9 +83,9 @@ def run_case(case):
     import numpy as np
     import torch
 
-    from ..data import BUNDLED_ROOT
-    from ..inference import FeatureExtractor, crop_regions
-    from ..tools.common import list_images
+    from mdpr_plugin.data import BUNDLED_ROOT
+    from mdpr_plugin.inference import FeatureExtractor, crop_regions
+    from mdpr_plugin.tools.common import list_images
 
     torch.set_num_threads(case["threads"])
     onnx = case["onnx"] if case["backend"] == "onnx" else None

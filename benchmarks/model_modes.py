@@ -13,7 +13,7 @@ import contextlib
 
 import torch
 
-from ..errors import MDPRError
+from mdpr_plugin.errors import MDPRError
 
 MODES = ("fp32", "channels_last", "bf16", "fp16", "compile", "onnxruntime")
 CPU_MODES = ("fp32", "channels_last", "bf16", "onnxruntime", "compile")
@@ -65,8 +65,8 @@ class OnnxRuntimeModel:
 
     def __init__(self, model, path, height, width, threads, device):
         try:
-            from ..onnx_runtime import onnx_session
-            from ..tools.export import export_onnx
+            from mdpr_plugin.onnx_runtime import onnx_session
+            from mdpr_plugin.tools.export import export_onnx
             export_onnx(model, path, height, width)
             # the session mdpr-extract uses, with the benchmark's thread count
             self.session = onnx_session(path, threads, cuda=device.type == "cuda")
