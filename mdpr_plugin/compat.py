@@ -33,7 +33,7 @@ import torch
 
 from .data.loader import DeviceDataLoader
 from .devices import on_available_device
-from .engine.checkpointer import MDPRCheckpointer
+from .engine.checkpointer import load_checkpoint_file
 from .errors import MDPRError
 from .engine.distributed import distributed_data_parallel
 from .engine.launch import launch
@@ -98,6 +98,12 @@ def _ranking_without_cython(evaluate_rank):
     return evaluate_rank_with_cython_numbers
 
 
+def _read_checkpoint(checkpointer, path):
+    """fastreid's ``Checkpointer._load_file``, reading with the plugin's loader (the resume checks of
+    :class:`~mdpr_plugin.engine.MDPRCheckpointer` are its own)."""
+    return load_checkpoint_file(path)
+
+
 PATCHES = (
     Patch("fastreid.data.data_utils:DataLoaderX", lambda original: DeviceDataLoader,
           "DataLoaderX creates a CUDA stream and moves every batch to cuda:<rank> (data/data_utils.py:127,151): "
@@ -152,7 +158,7 @@ PATCHES = (
           "CUDA or faiss-gpu.",
           "cf0e38f2f938b0a1",
           without="TEST.RERANK fails without CUDA or faiss-gpu"),
-    Patch("fastreid.utils.checkpoint:Checkpointer._load_file", lambda original: MDPRCheckpointer._load_file,
+    Patch("fastreid.utils.checkpoint:Checkpointer._load_file", lambda original: _read_checkpoint,
           "checkpoints are read with a bare torch.load (utils/checkpoint.py:216): torch >= 2.6 loads weights "
           "only by default and refuses fastreid's own best-model checkpoints (a numpy scalar). The replacement "
           "reads tensors, containers and numpy scalars only.",

@@ -12,9 +12,11 @@ import yaml
 from fastreid.config import CfgNode as CN
 from fastreid.config import get_cfg
 from fastreid.config.config import BASE_KEY
+from fastreid.utils import comm
 
 from .authors_keys import add_authors_keys, authors_keys_in, check_authors_keys
 from .errors import InputError, MDPRError, MissingFileError
+from .resources import check_batch_memory
 
 # Root-level keys: name -> (default, meaning).
 _ROOT_KEYS = {
@@ -310,7 +312,15 @@ _MINIMUMS = {
 # collects statistics)
 _NOT_NEGATIVE = ("SOLVER.BASE_LR", "SOLVER.BIAS_LR_FACTOR", "SOLVER.HEADS_LR_FACTOR", "SOLVER.ETA_MIN_LR",
                  "SOLVER.WEIGHT_DECAY", "SOLVER.WEIGHT_DECAY_BIAS", "SOLVER.WEIGHT_DECAY_NORM")
-_SIZES = ("INPUT.SIZE_TRAIN", "INPUT.SIZE_TEST")
+_SIZES = {"INPUT.SIZE_TRAIN": "SOLVER.IMS_PER_BATCH", "INPUT.SIZE_TEST": "TEST.IMS_PER_BATCH"}  # size -> its batch
+_LARGEST_SIDE = 8192  # pixels of an input side: person crops are a few hundred
+# MDPR's sizes: key -> (smallest, largest, what it is). Beyond them a run fails late (a convolution of width 0, a
+# negative dimension) or builds a model no machine holds; the memory a size within them needs is checked too.
+_RANGES = {
+    "MODEL.BACKBONE.EMBEDDING_DIM": (1, 16384, "E, the width of every MDPR embedding; the paper's is 512"),
+    "ATTN_NUM": (1, 64, "M, MDPR's foreground attention maps per scale; the paper's is 2"),
+    "PART_NUM": (1, 64, "P, MDPR's horizontal stripes; the paper's is 2"),
+}
 
 
 def _value(cfg, key):
@@ -339,10 +349,17 @@ def check_config(cfg):
     from .devices import parse_device  # imports torch: only once a config is checked
 
     parse_device(cfg.MODEL.DEVICE)
-    for key in _SIZES:
+    for key, (smallest, largest, meaning) in _RANGES.items():
         value = _value(cfg, key)
-        if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_int(v) and v > 0 for v in value)):
-            raise InputError(f"{key} {value!r} is not allowed: it "
-                             "must be [height, width], two integers >= 1 (to keep images at their size, give "
-                             "that size). Fix it in the config file or the command line.")
+        if not smallest <= value <= largest:
+            raise InputError(f"{key} {value!r} is not allowed: it must be an integer from {smallest} to {largest} "
+                             f"({meaning}). Fix it in the config file or the command line.")
+    for key, batch_key in _SIZES.items():
+        value = _value(cfg, key)
+        if not (isinstance(value, (list, tuple)) and len(value) == 2 and
+                all(_is_int(v) and 1 <= v <= _LARGEST_SIDE for v in value)):
+            raise InputError(f"{key} {value!r} is not allowed: it must be [height, width], two integers from 1 to "
+                             f"{_LARGEST_SIDE} (to keep images at their size, give that size). Fix it in the config "
+                             "file or the command line.")
+        check_batch_memory(key, batch_key, max(_value(cfg, batch_key) // comm.get_world_size(), 1), value)
     return cfg

@@ -45,3 +45,9 @@ def on_available_device(cfg):
     cfg.defrost()
     cfg.MODEL.DEVICE = str(device)
     return cfg
+
+
+def model_device(model):
+    """The device ``model``'s first weight is on; the CPU for a model without weights."""
+    first = next(iter((*model.parameters(), *model.buffers())), None)
+    return first.device if first is not None else torch.device("cpu")

@@ -6,7 +6,6 @@ checked at once: the key, the name, the closest registered names, and, when none
 user's own gets registered (a module named in ``IMPORTS``).
 """
 import difflib
-import os
 
 import torch
 

@@ -86,6 +86,48 @@ def check_batch_memory(key, batch_key, images, size):
             f"crops are a few hundred pixels high) or {batch_key}.")
 
 
+def _weight_bytes(cfg):
+    """Bytes of the weights (parameters and buffers) of the model ``cfg`` builds, counted on torch's meta device,
+    where nothing is allocated; None when the model cannot be built there (a user's code may need real tensors)."""
+    import logging
+
+    import torch
+    from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
+
+    counted = cfg.clone()
+    counted.defrost()
+    counted.MODEL.BACKBONE.PRETRAIN = False  # no weights read or downloaded
+    logging.disable(logging.WARNING)  # what building logs is logged once, by the real build
+    try:
+        with torch.device("meta"):
+            model = META_ARCH_REGISTRY.get(counted.MODEL.META_ARCHITECTURE)(counted)
+    except Exception:  # noqa: BLE001  the real build reports its own errors
+        return None
+    finally:
+        logging.disable(logging.NOTSET)
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def check_model_memory(cfg):
+    """Refuse a model whose weights alone do not fit in the memory left on ``cfg.MODEL.DEVICE``, before it is built
+    (training needs about four times as much: gradients and the optimizer's state)."""
+    needed = _weight_bytes(cfg)
+    available = available_memory(cfg.MODEL.DEVICE) if needed else None
+    if available is None or needed <= available:
+        return
+    if cfg.MODEL.META_ARCHITECTURE == "MDPR":
+        sizes = {"MODEL.BACKBONE.EMBEDDING_DIM": cfg.MODEL.BACKBONE.EMBEDDING_DIM, "ATTN_NUM": cfg.ATTN_NUM,
+                 "PART_NUM": cfg.PART_NUM}
+    else:
+        sizes = {"MODEL.BACKBONE.FEAT_DIM": cfg.MODEL.BACKBONE.FEAT_DIM,
+                 "MODEL.HEADS.EMBEDDING_DIM": cfg.MODEL.HEADS.EMBEDDING_DIM}
+    values = ", ".join(f"{key} {value}" for key, value in sizes.items())
+    raise ResourceError(
+        f"The model of this config ({values}, MODEL.BACKBONE.DEPTH {cfg.MODEL.BACKBONE.DEPTH}) has {gib(needed)} of "
+        f"weights, and {gib(available)} are available on {cfg.MODEL.DEVICE} (training needs about four times the "
+        f"weights). Lower {' or '.join(sizes)}, or choose a smaller backbone.")
+
+
 # ------------------------------------------------------------------------------------------ failures
 def is_allocation_failure(error):
     return isinstance(error, MemoryError) or (isinstance(error, RuntimeError) and
@@ -124,7 +166,24 @@ def loader_worker_failure(error, exit_codes, num_workers):
         "reports what fails.")
 
 
-def explain_resource_failure(error, stage, lower, device="cpu", num_workers=0):
+def _memory_limits(device):
+    """What bounds this process's memory on ``device``, in words: a GPU's size; the host's memory and ulimit -v."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{gib(torch.cuda.get_device_properties(device).total_memory)} on {device}"
+    limits = []
+    address_space = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if address_space != resource.RLIM_INFINITY:
+        limits.append(f"ulimit -v allows this process {gib(address_space)}")
+    available = _meminfo_available()
+    if available is not None:
+        limits.append(f"the machine has {gib(available)} available")
+    return "; ".join(limits)
+
+
+def explain_resource_failure(error, stage, lower, device="cpu", num_workers=0, after=""):
     """The one-line error for ``error`` when it is a resource running out during ``stage``, or None."""
     if num_workers and not isinstance(error, MemoryError):
         explained = loader_worker_failure(error, [], num_workers)
@@ -133,24 +192,23 @@ def explain_resource_failure(error, stage, lower, device="cpu", num_workers=0):
     if not is_allocation_failure(error):
         return None
     try:
-        available = available_memory(device)
-    except Exception:  # noqa: BLE001  the device's report is extra information, not needed for the message
-        available = None
-    left = f"; {gib(available)} left on {device}" if available is not None else ""
-    return ResourceError(f"Out of memory during {stage} ({_first_line(error)}{left}). Lower {lower}, or free memory "
-                         "(other processes on this machine).")
+        limits = _memory_limits(device)
+    except Exception:  # noqa: BLE001  the limits are extra information, not needed for the message
+        limits = ""
+    return ResourceError(f"Out of memory during {stage} ({_first_line(error)}{'; ' + limits if limits else ''}). "
+                         f"Lower {lower}, or free memory (other processes on this machine){after}.")
 
 
 @contextlib.contextmanager
-def resource_failures_explained(stage, lower, device="cpu", num_workers=0):
-    """Re-raise memory or open files running out inside the block as one :class:`ResourceError` naming ``stage`` and
-    the keys to ``lower``; anything else as it is."""
+def resource_failures_explained(stage, lower, device="cpu", num_workers=0, after=""):
+    """Re-raise memory or open files running out inside the block as one :class:`ResourceError` naming ``stage``, the
+    keys to ``lower`` and ``after`` that (", ..."); anything else as it is."""
     try:
         yield
     except MDPRError:
         raise
     except (MemoryError, RuntimeError, OSError) as error:
-        explained = explain_resource_failure(error, stage, lower, device, num_workers)
+        explained = explain_resource_failure(error, stage, lower, device, num_workers, after)
         if explained is None:
             raise
         raise explained from None

@@ -39,11 +39,20 @@ def load_config(path, *overrides):
     return build_config(os.path.join(REPO, path), overrides)
 
 
-def run_script(*args, cwd=REPO, timeout=600, env=None):
-    """Run Python in a fresh interpreter (from the repository root, with ``env`` added to the environment);
-    return (returncode, output)."""
+def run_script(*args, cwd=REPO, timeout=600, env=None, limits=None, before=None):
+    """Run Python in a fresh interpreter (from the repository root, with ``env`` added to the environment and the
+    resource ``limits`` {resource.RLIMIT_*: limit} set in it, soft and hard, as ``ulimit`` sets them; ``before``, a
+    function, run in the new process before Python starts there); return (returncode, output)."""
+    import resource
+
+    def set_limits():
+        for kind, limit in (limits or {}).items():
+            resource.setrlimit(kind, (limit, limit))
+        if before is not None:
+            before()
+
     env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env, timeout=timeout,
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env, timeout=timeout, preexec_fn=set_limits,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return proc.returncode, proc.stdout
 

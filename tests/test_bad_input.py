@@ -139,7 +139,14 @@ def test_train_net_names_a_config_file_fastreid_could_not_load(tmp_path, earlier
 
 @pytest.mark.parametrize("key, value, message", [
     ("INPUT.SIZE_TRAIN", "[0, 0]", r"INPUT\.SIZE_TRAIN \[0, 0\] is not allowed: it must be \[height, width\], "
-                                   r"two integers >= 1 \(to keep images at their size, give that size\)\. Fix it in"),
+                                   r"two integers from 1 to 8192 \(to keep images at their size, give that size\)\. Fix it in"),
+    ("INPUT.SIZE_TEST", "[8193, 128]", r"INPUT\.SIZE_TEST \[8193, 128\] is not allowed: it must be \[height, width\], "
+                                       r"two integers from 1 to 8192"),
+    ("MODEL.BACKBONE.EMBEDDING_DIM", "0", r"MODEL\.BACKBONE\.EMBEDDING_DIM 0 is not allowed: it must be an integer "
+                                          r"from 1 to 16384 \(E, the width of every MDPR embedding"),
+    ("MODEL.BACKBONE.EMBEDDING_DIM", "16385", r"MODEL\.BACKBONE\.EMBEDDING_DIM 16385 is not allowed"),
+    ("ATTN_NUM", "65", r"ATTN_NUM 65 is not allowed: it must be an integer from 1 to 64 \(M, MDPR's foreground"),
+    ("PART_NUM", "0", r"PART_NUM 0 is not allowed: it must be an integer from 1 to 64 \(P, MDPR's horizontal"),
     ("INPUT.SIZE_TEST", "[256]", r"INPUT\.SIZE_TEST \[256\] is not allowed: it must be \[height, width\]"),
     ("INPUT.SIZE_TEST", "[256, 128.0]", r"INPUT\.SIZE_TEST \[256, 128\.0\] is not allowed"),
     ("SOLVER.IMS_PER_BATCH", "-4", r"SOLVER\.IMS_PER_BATCH -4 is not allowed: it must be an integer >= 1 "
@@ -157,7 +164,8 @@ def test_a_config_value_no_run_can_use_is_refused_naming_the_key(key, value, mes
 def test_the_smallest_allowed_config_values_pass():
     cfg = build_config(DEMO_CONFIG, ["INPUT.SIZE_TRAIN", "[1, 1]", "INPUT.SIZE_TEST", "[1, 1]",
                                      "SOLVER.IMS_PER_BATCH", "1", "TEST.IMS_PER_BATCH", "1", "DATALOADER.NUM_INSTANCE",
-                                     "1", "DATALOADER.NUM_WORKERS", "0", "SOLVER.MAX_EPOCH", "1"])
+                                     "1", "DATALOADER.NUM_WORKERS", "0", "SOLVER.MAX_EPOCH", "1",
+                                     "MODEL.BACKBONE.EMBEDDING_DIM", "1", "ATTN_NUM", "1", "PART_NUM", "1"])
     assert (cfg.INPUT.SIZE_TRAIN, cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_WORKERS) == ([1, 1], 1, 0)
 
 
@@ -383,6 +391,23 @@ def test_an_unreadable_image_stops_the_run_naming_the_file_and_the_switch(market
     assert earlier_run.unchanged()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, make, policy", [("a FIFO (named pipe)", os.mkfifo, "error"),
+                                                ("a folder", os.mkdir, "skip")], ids=["fifo", "folder"])
+def test_a_special_file_named_like_an_image_is_refused_by_its_type_in_one_line(market, earlier_run, kind, make,
+                                                                                policy):
+    special = str(market / "bounding_box_train" / "0002_c1s1_000000_09.jpg")  # read into the training set
+    make(special)
+    returncode, output = run_script("train_net.py", "--config-file", DEMO_CONFIG, "DATASETS.NAMES", "('Market1501',)",
+                                    "DATASETS.TESTS", "('Market1501',)", "DATALOADER.BAD_IMAGES", policy,
+                                    "OUTPUT_DIR", earlier_run.path, timeout=300)  # a FIFO once blocked the check
+    assert returncode == 1 and "Traceback" not in output, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith("ERROR:")]
+    assert errors == [f"ERROR: {special} is {kind}, not an image file (reading it could wait forever). Remove it "
+                      "from the image folder, or put the image file it stands for in its place."], output[-3000:]
+    assert earlier_run.unchanged()
+
+
 def test_skip_leaves_unreadable_images_out_and_counts_them(market, market_cfg):
     train_bad = images(market / "bounding_box_train")[3]
     query_bad = images(market / "query")[0]
@@ -502,6 +527,21 @@ def test_fewer_identities_than_a_batch_needs_is_refused_instead_of_hanging(marke
                                             r"\(SOLVER\.IMS_PER_BATCH 16 / DATALOADER\.NUM_INSTANCE 2\), but the "
                                             r"training set has 3: it would wait forever"):
         Trainer(market_cfg)
+    assert earlier_run.unchanged()
+
+
+@pytest.mark.slow
+def test_a_training_set_of_one_identity_is_refused_in_one_line(market, earlier_run):
+    keep_identities(market / "bounding_box_train", 1)  # its two images fill a batch of SOLVER.IMS_PER_BATCH 2
+    returncode, output = run_script("train_net.py", "--config-file", DEMO_CONFIG, "DATASETS.NAMES", "('Market1501',)",
+                                    "DATASETS.TESTS", "('Market1501',)", "SOLVER.IMS_PER_BATCH", "2",
+                                    "OUTPUT_DIR", earlier_run.path)
+    assert returncode == 1 and "Traceback" not in output, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith("ERROR:")]
+    assert errors == [f"ERROR: The training set has one identity (person id market1501_2, 2 images): re-identification learns "
+                      f"to tell people apart, which takes two or more (the classifier would have one class and a "
+                      f"triplet loss no negative). Add the images of other people to the training set, or check "
+                      f"DATASETS.NAMES and its folder."], output[-3000:]
     assert earlier_run.unchanged()
 
 

@@ -20,7 +20,7 @@ from fastreid.data.samplers import InferenceSampler
 from fastreid.utils import comm
 
 from .checks import (check_folder_not_read_as_ids, check_identity_sampling, check_images, check_not_empty,
-                     explained_dataset_errors, warn_images_not_read)
+                     explained_dataset_errors, triplet_loss_used, warn_images_not_read)
 from .datasets import RGBCommDataset
 from .folder import folder_config
 from .loader import DeviceDataLoader
@@ -49,7 +49,8 @@ def _load_dataset(cfg, name, **kwargs):
 
 def train_loader_parts(cfg, **kwargs):
     """fastreid's ``_train_loader_from_config(cfg, **kwargs)`` with the plugin's transforms and the training
-    set checked (ids not read from its folder, not empty, every image readable, enough identities for the sampler).
+    set checked (ids not read from its folder, not empty, every image readable, enough identities for the sampler, batches
+    of two or more identities, two images of each under a triplet loss).
 
     fastreid's function is called twice: first for the training set alone (a sampler is passed so that
     it builds none: fastreid's samplers assert on an empty set), then, with the checked set, for the
@@ -69,7 +70,7 @@ def train_loader_parts(cfg, **kwargs):
         train_set = RGBCommDataset(items, train_set.transform, relabel=train_set.relabel)
     if hasattr(train_set, "img_items"):  # what fastreid's samplers read
         check_identity_sampling(train_set.img_items, cfg.DATALOADER.SAMPLER_TRAIN, cfg.SOLVER.IMS_PER_BATCH,
-                                cfg.DATALOADER.NUM_INSTANCE, comm.get_world_size())
+                                cfg.DATALOADER.NUM_INSTANCE, comm.get_world_size(), triplet=triplet_loss_used(cfg))
     return data_build._train_loader_from_config(cfg, train_set=train_set, transforms=transforms, **kwargs)
 
 

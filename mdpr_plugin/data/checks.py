@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..errors import InputError, MissingFileError
-from .images import BAD_IMAGE_FIX, IMAGE_FILE_SUFFIXES, BadImageError, inspect_image
+from .images import BAD_IMAGE_FIX, IMAGE_FILE_SUFFIXES, BadImageError, check_regular_file, inspect_image
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +181,7 @@ def _inspect(path):
         stat = os.stat(path)
     except OSError as error:
         return path, BadImageError(f"{path} could not be read ({error}). {BAD_IMAGE_FIX}", path=path, reason=str(error))
+    check_regular_file(path, stat)  # by its type, before it is opened: a FIFO would block its reader forever
     key = (path, stat.st_mtime_ns, stat.st_size)
     if key not in _inspected:
         try:
@@ -195,7 +196,8 @@ def check_images(items, description, policy, input_size, threads=None):
 
     ``policy`` (DATALOADER.BAD_IMAGES): "error" stops naming the unreadable files, "skip" leaves them out
     with a warning giving their number. Images more than 4x smaller than ``input_size`` (height,
-    width) in a side are kept (they are upscaled, as real detector crops often must be) with a warning.
+    width) in a side are kept (they are upscaled, as real detector crops often must be) with a warning. A FIFO,
+    socket, device or folder under an image's name is refused whatever the policy, by its type, unopened.
     """
     if policy not in BAD_IMAGE_POLICIES:
         raise DataConfigError(f"DATALOADER.BAD_IMAGES must be one of {BAD_IMAGE_POLICIES}, got {policy!r}.")
@@ -261,28 +263,108 @@ def warn_images_not_read(items, description):
 
 
 # --------------------------------------------------------------------------------------- sampling
-def check_identity_sampling(items, sampler_name, ims_per_batch, num_instance, world_size):
-    """Refuse what fastreid's identity samplers would loop on forever; warn about repeated images."""
+def triplet_loss_used(cfg):
+    """Whether training computes a triplet loss: MODEL.LOSSES.NAME names TripletLoss (MDPR reads it as fastreid's
+    meta-architectures do) and MODEL.LOSSES.TRI.SCALE is not 0."""
+    return bool(cfg.MODEL.LOSSES.TRI.SCALE) and "TripletLoss" in cfg.MODEL.LOSSES.NAME
+
+
+def _fewest_instances(sampler_name, triplet):
+    """The fewest images of each identity a batch may hold: two for a triplet loss (a positive pair)."""
+    return 2 if triplet and sampler_name in IDENTITY_SAMPLERS else 1
+
+
+def batch_that_fits(sampler_name, ims_per_batch, num_instance, world_size, triplet):
+    """``(SOLVER.IMS_PER_BATCH, DATALOADER.NUM_INSTANCE)`` nearest to the given ones (the batch no larger unless it
+    must grow) that every batch check passes: divisible over the processes, whole identities per process, at least
+    two identities per process, and two images of each under a triplet loss."""
+    instances = max(num_instance, _fewest_instances(sampler_name, triplet)) if sampler_name in IDENTITY_SAMPLERS else 1
+    step = world_size * instances
+    return max(ims_per_batch // step * step, 2 * step), instances if sampler_name in IDENTITY_SAMPLERS else num_instance
+
+
+def _fewer_instances_that_fit(sampler_name, per_process, triplet):
+    """The largest DATALOADER.NUM_INSTANCE that splits ``per_process`` images into two or more identities, or None."""
+    fewest = _fewest_instances(sampler_name, triplet)
+    fitting = [n for n in range(fewest, per_process // 2 + 1) if per_process % n == 0]
+    return fitting[-1] if fitting else None
+
+
+def _advice(sampler_name, ims_per_batch, num_instance, world_size, triplet):
+    """"Use SOLVER.IMS_PER_BATCH a[ and DATALOADER.NUM_INSTANCE b][, or DATALOADER.NUM_INSTANCE c]." """
+    ims, instances = batch_that_fits(sampler_name, ims_per_batch, num_instance, world_size, triplet)
+    grown = f"SOLVER.IMS_PER_BATCH {ims}" + (f" and DATALOADER.NUM_INSTANCE {instances}"
+                                              if instances != num_instance else "")
+    fewer = (_fewer_instances_that_fit(sampler_name, ims_per_batch // world_size, triplet)
+             if sampler_name in IDENTITY_SAMPLERS and ims_per_batch % world_size == 0 else None)
+    return f"Use {grown}" + (f", or DATALOADER.NUM_INSTANCE {fewer}" if fewer and fewer != num_instance else "") + "."
+
+
+def check_batch_composition(sampler_name, ims_per_batch, num_instance, world_size, triplet):
+    """Refuse training batches a re-identification loss learns nothing from: fewer than two identities in a
+    process's batch (nothing to tell apart: a triplet loss has no negative), or, under a triplet loss, one image of
+    each identity (no positive pair). Either way the loss is 0 or undefined for the whole run, which then ends with
+    exit status 0. The advice names values that pass this check and :func:`mdpr_plugin.engine.distributed.
+    check_batch_sizes`."""
+    per_process = ims_per_batch // world_size
+    where = f"SOLVER.IMS_PER_BATCH {ims_per_batch}" + (f" / {world_size} processes" if world_size > 1 else "")
+    advice = _advice(sampler_name, ims_per_batch, num_instance, world_size, triplet)
+    if sampler_name not in IDENTITY_SAMPLERS:
+        if per_process < 2:
+            raise SamplingError(f"{where} gives a training batch of {per_process} image: one identity per batch, "
+                                f"so there is nothing to tell apart. {advice}")
+        if triplet:
+            logger.warning("DATALOADER.SAMPLER_TRAIN %s draws images at random: the triplet loss gets a positive pair "
+                           "only when two images of one identity happen to share a batch. NaiveIdentitySampler puts "
+                           "DATALOADER.NUM_INSTANCE images of each identity in every batch.", sampler_name)
+        return
+    if per_process // num_instance < 2:
+        raise SamplingError(
+            f"{where} = {per_process} images per process with DATALOADER.NUM_INSTANCE {num_instance} puts "
+            f"{per_process // num_instance or 'not even one'} identity in each training batch: there is nothing to "
+            f"tell apart (a triplet loss has no negative and stays 0 for the whole run). {advice}")
+    if triplet and num_instance < 2:
+        raise SamplingError(
+            f"DATALOADER.NUM_INSTANCE {num_instance} gives each identity one image per training batch: the triplet "
+            "loss (MODEL.LOSSES.NAME TripletLoss) has no positive pair and stays 0 for the "
+            f"whole run. {advice} (Or turn the triplet loss off with MODEL.LOSSES.TRI.SCALE 0.)")
+
+
+def _check_one_identity(per_identity):
+    if len(per_identity) != 1:
+        return
+    (pid, count), = per_identity.items()
+    raise SamplingError(
+        f"The training set has one identity (person id {pid}, {count} images): re-identification learns to tell "
+        "people apart, which takes two or more (the classifier would have one class and a triplet loss no negative). "
+        "Add the images of other people to the training set, or check DATASETS.NAMES and its folder.")
+
+
+def check_identity_sampling(items, sampler_name, ims_per_batch, num_instance, world_size, triplet=False):
+    """Refuse what fastreid's identity samplers would loop on forever and batches nothing is learnt from
+    (:func:`check_batch_composition`, a set of one identity); warn about repeated images."""
+    per_identity = Counter(item[1] for item in items)
+    _check_one_identity(per_identity)
     if len(items) < ims_per_batch:
         raise SamplingError(
             f"The training set has {len(items)} images, fewer than SOLVER.IMS_PER_BATCH {ims_per_batch}: "
             "an epoch would have no iteration. Lower SOLVER.IMS_PER_BATCH or add training data.")
+    check_batch_composition(sampler_name, ims_per_batch, num_instance, world_size, triplet)
     if sampler_name not in IDENTITY_SAMPLERS:
         return
-    per_identity = Counter(item[1] for item in items)
     per_process = ims_per_batch // world_size
-    if not 1 <= num_instance <= per_process:
-        raise SamplingError(f"DATALOADER.NUM_INSTANCE {num_instance} must be between 1 and SOLVER.IMS_PER_BATCH "
-                            f"{ims_per_batch} / {world_size} processes = {per_process}.")
     # a batch (all processes together) holds per_process // num_instance distinct identities per process,
     # drawn without replacement: with fewer in the set, the samplers never complete one batch
     identities_per_batch = per_process // num_instance * world_size
     if len(per_identity) < identities_per_batch:
+        per_process_fitting = len(per_identity) // world_size  # identities each process's batch can have
+        advice = (f"Use SOLVER.IMS_PER_BATCH {per_process_fitting * num_instance * world_size}, raise "
+                  "DATALOADER.NUM_INSTANCE, or add identities." if per_process_fitting >= 2 else
+                  f"Add identities (each of the {world_size} processes needs two per batch).")
         raise SamplingError(
             f"{sampler_name} needs {identities_per_batch} different identities for one batch (SOLVER.IMS_PER_BATCH "
             f"{ims_per_batch} / DATALOADER.NUM_INSTANCE {num_instance}), but the training set has "
-            f"{len(per_identity)}: it would wait forever for a first batch. Lower SOLVER.IMS_PER_BATCH, raise "
-            "DATALOADER.NUM_INSTANCE, or add identities.")
+            f"{len(per_identity)}: it would wait forever for a first batch. {advice}")
     short = {pid: count for pid, count in per_identity.items() if count < num_instance}
     if short:
         logger.warning(

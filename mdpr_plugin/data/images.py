@@ -6,6 +6,9 @@ gives its palette *indices* as a grey image (wrong colours, silently), a 16-bit 
 ``Image.fromarray``, and an unreadable file raises PIL's message, which does not name the file, from
 inside a DataLoader worker.
 """
+import os
+import stat
+
 import numpy as np
 from fastreid.utils.file_io import PathManager
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -47,7 +50,30 @@ def to_rgb(image):
     return image.convert("RGB")
 
 
+class NotAnImageFileError(InputError):
+    """A FIFO, socket, device or folder where an image file was expected: opening it may wait forever."""
+
+
+_SPECIAL_FILES = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def check_regular_file(file_name, file_stat=None):
+    """Refuse ``file_name`` unless it is a regular file (or a link to one), by its type, before anything opens it:
+    reading a FIFO waits for a writer that never comes, a device never ends."""
+    if file_stat is None:
+        try:
+            file_stat = os.stat(file_name)
+        except OSError:
+            return  # reported by whatever opens it
+    kind = next((name for test, name in _SPECIAL_FILES if test(file_stat.st_mode)), None)
+    if kind:
+        raise NotAnImageFileError(f"{file_name} is {kind}, not an image file (reading it could wait forever). Remove "
+                                  "it from the image folder, or put the image file it stands for in its place.")
+
+
 def _decode(file_name):
+    check_regular_file(file_name)
     try:
         with PathManager.open(file_name, "rb") as f:
             image = Image.open(f)

@@ -15,13 +15,13 @@ the model and writes atomically.
   ``allow_partial`` (``MODEL.ALLOW_PARTIAL_WEIGHTS``) asks for a partial load, e.g. for fine-tuning.
 - Writing: fastreid writes checkpoints and ``last_checkpoint`` in place (utils/checkpoint.py:93,202): a
   process killed while saving leaves a truncated file where the previous good one was. Here each is
-  written to a temporary file in the same folder and renamed over the old one.
+  written to a temporary file in the same folder and renamed over the old one, and a write that fails because
+  of the folder (removed, read-only, full, over ``ulimit -f``) is one line (mdpr_plugin/engine/write_faults.py).
 """
-import errno
 import logging
+import numbers
 import os
 import re
-import shutil
 
 import numpy as np
 import torch
@@ -29,10 +29,10 @@ from fastreid.modeling.heads.embedding_head import EmbeddingHead
 from fastreid.modeling.meta_arch.build import META_ARCH_REGISTRY
 from fastreid.utils.checkpoint import Checkpointer
 
-from ..errors import MDPRError
 from ..modeling.mdpr import state_dict_as_loaded
 from ..output_files import atomic_open
 from ..serialization import CheckpointError, safe_load
+from .write_faults import remake_removed_folder, writing_into
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,40 @@ def load_checkpoint_file(path):
         raise CheckpointError(f"{path}: checkpoint['model'] is a {type(checkpoint['model']).__name__}, "
                               "expected a state dict.")
     return checkpoint
+
+
+# what a checkpoint records of the training's progress: the epoch it ends, the schedulers' step counts, the sampler's
+# seed; --resume continues from them
+_PROGRESS_COUNTS = ("last_epoch", "_step_count", "seed")
+_LARGEST_COUNT = 2 ** 32 - 1  # numpy's largest seed
+
+
+def _progress_counts(checkpoint, states):
+    """(name, value) of each count of training progress in ``checkpoint``, for the trainer's ``states``."""
+    counts = [("'epoch'", checkpoint["epoch"])] if "epoch" in checkpoint else []
+    for name in states:
+        state = checkpoint.get(name, {})
+        if not isinstance(state, dict):
+            counts.append((f"'{name}' entry", state))
+            continue
+        counts += [(f"{name} '{key}'", state[key]) for key in _PROGRESS_COUNTS if key in state]
+    return counts
+
+
+def check_training_progress(checkpoint, path, states):
+    """Refuse to resume from ``checkpoint`` (read from ``path``) unless its record of the training's progress (for
+    the trainer's ``states``: optimizer, schedulers, sampler) holds counts: fastreid would start again from epoch 0
+    over the run's checkpoints for an epoch of -1, and fail in a traceback on "abc"."""
+    for name, value in _progress_counts(checkpoint, states):
+        if isinstance(value, dict) or (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+                                       and 0 <= value <= _LARGEST_COUNT):
+            continue
+        shown = repr(value) if len(repr(value)) <= 40 else f"a {type(value).__name__}"
+        raise CheckpointError(
+            f"{path} cannot be resumed from: its {name} is {shown}, not a count (an integer from 0 to "
+            f"{_LARGEST_COUNT}); the file was altered or not written by a training run. Write the name of an earlier "
+            f"checkpoint of the run (model_0001.pth, ...) into {os.path.join(os.path.dirname(path), 'last_checkpoint')}, "
+            "or start the run again without --resume.")
 
 
 def classifier_keys(model):
@@ -149,10 +183,6 @@ def check_weights_fit(model, state_dict, source, allow_partial=False):
     return fitting
 
 
-class CheckpointWriteError(MDPRError, OSError):
-    """A checkpoint could not be written (the disk is full); the checkpoints written before are intact."""
-
-
 def _tensor_bytes(value):
     """Bytes of the tensors in ``value`` (nested dicts, lists and tuples): about a checkpoint's size."""
     if isinstance(value, torch.Tensor):
@@ -162,6 +192,35 @@ def _tensor_bytes(value):
     if isinstance(value, (list, tuple)):
         return sum(_tensor_bytes(v) for v in value)
     return 0
+
+
+class _WriteErrorsKept:
+    """A file for ``torch.save`` that keeps the error of a failed write: torch's zip writer reports any as a
+    RuntimeError (``unexpected pos``) that does not say why."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data):
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self):
+        self.file.flush()
+
+
+def _save_telling_why(data, file):
+    """``torch.save(data, file)``; a write that failed raises its own OSError (a full disk, a file-size limit)."""
+    kept = _WriteErrorsKept(file)
+    try:
+        torch.save(data, kept)
+    except RuntimeError:
+        if kept.error is None:
+            raise
+        raise kept.error from None
 
 
 class MDPRCheckpointer(Checkpointer):
@@ -175,12 +234,14 @@ class MDPRCheckpointer(Checkpointer):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.allow_partial = allow_partial
         self._source = None  # the file being loaded, named by the fit check
+        self._resuming = False  # loading every state, the training's progress included
         self.on_folder_recreated = None  # called after save_dir, removed during training, was made again
 
     def load(self, path, checkpointables=None):
         if path:  # an empty MODEL.WEIGHTS means training from scratch
             check_weights_file(path)
         self._source = path
+        self._resuming = checkpointables is None  # fastreid's resume_or_load loads every state to resume
         return super().load(path, checkpointables)
 
     def load_model_weights(self, checkpoint, source):
@@ -193,7 +254,10 @@ class MDPRCheckpointer(Checkpointer):
         return remaining
 
     def _load_file(self, f):
-        return load_checkpoint_file(f)
+        checkpoint = load_checkpoint_file(f)
+        if self._resuming:
+            check_training_progress(checkpoint, f, self.checkpointables)
+        return checkpoint
 
     def _load_model(self, checkpoint):
         # the keys as the model loads them (the authors' layout renamed), so that the fit check and fastreid's
@@ -206,35 +270,18 @@ class MDPRCheckpointer(Checkpointer):
         if not self.save_dir or not self.save_to_disk:
             return
         if not os.path.isdir(self.save_dir):
-            self.logger.warning("OUTPUT_DIR %s was removed during training: recreating it for this checkpoint (the "
-                                "files it held are gone).", self.save_dir)
-            os.makedirs(self.save_dir, exist_ok=True)
-            if self.on_folder_recreated:
-                self.on_folder_recreated()
+            remake_removed_folder(self.save_dir, "this checkpoint", self.on_folder_recreated)
         data = {"model": self.model.state_dict()}
         data.update((key, obj.state_dict()) for key, obj in self.checkpointables.items())
         data.update(kwargs)
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {save_file}")
-        try:
-            with atomic_open(save_file, "wb") as f:
-                torch.save(data, f)
-        except OSError as error:
-            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            raise self._disk_full(basename, data) from None
+        with writing_into(self.save_dir, basename, _tensor_bytes(data)), atomic_open(save_file, "wb") as f:
+            _save_telling_why(data, f)
         self.tag_last_checkpoint(basename)
 
-    def _disk_full(self, basename, data):
-        last = self.get_checkpoint_file() if self.has_checkpoint() else ""
-        kept = (f"the last checkpoint written, {os.path.basename(last)}, is intact" if last else
-                "no checkpoint was written before")
-        return CheckpointWriteError(
-            f"No space left in OUTPUT_DIR {self.save_dir} to save {basename}: it needs about "
-            f"{_tensor_bytes(data) / 2 ** 20:.0f} MiB and {shutil.disk_usage(self.save_dir).free / 2 ** 20:.0f} MiB "
-            f"are free; {kept}. Free space there (or move the folder), then continue with --resume.")
-
     def tag_last_checkpoint(self, last_filename_basename):
-        with atomic_open(os.path.join(self.save_dir, "last_checkpoint"), "w") as f:
+        with writing_into(self.save_dir, "last_checkpoint"), \
+                atomic_open(os.path.join(self.save_dir, "last_checkpoint"), "w") as f:
             f.write(last_filename_basename)

@@ -25,6 +25,7 @@ from fastreid.utils.logger import setup_logger
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..data.checks import IDENTITY_SAMPLERS, batch_that_fits, triplet_loss_used
 from ..errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -80,18 +81,16 @@ def broadcast_buffers(model):
         dist.broadcast(buffer.data, src=0)
 
 
-IDENTITY_SAMPLERS = ("NaiveIdentitySampler", "BalancedIdentitySampler")
-
-
 def check_batch_sizes(cfg, world_size):
     """Refuse batch sizes fastreid would split unevenly over ``world_size`` processes, and per-process batches an
     identity sampler cannot fill with whole identities (its loader would wait forever); the suggestion given
-    passes both."""
+    passes both and :func:`mdpr_plugin.data.checks.check_batch_composition` (two or more identities per batch)."""
     total = cfg.SOLVER.IMS_PER_BATCH
     instances = cfg.DATALOADER.NUM_INSTANCE if cfg.DATALOADER.SAMPLER_TRAIN in IDENTITY_SAMPLERS else 1
     step = world_size * instances
     if total % step:
-        suggestion = max(total // step * step, step)
+        suggestion, fitting_instances = batch_that_fits(cfg.DATALOADER.SAMPLER_TRAIN, total, instances, world_size,
+                                                        triplet_loss_used(cfg))
         processes = f" over {world_size} processes" if world_size > 1 else ""
         if total % world_size:
             problem = (f"SOLVER.IMS_PER_BATCH {total} is the total{processes} and must be divisible by {world_size} "
@@ -102,7 +101,9 @@ def check_batch_sizes(cfg, world_size):
             problem = (f"SOLVER.IMS_PER_BATCH {total}{per_process} not a multiple of DATALOADER.NUM_INSTANCE "
                        f"{instances}: {cfg.DATALOADER.SAMPLER_TRAIN} takes whole identities, and its loader would "
                        "wait forever for the rest")
-        raise InputError(f"{problem}. Use a multiple of {step}, e.g. SOLVER.IMS_PER_BATCH {suggestion}.")
+        with_instances = (f" and DATALOADER.NUM_INSTANCE {fitting_instances} (a triplet loss needs two images of each "
+                          "identity in a batch)" if fitting_instances != instances else "")
+        raise InputError(f"{problem}. Use a multiple of {step}, e.g. SOLVER.IMS_PER_BATCH {suggestion}{with_instances}.")
     if cfg.TEST.IMS_PER_BATCH < world_size:
         raise InputError(f"TEST.IMS_PER_BATCH {cfg.TEST.IMS_PER_BATCH} is the total over {world_size} processes; "
                          f"it must be at least {world_size}.")

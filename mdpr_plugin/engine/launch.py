@@ -17,6 +17,7 @@ Flag semantics (fastreid's flags, unchanged names):
   processes: the flags above are ignored, the process group is initialised from torchrun's
   environment (``env://``: MASTER_ADDR, MASTER_PORT).
 """
+import contextlib
 import logging
 import os
 import socket
@@ -115,13 +116,17 @@ def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist
     if num_machines > 1 and dist_url.startswith("file://"):
         logger.warning("file:// is not a reliable init_method in multi-machine jobs. Prefer tcp://")
 
+    stops = mp.get_context("spawn").SimpleQueue()  # the one-line messages the processes stopped with
     try:
         mp.spawn(_spawned_worker, nprocs=num_gpus_per_machine, daemon=False,
-                 args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, device_type))
+                 args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, device_type, stops))
     except mp.ProcessExitedException as error:
-        # A process that stopped on bad input has printed its message and exited with status 1 (the others
-        # were then stopped): say which one, without a traceback of the spawning machinery. A process that
-        # raised (a bug) comes as ProcessRaisedException, with its traceback, and is not caught.
+        # A process that stopped on bad input handed its message over and exited with status 1 (the others were
+        # then stopped): the first message is the run's one line, as one process would print it. One that ended
+        # otherwise is named, without a traceback of the spawning machinery. A process that raised (a bug) comes
+        # as ProcessRaisedException, with its traceback, and is not caught.
+        if not stops.empty():
+            raise SystemExit(stops.get()) from None
         how = f"was killed by {error.signal_name}" if error.signal_name else f"exited with status {error.exit_code}"
         raise ProcessFailedError(
             f"Training process {error.error_index} of {num_gpus_per_machine} on this machine {how}; its own "
@@ -135,24 +140,38 @@ def _fastreid_default_url():
     return default_argument_parser().get_default("dist_url")
 
 
+@contextlib.contextmanager
+def _stop_message_handed_to(stops):
+    """A process that stops with a message (``SystemExit(message)``, which Python would print) puts it on ``stops``
+    instead and exits with status 1: the launcher prints one line for the run, not one per process."""
+    try:
+        yield
+    except SystemExit as stop:
+        if not isinstance(stop.code, str):
+            raise
+        stops.put(stop.code)
+        raise SystemExit(1) from None
+
+
 def _spawned_worker(local_rank, main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args,
-                    device_type):
+                    device_type, stops):
     rank = machine_rank * num_gpus_per_machine + local_rank
     _use_device(device_type, local_rank, num_gpus_per_machine)
-    with reporting_errors():  # this process's one line; the launcher names the process that stopped
+    with _stop_message_handed_to(stops):
+        with reporting_errors():
+            try:
+                dist.init_process_group(backend_for(device_type), init_method=dist_url, world_size=world_size,
+                                        rank=rank, timeout=_TIMEOUT)
+            except (RuntimeError, ValueError) as error:  # torch's DistNetworkError, a malformed address
+                raise InputError(
+                    f"Process {rank} of {world_size} could not join the process group at --dist-url {dist_url}: "
+                    f"{' '.join(str(error).split())[:300]}. If the port is in use (another multi-process run), "
+                    "pass --dist-url auto on one machine, or another port.") from None
+        _set_local_process_group(machine_rank)
         try:
-            dist.init_process_group(backend_for(device_type), init_method=dist_url, world_size=world_size,
-                                    rank=rank, timeout=_TIMEOUT)
-        except (RuntimeError, ValueError) as error:  # torch's DistNetworkError, a malformed address
-            raise InputError(
-                f"Process {rank} of {world_size} could not join the process group at --dist-url {dist_url}: "
-                f"{' '.join(str(error).split())[:300]}. If the port is in use (another multi-process run), pass "
-                "--dist-url auto on one machine, or another port.") from None
-    _set_local_process_group(machine_rank)
-    try:
-        main_func(*args)
-    finally:
-        _leave()
+            main_func(*args)
+        finally:
+            _leave()
 
 
 def _join_torchrun_job(device_type):

@@ -16,7 +16,6 @@ wherever they point.
 import contextlib
 import errno
 import fcntl
-import glob
 import logging
 import os
 import re
@@ -28,6 +27,7 @@ from fastreid.utils import comm
 
 from ..errors import InputError, MDPRError
 from ..output_files import PARTIAL_FILE, atomic_open
+from .write_faults import writing_into
 from .run_log import reopen_log_file, start_log_file
 
 logger = logging.getLogger(__name__)
@@ -156,7 +156,8 @@ def abandon_output_dir(folder):
     if lock is None:
         return
     if lock.created_file:
-        os.unlink(os.path.join(folder, LOCK_NAME))  # still holding the lock: no other run took the file meanwhile
+        with contextlib.suppress(OSError):  # (not if the folder was made read-only or removed since)
+            os.unlink(os.path.join(folder, LOCK_NAME))  # still holding the lock: no other run took the file meanwhile
     else:
         os.ftruncate(lock.fd, 0)
         os.pwrite(lock.fd, lock.previous_record, 0)
@@ -166,12 +167,22 @@ def abandon_output_dir(folder):
             os.rmdir(folder)
 
 
+def _partial_files(folder):
+    """The temporary files in ``folder`` of the run's own files (atomic_open) whose writing was interrupted: regular
+    files only (a folder or link named so is not the run's), of the names the run writes."""
+    own = set(WRITTEN_BY_NAME) | {name for held_in, name in _after_checks if held_in == os.path.abspath(folder)}
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        match = PARTIAL_FILE.search(name)
+        target = name[:match.start()] if match else ""
+        if (target in own or target.endswith(".pth")) and os.path.isfile(path) and not os.path.islink(path):
+            yield path
 
 
 def remove_partial_checkpoints(folder):
-    """Remove the temporary files of checkpoints whose writing was interrupted (a kill during a save leaves
-    one, hundreds of MB); call it while holding the folder's lock. Returns the paths removed."""
-    removed = [path for path in glob.glob(os.path.join(glob.escape(folder), "*.tmp*")) if PARTIAL_FILE.search(path)]
+    """Remove the temporary files of checkpoints (and the run's other files) whose writing was interrupted (a kill
+    during a save leaves one, hundreds of MB); call it while holding the folder's lock. Returns the paths removed."""
+    removed = list(_partial_files(folder))
     for path in removed:
         os.remove(path)
     if removed:
@@ -190,23 +201,22 @@ def write_after_checks(folder, name, text):
 _after_checks = {}  # (absolute folder, file name) -> text
 
 
-def _replace_file(path, text):
-    """``path`` holding ``text``, through a temporary file renamed over it: neither a kill nor a link planted under
-    that name can make it write anything else."""
-    with atomic_open(path, "w", "OUTPUT_DIR") as f:
+def _replace_file(folder, name, text):
+    """``folder/name`` holding ``text``, through a temporary file renamed over it: neither a kill nor a link planted
+    under that name can make it write anything else."""
+    with writing_into(folder, name), atomic_open(os.path.join(folder, name), "w") as f:
         f.write(text)
 
 
 def write_config(cfg):
     """``OUTPUT_DIR/config.yaml``, as fastreid's default_setup writes it, once the run's checks have passed, and the
     files held for OUTPUT_DIR by :func:`write_after_checks`."""
-    path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
-    _replace_file(path, cfg.dump())
-    logging.getLogger("fastreid.engine.defaults").info("Full config saved to %s", os.path.abspath(path))
     folder = os.path.abspath(cfg.OUTPUT_DIR)
+    _replace_file(folder, "config.yaml", cfg.dump())
+    logging.getLogger("fastreid.engine.defaults").info("Full config saved to %s", os.path.join(folder, "config.yaml"))
     for (held_in, name), text in sorted(_after_checks.items()):
         if held_in == folder:
-            _replace_file(os.path.join(folder, name), text)
+            _replace_file(folder, name, text)
             logger.info("Saved %s", os.path.join(folder, name))
 
 
@@ -216,6 +226,13 @@ def recreate_output_dir(cfg):
     relock_output_dir(cfg.OUTPUT_DIR)
     write_config(cfg)
     reopen_log_file(cfg.OUTPUT_DIR)
+
+
+def check_still_writable(folder):
+    """Refuse, before anything is written, an OUTPUT_DIR removed or made read-only since the run took its lock."""
+    with writing_into(folder, "log.txt"):
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), folder)
 
 
 class TrainingOutputDir:
@@ -244,11 +261,13 @@ class TrainingOutputDir:
         """The run's checks passed: log.txt (the lines logged so far, then the rest), config.yaml (``cfg``, the
         trainer's: MODEL.HEADS.NUM_CLASSES from the training set, as fastreid saves it), and the partly written
         checkpoints of an interrupted run removed."""
+        if comm.is_main_process():
+            check_still_writable(self.folder)  # refused: the folder left as it was found, as by any check
         self.started = True
         if comm.is_main_process():
             start_log_file(self.folder)
-            write_config(cfg)
             remove_partial_checkpoints(self.folder)
+            write_config(cfg)
 
     def __exit__(self, kind, error, traceback):
         if not self.started:

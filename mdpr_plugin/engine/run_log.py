@@ -7,6 +7,7 @@ was, log.txt included: the set-up's records are held in memory until :func:`star
 import contextlib
 import logging
 import os
+import sys
 
 from fastreid.utils import comm
 from fastreid.utils.collect_env import collect_env_info
@@ -15,6 +16,7 @@ from fastreid.utils.logger import setup_logger
 from ..authors_keys import warn_authors_keys
 from ..config import config_file
 from ..errors import MDPRError
+from .write_faults import writing_into
 
 
 class _HeldRecords(logging.Handler):
@@ -48,19 +50,30 @@ def log_setup(cfg, args, folder=None):
 
 
 class _LogFile(logging.StreamHandler):
-    """OUTPUT_DIR/log.txt, reopened if the folder is made again during training."""
+    """OUTPUT_DIR/log.txt, reopened if the folder is made again during training. A line it cannot write (the disk
+    full, a file-size limit) ends it with a warning on the console, not a traceback per line; the write that stops
+    the run (a checkpoint) says why in one line."""
 
     def reopen(self, path):
         old = self.setStream(open(path, "a"))
         if old is not None:
             old.close()
 
+    def handleError(self, record):
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):
+            return super().handleError(record)
+        logging.getLogger("fastreid").removeHandler(self)
+        logging.getLogger(__name__).warning("log.txt cannot be written any more (%s): the rest of the log goes to the "
+                                            "console only.", error.strerror or error)
+
 
 def start_log_file(folder):
     """``folder/log.txt`` of a training run whose checks passed, as fastreid's ``setup_logger`` writes it: the
     lines logged so far, then the rest of the run's."""
     fastreid_logger = logging.getLogger("fastreid")
-    handler = _LogFile(open(os.path.join(folder, "log.txt"), "a"))
+    with writing_into(folder, "log.txt"):
+        handler = _LogFile(open(os.path.join(folder, "log.txt"), "a"))
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s",
                                            datefmt="%m/%d %H:%M:%S"))

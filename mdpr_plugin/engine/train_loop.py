@@ -17,7 +17,9 @@ import torch
 from fastreid.engine.train_loop import SimpleTrainer
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
+from ..devices import model_device
 from ..errors import MDPRError
+from ..resources import resource_failures_explained
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +34,6 @@ NON_FINITE_FIXES = ("Usual fixes: lower SOLVER.BASE_LR, set SOLVER.CLIP_GRADIENT
                     "them from the config), or restart; a longer warm-up (SOLVER.WARMUP_ITERS) needs a restart.")
 
 
-def _model_device(model):
-    return next(model.parameters()).device
-
-
 class AMPTrainer(SimpleTrainer):
     """fastreid's SimpleTrainer step under ``torch.autocast`` with a gradient scaler (CUDA only)."""
 
@@ -46,7 +44,7 @@ class AMPTrainer(SimpleTrainer):
         assert not isinstance(model, DataParallel), unsupported
         super().__init__(model, data_loader, optimizer, param_wrapper)
 
-        self.device_type = _model_device(model).type
+        self.device_type = model_device(model).type
         self.amp_enabled = self.device_type == "cuda"
         if not self.amp_enabled:
             logger.warning(
@@ -72,7 +70,14 @@ class AMPTrainer(SimpleTrainer):
 
 
 class CheckedTrainer(SimpleTrainer):
-    """fastreid's ``SimpleTrainer`` whose ``_write_metrics`` first checks every loss term on this process."""
+    """fastreid's ``SimpleTrainer`` whose ``_write_metrics`` first checks every loss term on this process, and whose
+    step reports running out of memory or of a loader's resources in one line."""
+
+    def run_step(self):
+        with resource_failures_explained("a training step", "SOLVER.IMS_PER_BATCH or INPUT.SIZE_TRAIN",
+                                         model_device(self.model), self.data_loader.num_workers,
+                                         after="; the checkpoints written before are intact"):
+            super().run_step()
 
     def _write_metrics(self, loss_dict, data_time):
         # The values are read to the host once, as fastreid reads them anyway (no extra sync per step);

@@ -32,6 +32,7 @@ from ..data.samplers import ResumableSampler, SeededDataset
 from ..devices import on_available_device, resolve_device
 from ..errors import InputError
 from ..evaluation import ReidEvaluator, inference_on_dataset
+from ..resources import check_model_memory
 from .checkpointer import MDPRCheckpointer
 from .distributed import broadcast_buffers, distributed_data_parallel
 from .hooks import (BestCheckpointer, EvalHook, NotLearningError, PeriodicCheckpointer, SeedEachIteration,
@@ -46,8 +47,11 @@ logger = logging.getLogger(__name__)
 
 def build_model(cfg):
     """fastreid's ``build_model(cfg)`` on the device ``MODEL.DEVICE`` resolves to here (the CPU, with one
-    warning, when it names CUDA and there is none: fastreid's would fail, modeling/meta_arch/build.py:25)."""
-    return fastreid.modeling.build_model(on_available_device(cfg))
+    warning, when it names CUDA and there is none: fastreid's would fail, modeling/meta_arch/build.py:25), once its
+    weights are known to fit there."""
+    cfg = on_available_device(cfg)
+    check_model_memory(cfg)
+    return fastreid.modeling.build_model(cfg)
 
 
 def use_fused_steps(optimizer):
@@ -217,9 +221,12 @@ class Trainer(DefaultTrainer):
     def build_writers(self):
         """fastreid's writers, with a progress printer that survives runs of three or fewer iterations; the two
         that write files open them at their first write, once training runs."""
+        folder, recreated = self.cfg.OUTPUT_DIR, self.checkpointer.on_folder_recreated
         return [MetricPrinter(self.max_iter),
-                OpenedOnFirstWrite(lambda: JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))),
-                OpenedOnFirstWrite(lambda: TensorboardXWriter(self.cfg.OUTPUT_DIR))]
+                OpenedOnFirstWrite(folder, "metrics.json", lambda: JSONWriter(os.path.join(folder, "metrics.json")),
+                                   recreated),
+                OpenedOnFirstWrite(folder, "the TensorBoard events file", lambda: TensorboardXWriter(folder),
+                                   recreated)]
 
     @staticmethod
     def auto_scale_hyperparams(cfg, num_classes):

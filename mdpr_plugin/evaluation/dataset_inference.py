@@ -12,6 +12,8 @@ import torch
 
 from fastreid.evaluation.evaluator import inference_context
 
+from ..devices import model_device
+from ..resources import resource_failures_explained
 from .progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -37,7 +39,9 @@ def inference_on_dataset(model, data_loader, evaluator, flip_test=False, progres
     evaluator.reset()
     progress = Progress("Feature extraction (batches)", total, logger, progress_period)
     compute_time = 0.0
-    with inference_context(model), torch.no_grad():
+    explained = resource_failures_explained("the evaluation", "TEST.IMS_PER_BATCH or INPUT.SIZE_TEST",
+                                            model_device(model), getattr(data_loader, "num_workers", 0))
+    with explained, inference_context(model), torch.no_grad():
         for idx, inputs in enumerate(data_loader):
             flipped = _flipped_inputs(inputs) if flip_test else None
             start = time.perf_counter()
@@ -51,5 +55,7 @@ def inference_on_dataset(model, data_loader, evaluator, flip_test=False, progres
             progress.update(idx + 1)
     progress.done()
     logger.info("Model compute time: %.1f s (%.4f s / batch)", compute_time, compute_time / max(total, 1))
-    results = evaluator.evaluate()
+    with resource_failures_explained("the evaluation's ranking", "the number of query and gallery images (each "
+                                     "query is ranked against the whole gallery)"):
+        results = evaluator.evaluate()
     return {} if results is None else results

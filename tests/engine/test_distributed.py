@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 from fastreid.layers.batch_norm import SyncBatchNorm
 from helpers import REPO, load_config, logged, run_script
+from mdpr_plugin.data.checks import check_batch_composition, triplet_loss_used
 from mdpr_plugin.engine import distributed as mdpr_distributed
 from mdpr_plugin.engine.launch import launch
 from torch import nn
@@ -201,12 +202,69 @@ def test_more_processes_than_gpus_is_refused_with_the_count():
     # one process: the identity sampler would wait forever for the 15th image's identity
     (1, ("SOLVER.IMS_PER_BATCH", "15"), r"SOLVER.IMS_PER_BATCH 15 is not a multiple of DATALOADER.NUM_INSTANCE 2"),
     (2, ("TEST.IMS_PER_BATCH", "1"), r"TEST.IMS_PER_BATCH 1 is the total over 2 processes"),
+    # rounding 17 down to 16 would put one identity in each batch
+    (1, ("SOLVER.IMS_PER_BATCH", "17", "DATALOADER.NUM_INSTANCE", "16"), r"e\.g\. SOLVER\.IMS_PER_BATCH 32\."),
+    # Base-SBS's NUM_INSTANCE 16 in a 16-image batch: one identity per batch
+    (1, ("SOLVER.IMS_PER_BATCH", "16", "DATALOADER.NUM_INSTANCE", "16"),
+     r"16 images per process with DATALOADER.NUM_INSTANCE 16 puts 1 identity in each training batch: there is "
+     r"nothing to tell apart .* Use SOLVER.IMS_PER_BATCH 32, or DATALOADER.NUM_INSTANCE 8\."),
+    # one image of each identity: no positive pair for the triplet loss
+    (1, ("DATALOADER.NUM_INSTANCE", "1"), r"DATALOADER.NUM_INSTANCE 1 gives each identity one image per training "
+                                          r"batch: the triplet loss .* has no positive pair"),
+    (1, ("SOLVER.IMS_PER_BATCH", "1", "DATALOADER.SAMPLER_TRAIN", "TrainingSampler"),
+     r"gives a training batch of 1 image: one identity per batch"),
 ])
 def test_batch_sizes_that_do_not_split_are_refused_with_advice_that_works(world_size, overrides, message):
-    cfg = load_config("configs/Baseline-demo.yml", *overrides)  # NaiveIdentitySampler, NUM_INSTANCE 2
+    cfg = load_config("configs/Baseline-demo.yml", *overrides)  # NaiveIdentitySampler, NUM_INSTANCE 2, TripletLoss
     with pytest.raises(ValueError, match=message) as refused:
-        mdpr_distributed.check_batch_sizes(cfg, world_size)
-    suggested = re.search(r"e\.g\. SOLVER\.IMS_PER_BATCH (\d+)", str(refused.value))
-    if suggested:  # following the advice passes the check
-        followed = load_config("configs/Baseline-demo.yml", *overrides, "SOLVER.IMS_PER_BATCH", suggested.group(1))
-        mdpr_distributed.check_batch_sizes(followed, world_size)
+        _check_training_batch(cfg, world_size)
+    for advice in _advice(str(refused.value)):  # following the advice passes the checks
+        _check_training_batch(load_config("configs/Baseline-demo.yml", *overrides, *advice), world_size)
+
+
+def _check_training_batch(cfg, world_size):
+    """The batch checks of a training run, in their order: before the data is read, then with it."""
+    mdpr_distributed.check_batch_sizes(cfg, world_size)
+    check_batch_composition(cfg.DATALOADER.SAMPLER_TRAIN, cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_INSTANCE,
+                            world_size, triplet_loss_used(cfg))
+
+
+def _advice(message):
+    """The alternatives a refusal suggests, each as KEY VALUE overrides: "e.g. A 1 and B 2" or "Use A 1, or B 2"."""
+    suggested = re.search(r"(?:e\.g\.|Use) ([A-Z_]+\.[A-Z_.]+ \d+(?: and [A-Z_.]+ \d+)?(?:, or [A-Z_.]+ \d+)*)",
+                          message)
+    if not suggested:
+        return []
+    return [alternative.replace(" and ", " ").split() for alternative in suggested.group(1).split(", or ")]
+
+
+@pytest.mark.parametrize("sampler", ["NaiveIdentitySampler", "TrainingSampler"])
+@pytest.mark.parametrize("triplet", [True, False])
+def test_every_batch_refusal_suggests_values_that_pass_every_batch_check(sampler, triplet):
+    """Over a grid of processes, batch sizes and NUM_INSTANCE: each refusal names values that pass, and each batch
+    that passes holds two or more identities per process, of two images each under a triplet loss."""
+    base = load_config("configs/Baseline-demo.yml", "DATALOADER.SAMPLER_TRAIN", sampler, "MODEL.LOSSES.TRI.SCALE",
+                       "1.0" if triplet else "0.0")
+    refused = 0
+    for world_size in (1, 2, 3, 4):
+        for ims in range(1, 37):
+            for instances in range(1, 10):
+                cfg = base.clone()
+                cfg.merge_from_list(["SOLVER.IMS_PER_BATCH", ims, "DATALOADER.NUM_INSTANCE", instances])
+                try:
+                    _check_training_batch(cfg, world_size)
+                except ValueError as error:
+                    refused += 1
+                    alternatives = _advice(str(error))
+                    assert alternatives, str(error)
+                    for advice in alternatives:
+                        followed = cfg.clone()
+                        followed.merge_from_list(advice)
+                        _check_training_batch(followed, world_size)
+                    continue
+                per_process = ims // world_size
+                if sampler == "NaiveIdentitySampler":
+                    assert per_process // instances >= 2 and (instances >= 2 or not triplet)
+                else:
+                    assert per_process >= 2
+    assert refused

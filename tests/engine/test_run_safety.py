@@ -242,7 +242,7 @@ def test_the_advice_of_the_non_finite_loss_message_works(tmp_path):
 
 # ------------------------------------------------------------------------------------ several processes
 @pytest.mark.slow
-def test_a_failure_in_every_process_is_one_line_per_process_and_no_traceback(tmp_path):
+def test_a_failure_in_every_process_is_one_line_for_the_run_and_no_traceback(tmp_path):
     empty = tmp_path / "datasets"
     empty.mkdir()
     returncode, output = run_script("train_net.py", *DEMO, "--num-gpus", "2", "MODEL.DEVICE", "cpu",
@@ -250,5 +250,6 @@ def test_a_failure_in_every_process_is_one_line_per_process_and_no_traceback(tmp
                                     env={"FASTREID_DATASETS": str(empty), "OMP_NUM_THREADS": "1"})
     assert returncode == 1, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
-    assert "ERROR: Market1501: " in output and "not found" in output
-    assert "ERROR: Training process " in output and " of 2 on this machine exited with status 1" in output
+    errors = [line for line in output.splitlines() if line.startswith("ERROR:")]
+    assert len(errors) == 1, output[-3000:]  # both processes stop on it; the run says it once
+    assert errors[0].startswith("ERROR: Market1501: ") and "not found" in errors[0]
