@@ -98,6 +98,10 @@ CASES = [
     ("query output uncreatable", "mdpr-search", [*QUERY, "--images", "{images}", "--config-file", "{config}",
                                                  "--output", "/proc/mdpr-results.csv", *WEIGHTS],
      "--output /proc/mdpr-results.csv cannot be written: no file can be created in /proc", []),
+    # a size beyond memory, refused before the model is run or anything drawn
+    ("visualize scale too large", "mdpr-visualize attention", ["--config-file", "{config}", "--output-dir", "{out}/23",
+                                                              "--test-set", "--scale", "5000", *WEIGHTS],
+     "A picture of 1280034 x 1280087 pixels would need", ["{out}/23"]),
     ("visualize output a file", "mdpr-visualize ranking", ["--config-file", "{config}", "--output-dir",
                                                            "{tmp}/a_file", *WEIGHTS],
      "--output-dir {tmp}/a_file is a file; give a folder", ["{tmp}/a_file"]),
@@ -348,7 +352,8 @@ def test_running_out_of_memory_in_the_model_says_what_to_lower(files, tmp_path):
     code, output = run_tool("mdpr-extract", [argument.format(**files) for argument in arguments], files["tmp"],
                             limits=limited(memory=limit))
     one_error_line("mdpr-extract", code, output, "Out of memory during feature extraction (")
-    assert "left on cpu). Lower --batch-size (now 8) or INPUT.SIZE_TEST, or free memory" in output, output
+    assert "; ulimit -v allows this process " in output, output
+    assert "available). Lower --batch-size (now 8) or INPUT.SIZE_TEST, or free memory" in output, output
     assert tree_state(tmp_path) == {"feats.npz": b"the previous features"}
 
 

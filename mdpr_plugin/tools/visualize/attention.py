@@ -161,9 +161,12 @@ def run(cfg, config_file, output_dir, inputs=None, test_set=False, scale=1):
         raise InputError("give either --input FOLDER_OR_IMAGES or --test-set")
     # list the inputs now, so that a wrong path stops the command before the model is loaded
     pairs = None if test_set else input_images(inputs)
+    size = (scale * cfg.INPUT.SIZE_TEST[0], scale * cfg.INPUT.SIZE_TEST[1])  # (height, width)
+    # a batch's maps upsampled to the picture's size (float32, the foreground ones and the background, two levels)
+    maps_bytes = cfg.TEST.IMS_PER_BATCH * (cfg.ATTN_NUM + 1) * len(LEVELS) * size[0] * size[1] * 4
+    drawing.check_picture_fits(canvas_size((size[1], size[0]), cfg.ATTN_NUM), more_bytes=maps_bytes)
     extractor = FeatureExtractor(cfg, batch_size=cfg.TEST.IMS_PER_BATCH)
     batches = test_set_batches(cfg) if test_set else input_batches(extractor, pairs)
-    size = (scale * cfg.INPUT.SIZE_TEST[0], scale * cfg.INPUT.SIZE_TEST[1])  # (height, width)
     written = []
     with staged_outputs("--output-dir") as outputs:  # the pictures replace the old ones once all are drawn
         for images, names in batches:

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ...resources import check_fits
 from ...text_escapes import escaped
 
 WHITE = (255, 255, 255)
@@ -27,6 +28,14 @@ _JET_COLOURS = np.array([(0, 0, 128), (0, 0, 255), (0, 255, 255), (255, 255, 0),
 @functools.lru_cache(maxsize=None)
 def font():
     return ImageFont.load_default()
+
+
+def check_picture_fits(size, more_bytes=0):
+    """Refuse, before anything is drawn, a picture of ``size`` (w, h) (with the tiles pasted in, about twice its RGB
+    bytes) and ``more_bytes`` besides, when this process's memory cannot hold them: a large --scale would otherwise
+    be killed by the system or fail deep inside Pillow."""
+    width, height = size
+    check_fits(2 * 3 * width * height + more_bytes, f"A picture of {width} x {height} pixels", "lower --scale.")
 
 
 def blank(size):

@@ -205,6 +205,7 @@ def run(cfg, output_dir, topk=10, order="ap-ascending", num_queries=None, scale=
 
     os.makedirs(output_dir, exist_ok=True)
     tile_size = (scale * cfg.INPUT.SIZE_TEST[1], scale * cfg.INPUT.SIZE_TEST[0])  # SIZE_TEST is (h, w)
+    drawing.check_picture_fits(canvas_size(tile_size, topk))
     names = []
     with staged_outputs("--output-dir") as outputs:  # the pictures replace the old ones once all are drawn
         for position, query in enumerate(ranked, 1):
