@@ -1,7 +1,7 @@
 """Tracking with MDPR embeddings, measured: BoxMOT's BotSort (and StrongSort) on the synthetic street scene of
 :mod:`mdpr_plugin.synthetic.people_scene` built from the held-out bundled identities, with the embeddings of models
-trained on the bundled training images, against motion alone; the appearance distances a tracker's thresholds are compared with;
-and how much a feature moves when its box shifts by 1-4 pixels, as a detector's boxes jitter.
+trained on the bundled training images, against motion alone; the appearance distances a tracker's thresholds are
+compared with; and how much a feature moves when its box shifts by 1-4 pixels, as a detector's boxes jitter.
 
     python -m benchmarks.tracking --write-docs   # and its section of docs/benchmarks.md (~15 min)
     python -m benchmarks.tracking --small        # a short scene, one short training: a check that it runs

@@ -98,8 +98,8 @@ def test_the_clones_own_script_trains_mdpr_and_runs_the_users_edits(clone, tmp_p
 
     # without NUM_CLASSES fastreid's script builds classifiers of no rows: its checkpointer skips exactly those, one
     # warning each (what the drop-in page says to expect), and the evaluation is the same
-    returncode, evaluated = run_in_clone(clone, log, *script, "--eval-only", "MODEL.WEIGHTS", str(out / "model_final.pth"),
-                                         "OUTPUT_DIR", str(tmp_path / "eval_no_classes"))
+    returncode, evaluated = run_in_clone(clone, log, *script, "--eval-only", "MODEL.WEIGHTS",
+                                         str(out / "model_final.pth"), "OUTPUT_DIR", str(tmp_path / "eval_no_classes"))
     assert returncode == 0, evaluated[-3000:]
     skipped = re.findall(r"Skip loading parameter '([^']+)' to the model due to incompatible shapes: "
                          r"\((\d+), \d+\) in the checkpoint but \(0, \d+\)", evaluated)

@@ -64,7 +64,8 @@ def write_failure(folder, name, error, needed_bytes=None):
     if code in _FULL:
         return OutputWriteError(
             f"No space left in OUTPUT_DIR {folder} to save {name}: {'it needs ' + size + ' and ' if size else ''}"
-            f"{shutil.disk_usage(folder).free / 2 ** 20:.0f} MiB are free; {kept}. Free space there (or move the folder), then continue with --resume.")
+            f"{shutil.disk_usage(folder).free / 2 ** 20:.0f} MiB are free; {kept}. Free space there (or move the "
+            "folder), then continue with --resume.")
     if code == errno.EFBIG:
         limit = _size_limit()
         allowed = f"{limit / 2 ** 20:.1f} MiB" if limit is not None else "the largest file its file system holds"
