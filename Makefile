@@ -22,7 +22,7 @@ $(VENV)/.ready: setup.py
 	@if $(PY) -m pip show --quiet fastreid >/dev/null 2>&1; then $(PY) -m pip uninstall --quiet --yes fastreid; fi
 	@faiss="$(FAISS)"; [ -n "$$faiss" ] || faiss=$$($(PY) -c "import torch; print('gpu' if torch.cuda.is_available() else 'cpu')"); \
 	echo "setup: this package (editable) with its requirements, the test tools and faiss's $$faiss build (by default gpu where torch sees CUDA, else cpu; FAISS=cpu|gpu chooses)"; \
-	$(PY) -m pip install --quiet -e ".[$$faiss,test]"
+	$(PY) -m pip install -qq -e ".[$$faiss,test]"  # -qq: setuptools' note on every editable install, errors still shown
 	@echo "setup: fastreid 1.4.0 without its dependencies (setup.py lists what it needs)"
 	@$(PY) -m pip install --quiet --no-deps fastreid==1.4.0
 	@# fastreid warns on import that the module about to be built is missing

@@ -17,7 +17,6 @@ setup(
     version="0.1.0",
     description="MDPR (Mutual Distillation Learning for Person Re-identification) as a fastreid plugin",
     license="Apache-2.0",
-    classifiers=["License :: OSI Approved :: Apache Software License"],
     python_requires=">=3.10",
     packages=find_packages(include=["mdpr_plugin", "mdpr_plugin.*"]),
     # the data folders are not packages (no __init__.py): their files listed here, and only here (setuptools

@@ -152,8 +152,12 @@ def test_the_wheel_carries_the_configs_and_the_bundled_images(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
                              "-w", str(tmp_path), str(source)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    # a quiet build: none of setuptools' warnings (undeclared data folders, deprecated licence classifiers, ...)
+    assert "Warning" not in result.stderr and "warning" not in result.stderr, result.stderr[-3000:]
     (wheel,) = tmp_path.glob("mdpr_plugin-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
+    (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    assert "License: Apache-2.0" in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
     configs = sorted(os.path.relpath(os.path.join(folder, f), os.path.dirname(os.path.dirname(PACKAGED_CONFIGS)))
                      for folder, _, files in os.walk(PACKAGED_CONFIGS) for f in files)
     assert len(configs) == 7 and [c for c in configs if c not in names] == []
