@@ -39,6 +39,10 @@ class OpenedOnFirstWrite(EventWriter):
             self._writer.write()
 
     def close(self):
-        if self._writer is not None:
-            with writing_into(self.folder, self.name):
-                self._writer.close()
+        if self._writer is None:
+            return
+        if not os.path.isdir(self.folder):  # removed after the last write: its file went with it, nothing to save
+            self._writer.close()
+            return
+        with writing_into(self.folder, self.name):
+            self._writer.close()
